@@ -1,0 +1,62 @@
+"""Write a bundle atomically: stage everything in a sibling directory, then rename.
+
+A reader therefore sees either no bundle, the previous bundle, or the complete
+new one; never a half-written directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, hash_files, write_manifest
+
+
+def write_bundle(
+    out: Path,
+    *,
+    model_path: Path,
+    tokenizer_path: Path,
+    draft: Manifest,
+    variant: str,
+    verification: dict[str, Any],
+    force: bool = False,
+) -> Manifest:
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
+    try:
+        shutil.copyfile(model_path, staging / MODEL_FILE)
+        shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+        manifest = dataclasses.replace(
+            draft, variant=variant, verification=verification, files=hash_files(staging)
+        )
+        write_manifest(staging, manifest)
+        for path in staging.iterdir():
+            _fsync(path)
+        os.chmod(staging, 0o755)
+        _replace(staging, out, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace(staging: Path, out: Path, force: bool) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    if not force:  # checked up front too; this guards a bundle created meanwhile
+        raise FileExistsError(out)
+    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    retired.rmdir()
+    out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())

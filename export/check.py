@@ -1,0 +1,41 @@
+"""``verify``: re-check a written bundle against its manifest, offline and without torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.errors import BundleInvalid
+from service.classifier import OnnxClassifier
+from service.manifest import BundleError, load_verified
+
+
+def check_bundle(directory: Path) -> str:
+    """Hashes, manifest fields, graph inputs/outputs and truncation; one line per problem."""
+    try:
+        manifest = load_verified(directory)
+        classifier = OnnxClassifier.from_bundle(directory)
+    except BundleError as exc:
+        raise BundleInvalid(str(exc)) from None
+    except Exception as exc:  # onnxruntime and tokenizers raise their own error types
+        raise BundleInvalid(f"bundle {directory} cannot be loaded: {str(exc).splitlines()[0]}") from None
+    problems = []
+    if sorted(classifier.input_names) != sorted(manifest.input_names):
+        problems.append(f"graph inputs {classifier.input_names} differ from manifest {manifest.input_names}")
+    outputs = {o.name: o.shape for o in classifier.session.get_outputs()}
+    if "logits" not in outputs:
+        problems.append(f"graph has no 'logits' output (outputs: {sorted(outputs)})")
+    truncation = classifier.tokenizer.truncation or {}
+    if truncation.get("max_length") != manifest.max_length:
+        problems.append(f"tokenizer truncates at {truncation.get('max_length')}, manifest says {manifest.max_length}")
+    if not problems:
+        logits = classifier.logits(["a quick check", "x " * (manifest.max_length * 2)])
+        if logits.shape != (2, len(manifest.id2label)):
+            problems.append(f"logits have shape {logits.shape}, expected (2, {len(manifest.id2label)})")
+    if problems:
+        raise BundleInvalid(f"bundle {directory} does not match its manifest: " + "; ".join(problems))
+    verification = manifest.verification
+    return (
+        f"ok: {directory} ({manifest.model_id}, variant {manifest.variant}, {len(manifest.id2label)} labels, "
+        f"max_length {manifest.max_length}, {len(manifest.files)} files verified, "
+        f"export gate {'passed' if verification.get('passed') else 'not recorded'})"
+    )

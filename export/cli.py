@@ -1,0 +1,102 @@
+"""Command line: ``python -m export [options]`` and ``python -m export verify BUNDLE``.
+
+Progress goes to stderr, the summary table to stdout, and every failure the user
+can fix ends in one readable line and a named exit code (see export.errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from export.errors import ExitCode, ExportError
+from export.variants import VARIANTS
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a trained text classifier to a verified ONNX bundle. "
+        "Run 'python -m export verify BUNDLE' to re-check an existing bundle.",
+    )
+    parser.add_argument("--model", help="checkpoint directory, sentence-transformers body, or hub id "
+                        "(default: the built-in 157-intent MiniLM classifier)")
+    parser.add_argument("--head", help="scikit-learn linear head (.joblib) for a sentence-transformers body")
+    parser.add_argument("--out", type=Path, help="bundle directory to create (default: bundles/default "
+                        "for the default model, bundles/<model name> otherwise)")
+    parser.add_argument("--variant", choices=("auto", *VARIANTS), default="auto",
+                        help="'auto' verifies every variant, times those that pass at batch 1 and 32 "
+                        "on this CPU and keeps the fastest (default: auto)")
+    parser.add_argument("--validation-file", help="extra validation texts, one per line")
+    parser.add_argument("--max-length", type=int, help="override the truncation length of the original pipeline")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle")
+    gate = parser.add_argument_group("verification gate")
+    gate.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 variants (default: 1e-4)")
+    gate.add_argument("--min-agreement", type=float, default=0.99, help="int8 top-1 agreement (default: 0.99)")
+    gate.add_argument("--confident-margin", type=float, default=0.1,
+                      help="int8 must agree on every text whose top-1/top-2 margin is at least this (default: 0.1)")
+    gate.add_argument("--max-prob-diff", type=float, default=0.05, help="int8 max |probability difference| (default: 0.05)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export verify", description="Re-check a bundle against its manifest.")
+    parser.add_argument("bundle", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["verify"]:
+            return _run_verify(_verify_parser().parse_args(argv[1:]))
+        return _run_export(_export_parser().parse_args(argv))
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted; no bundle was written", file=sys.stderr)
+        return 130
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from export.pipeline import export_bundle, report_table
+    from export.verify import Thresholds
+
+    if args.max_length is not None and args.max_length < 2:
+        print("error: --max-length must be at least 2", file=sys.stderr)
+        return ExitCode.USAGE
+    out = args.out or Path("bundles") / ("default" if args.model is None else Path(args.model).name)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    result = export_bundle(
+        out=out,
+        model=args.model,
+        head=args.head,
+        variant=args.variant,
+        validation_file=args.validation_file,
+        max_length=args.max_length,
+        force=args.force,
+        thresholds=Thresholds(args.max_logit_diff, args.min_agreement, args.confident_margin, args.max_prob_diff),
+        progress=progress,
+    )
+    print(report_table(result.reports, result.timings, result.manifest.variant))
+    print(f"bundle: {result.out} ({result.manifest.variant}, {len(result.manifest.id2label)} labels, "
+          f"max_length {result.manifest.max_length})")
+    return ExitCode.OK
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from export.check import check_bundle
+
+    summary = check_bundle(args.bundle)
+    print(summary)
+    return ExitCode.OK

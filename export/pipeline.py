@@ -1,0 +1,255 @@
+"""convert -> optimize -> quantize -> verify (gate) -> pick -> write bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from export import variants as V
+from export.bundle import write_bundle
+from export.convert import OPSET, export_onnx
+from export.errors import ExportError, OutputExists, OutputNotWritable, VerificationFailed
+from export.sources import Source, load_source
+from export.texts import builtin_texts, read_text_file
+from export.timing import Timing, fastest, measure
+from export.verify import Thresholds, VariantReport, compare
+from service.manifest import Manifest
+from service.classifier import OnnxClassifier
+
+Progress = Callable[[str], None]
+VERSIONED_PACKAGES = (
+    "torch", "transformers", "sentence-transformers", "scikit-learn",
+    "onnx", "onnxruntime", "tokenizers", "numpy",
+)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: Manifest
+    reports: list[VariantReport]
+    timings: list[Timing] = field(default_factory=list)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise OutputExists(f"output {out} already exists; pass --force to replace it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot create output directory {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"output directory {parent} is not writable")
+
+
+def requested_variants(variant: str) -> tuple[str, ...]:
+    return V.VARIANTS if variant == "auto" else (variant,)
+
+
+def export_bundle(
+    *,
+    out: Path,
+    model: str | None = None,
+    head: str | None = None,
+    variant: str = "auto",
+    validation_file: str | None = None,
+    max_length: int | None = None,
+    force: bool = False,
+    thresholds: Thresholds = Thresholds(),
+    progress: Progress = lambda _: None,
+) -> ExportResult:
+    out = Path(out)
+    check_output(out, force)
+    texts = builtin_texts() + (read_text_file(validation_file) if validation_file else [])
+    progress(f"loading {'the default model' if model is None else model}")
+    source = load_source(model, head=head, max_length=max_length)
+    progress(f"loaded {source.model_id}: {len(source.id2label)} labels, max_length {source.max_length}")
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot write in {out.parent}: {exc.strerror}") from None
+    try:
+        return _export_in(work, out, source, texts, variant, thresholds, force, progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _export_in(
+    work: Path,
+    out: Path,
+    source: Source,
+    texts: Sequence[str],
+    variant: str,
+    thresholds: Thresholds,
+    force: bool,
+    progress: Progress,
+) -> ExportResult:
+    tokenizer_path = work / "tokenizer.json"
+    source.tokenizer.save(str(tokenizer_path))
+    progress(f"running the original model on {len(texts)} validation texts")
+    reference = source.reference(texts)
+    draft = _draft_manifest(source)
+
+    def logits_of(path: Path) -> np.ndarray:
+        return OnnxClassifier(path, tokenizer_path, draft).logits(texts)
+
+    wanted = requested_variants(variant)
+    paths: dict[str, Path] = {}
+    reports: list[VariantReport] = []
+
+    def check(name: str, path: Path, *, record: bool = True, kept_fp32: Sequence[str] = ()) -> VariantReport:
+        report = compare(name, reference, logits_of(path), source.problem_type, thresholds)
+        report.size_bytes = path.stat().st_size
+        report.kept_fp32 = list(kept_fp32)
+        if record:
+            paths[name] = path
+            reports.append(report)
+        verdict = "passed" if report.passed else "FAILED: " + "; ".join(report.failures)
+        progress(f"verified {name}: agreement {report.agreement:.2%}, max |Δlogit| {report.max_logit_diff:.2e} - {verdict}")
+        return report
+
+    progress("converting to ONNX (fp32)")
+    base = export_onnx(source, work / "fp32.onnx")
+    if V.FP32 in wanted:
+        check(V.FP32, base)
+    if {V.OPTIMIZED, V.INT8, V.SELECTIVE} & set(wanted):
+        progress("optimizing with ONNX Runtime transformer fusions")
+        optimized = V.optimize(base, work / "fp32-optimized.onnx")
+        if check(V.OPTIMIZED, optimized, record=V.OPTIMIZED in wanted).passed:
+            # Quantize the fused graph only when the fusions themselves are exact.
+            base = optimized
+    if V.INT8 in wanted or V.SELECTIVE in wanted:
+        progress("quantizing to dynamic int8 (per-channel)")
+        int8 = V.quantize(base, work / "int8.onnx")
+        int8_passed = check(V.INT8, int8, record=V.INT8 in wanted).passed
+        if V.SELECTIVE in wanted:
+            if int8_passed:
+                check(V.SELECTIVE, int8)
+            else:
+                path, kept = _selective(base, work, reference, logits_of, source, thresholds, progress)
+                check(V.SELECTIVE, path, kept_fp32=kept)
+
+    passing = [r for r in reports if r.passed]
+    if not passing:
+        raise VerificationFailed("no requested variant passed verification:\n" + report_table(reports))
+    timings: list[Timing] = []
+    if variant == "auto":
+        progress("timing the variants that passed, at batch 1 and 32")
+        for report in passing:
+            classifier = OnnxClassifier(paths[report.variant], tokenizer_path, draft)
+            timings.append(measure(report.variant, classifier, texts[:64]))
+        chosen = fastest(timings).variant
+    else:
+        chosen = variant
+    progress(f"writing bundle {out} with variant {chosen}")
+    manifest = write_bundle(
+        out,
+        model_path=paths[chosen],
+        tokenizer_path=tokenizer_path,
+        draft=draft,
+        variant=chosen,
+        verification=_verification_summary(chosen, reports, timings, thresholds, len(texts)),
+        force=force,
+    )
+    return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings)
+
+
+def _selective(base, work, reference, logits_of, source, thresholds, progress) -> tuple[Path, list[str]]:
+    """Find few fp32 nodes that let int8 pass the gate: rank nodes by measured damage,
+    then keep the 1, 2, 4, ... most harmful in fp32 until the gate passes."""
+
+    def evaluate(path: Path) -> VariantReport:
+        return compare(V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds)
+
+    progress("measuring each node's quantization damage for selective int8")
+    ranking = [name for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress)]
+
+    def attempt(count: int) -> Path | None:
+        path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count])
+        passed = evaluate(path).passed
+        progress(f"selective int8 with {count} node(s) kept in fp32: {'passed' if passed else 'failed'}")
+        return path if passed else None
+
+    # Double the fp32 set until the gate passes, then bisect back down to the fewest.
+    failed, count = 0, 1
+    while (found := attempt(count)) is None:
+        if count == len(ranking):
+            return work / f"int8-selective-{count}.onnx", ranking
+        failed, count = count, min(count * 2, len(ranking))
+    best, passed_at = found, count
+    while passed_at - failed > 1:
+        middle = (failed + passed_at) // 2
+        if (found := attempt(middle)) is None:
+            failed = middle
+        else:
+            best, passed_at = found, middle
+    return best, ranking[:passed_at]
+
+
+def _draft_manifest(source: Source) -> Manifest:
+    return Manifest(
+        model_id=source.model_id,
+        source={"kind": source.kind, **source.details},
+        id2label=source.id2label,
+        problem_type=source.problem_type,
+        max_length=source.max_length,
+        input_names=source.input_names,
+        variant="draft",
+        opset=OPSET,
+        versions=package_versions(),
+        verification={},
+        files={"model.onnx": "", "tokenizer.json": ""},
+        strip_whitespace=source.strip_whitespace,
+    )
+
+
+def _verification_summary(chosen, reports, timings, thresholds, n_texts) -> dict[str, object]:
+    from dataclasses import asdict
+
+    return {
+        "passed": True,
+        "chosen": chosen,
+        "texts": n_texts,
+        "thresholds": asdict(thresholds),
+        "variants": [r.to_dict() for r in reports],
+        "timings": [asdict(t) for t in timings],
+    }
+
+
+def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (), chosen: str | None = None) -> str:
+    by_name = {t.variant: t for t in timings}
+    rows = [("variant", "size MB", "agreement", "confident", "max |Δlogit|", "max |Δprob|", "batch1 ms", "batch32 ms", "result")]
+    for r in reports:
+        t = by_name.get(r.variant)
+        result = "passed" if r.passed else "FAILED: " + "; ".join(r.failures)
+        if r.variant == chosen:
+            result += " (chosen)"
+        rows.append((
+            r.variant, f"{r.size_bytes / 1e6:.1f}", f"{r.agreement:.2%}", f"{r.confident_agreement:.2%}", f"{r.max_logit_diff:.2e}",
+            f"{r.max_prob_diff:.4f}", f"{t.batch1_ms:.2f}" if t else "-", f"{t.batch32_ms:.1f}" if t else "-", result,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
+    )
+
+
+__all__ = ["export_bundle", "ExportResult", "report_table", "ExportError"]

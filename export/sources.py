@@ -1,0 +1,391 @@
+"""Load a trained classifier as (graph to export, original pipeline to compare against).
+
+Three kinds of input:
+  * a Hugging Face ``*ForSequenceClassification`` checkpoint directory (or hub id);
+  * a sentence-transformers body plus a linear head (``--head model.joblib``);
+  * the built-in default (no ``--model``).
+
+Whatever the original does after the encoder (pooling, normalisation, head) is
+put inside the exported module, so the graph always ends in logits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from export import default_model
+from export.errors import (
+    CorruptWeights,
+    ExportError,
+    HeadMismatch,
+    InputNotFound,
+    NotAClassifier,
+    UnsupportedArchitecture,
+)
+
+SUPPORTED_MODEL_TYPES = (
+    "albert",
+    "bert",
+    "deberta-v2",
+    "distilbert",
+    "electra",
+    "mpnet",
+    "roberta",
+    "xlm-roberta",
+)
+# Position ids start after the padding index in these families, so two positions
+# of max_position_embeddings are never usable.
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_REFERENCE_BATCH = 16
+
+
+@dataclass
+class Source:
+    """A loaded classifier, ready to export and to verify against."""
+
+    model_id: str
+    kind: str
+    module: torch.nn.Module
+    input_names: list[str]
+    id2label: dict[int, str]
+    problem_type: str
+    max_length: int
+    tokenizer: Tokenizer
+    reference: Callable[[Sequence[str]], np.ndarray]
+    strip_whitespace: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _LogitsOnly(torch.nn.Module):
+    """A ``*ForSequenceClassification`` model whose only output is its logits."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs))).logits
+
+
+class _EmbedAndClassify(torch.nn.Module):
+    """Encoder -> pooling -> optional L2 normalisation -> linear head."""
+
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        input_names: list[str],
+        pooling: str,
+        normalize: bool,
+        weight: np.ndarray,
+        bias: np.ndarray,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.input_names = input_names
+        self.pooling = pooling
+        self.normalize = normalize
+        self.register_buffer("weight", torch.tensor(weight, dtype=torch.float32))
+        self.register_buffer("bias", torch.tensor(bias, dtype=torch.float32))
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        features = dict(zip(self.input_names, inputs))
+        hidden = self.encoder(**features).last_hidden_state
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "mean":
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        elif self.pooling == "max":
+            pooled = (hidden + (1.0 - mask) * -1e9).max(dim=1).values
+        else:  # cls
+            pooled = hidden[:, 0]
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled @ self.weight.T + self.bias
+
+
+def load_source(
+    model: str | None, *, head: str | None = None, max_length: int | None = None
+) -> Source:
+    if model is None:
+        return _load_sentence_head(
+            default_model.body_path(),
+            Path(head) if head else default_model.head_path(),
+            max_length=max_length,
+            label_map=default_model.label_map_path() if head is None else None,
+            model_id=default_model.MODEL_ID if head is None else None,
+        )
+    path = Path(model)
+    if not path.exists():
+        if _HUB_ID.match(model) and not model.startswith((".", "/")):
+            return _load_checkpoint(model, max_length=max_length, hub=True)
+        raise InputNotFound(f"model path {model} does not exist")
+    if not path.is_dir():
+        raise NotAClassifier(f"{model} is a file; expected a checkpoint directory")
+    if (path / "modules.json").is_file():
+        if head is None:
+            raise NotAClassifier(
+                f"{model} is a sentence-transformers body without a classification head; "
+                "pass --head HEAD.joblib (a scikit-learn linear model)"
+            )
+        return _load_sentence_head(path, Path(head), max_length=max_length)
+    if head is not None:
+        raise NotAClassifier(f"--head needs a sentence-transformers body; {model} has no modules.json")
+    return _load_checkpoint(model, max_length=max_length, hub=False)
+
+
+def _read_config(model: str, hub: bool) -> Any:
+    from transformers import AutoConfig
+
+    if not hub and not (Path(model) / "config.json").is_file():
+        raise NotAClassifier(f"{model} has no config.json: not a Hugging Face checkpoint")
+    try:
+        return AutoConfig.from_pretrained(model)
+    except (OSError, ValueError, KeyError) as exc:
+        if hub:
+            raise InputNotFound(f"{model} is neither a local path nor a reachable hub model ({_first_line(exc)})") from None
+        raise UnsupportedArchitecture(f"{model}/config.json cannot be read: {_first_line(exc)}") from None
+
+
+def _load_checkpoint(model: str, *, max_length: int | None, hub: bool) -> Source:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    config = _read_config(model, hub)
+    architectures = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise NotAClassifier(
+            f"{model} is not a sequence classifier (architectures: {', '.join(architectures) or 'none'}); "
+            "expected a *ForSequenceClassification checkpoint"
+        )
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitecture(
+            f"model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    original = _load_weights(AutoModelForSequenceClassification, model)
+    exported = _load_weights(AutoModelForSequenceClassification, model, attn_implementation="eager")
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise InputNotFound(f"{model} has no usable tokenizer: {_first_line(exc)}") from None
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise UnsupportedArchitecture(f"{model} has no fast tokenizer (tokenizer.json) to serve with")
+
+    limit = max_length or _checkpoint_max_length(config, hf_tokenizer)
+    input_names = _input_names(hf_tokenizer, exported)
+    problem_type = config.problem_type or "single_label_classification"
+    if problem_type not in ("single_label_classification", "multi_label_classification"):
+        raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not a classification task")
+
+    def reference(texts: Sequence[str]) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(texts), _REFERENCE_BATCH):
+            batch = hf_tokenizer(
+                list(texts[start : start + _REFERENCE_BATCH]),
+                padding=True,
+                truncation=True,
+                max_length=limit,
+                return_tensors="pt",
+            )
+            features = {name: batch[name] for name in input_names if name in batch}
+            with torch.inference_mode():
+                outputs.append(original(**features).logits.float().numpy())
+        return np.concatenate(outputs)
+
+    return Source(
+        model_id=str(model) if hub else Path(model).resolve().name,
+        kind="hf-sequence-classification",
+        module=_LogitsOnly(exported, input_names).eval(),
+        input_names=input_names,
+        id2label={int(k): str(v) for k, v in config.id2label.items()},
+        problem_type=problem_type,
+        max_length=limit,
+        tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
+        reference=reference,
+        details={"path": str(model) if hub else str(Path(model).resolve()), "model_type": config.model_type},
+    )
+
+
+def _load_weights(factory: Any, model: str, **kwargs: Any) -> torch.nn.Module:
+    try:
+        with warnings.catch_warnings():
+            # A head created from scratch would mean the checkpoint has no trained classifier.
+            warnings.simplefilter("error", UserWarning)
+            loaded = factory.from_pretrained(model, **kwargs)
+    except (OSError, RuntimeError, ValueError, EnvironmentError, UserWarning) as exc:
+        raise CorruptWeights(f"weights of {model} are missing or unreadable: {_first_line(exc)}") from None
+    except Exception as exc:  # safetensors raises its own, unexported error type
+        if type(exc).__name__ == "SafetensorError":
+            raise CorruptWeights(f"weights of {model} are corrupt: {_first_line(exc)}") from None
+        raise
+    return loaded.eval()
+
+
+def _checkpoint_max_length(config: Any, hf_tokenizer: Any) -> int:
+    positions = getattr(config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(config.model_type, 0)
+    declared = getattr(hf_tokenizer, "model_max_length", None)
+    if declared and declared < 100_000:
+        return int(min(declared, positions))
+    return int(min(512, positions))
+
+
+def _input_names(hf_tokenizer: Any, model: torch.nn.Module) -> list[str]:
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+    return [n for n in names if n in hf_tokenizer.model_input_names or n == "input_ids"]
+
+
+def _bundle_tokenizer(hf_tokenizer: Any, max_length: int) -> Tokenizer:
+    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tokenizer.enable_truncation(max_length=max_length)
+    pad_token = hf_tokenizer.pad_token or "[PAD]"
+    pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
+    # The service pads batches itself; it reads the pad id from here.
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def _load_sentence_head(
+    body: Path,
+    head: Path,
+    *,
+    max_length: int | None,
+    label_map: Path | None = None,
+    model_id: str | None = None,
+) -> Source:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    if not head.is_file():
+        raise InputNotFound(f"head file {head} does not exist")
+    try:
+        st = SentenceTransformer(str(body), device="cpu")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CorruptWeights(f"sentence-transformers body {body} cannot be loaded: {_first_line(exc)}") from None
+    modules = list(st)
+    if not modules or not isinstance(modules[0], Transformer):
+        raise UnsupportedArchitecture(f"{body} does not start with a Transformer module")
+    extra = [m for m in modules[1:] if not isinstance(m, (Pooling, Normalize))]
+    if extra:
+        raise UnsupportedArchitecture(
+            f"{body} has modules the exporter cannot reproduce: {', '.join(type(m).__name__ for m in extra)}"
+        )
+    transformer = modules[0]
+    if getattr(transformer, "do_lower_case", False):
+        raise UnsupportedArchitecture(f"{body} lower-cases in sentence-transformers, which the bundle cannot reproduce")
+    model_type = transformer.auto_model.config.model_type
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitecture(f"body model type {model_type!r} is not supported")
+    pooling = _pooling_mode(next((m for m in modules if isinstance(m, Pooling)), None))
+    normalize = any(isinstance(m, Normalize) for m in modules)
+
+    weight, bias, classes, predict_logits = _linear_head(head)
+    width = transformer.auto_model.config.hidden_size
+    if weight.shape[1] != width:
+        raise HeadMismatch(f"head {head.name} expects {weight.shape[1]} features but the body produces {width}")
+    if label_map is not None:
+        import joblib
+
+        names = default_model.class_names(classes, joblib.load(label_map))
+    else:
+        names = [str(c) for c in classes]
+
+    limit = max_length or int(st.max_seq_length)
+    st.max_seq_length = limit
+    hf_tokenizer = transformer.tokenizer
+    exported_body = _eager_copy(transformer.auto_model)
+    input_names = _input_names(hf_tokenizer, exported_body)
+
+    def reference(texts: Sequence[str]) -> np.ndarray:
+        embeddings = st.encode(list(texts), batch_size=_REFERENCE_BATCH, convert_to_numpy=True)
+        return predict_logits(embeddings)
+
+    return Source(
+        model_id=model_id or f"{body.resolve().name}+{head.name}",
+        kind="sentence-transformers+linear-head",
+        module=_EmbedAndClassify(exported_body, input_names, pooling, normalize, weight, bias).eval(),
+        input_names=input_names,
+        id2label=dict(enumerate(names)),
+        problem_type="single_label_classification",
+        max_length=limit,
+        tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
+        reference=reference,
+        # sentence-transformers strips every text before tokenizing.
+        strip_whitespace=True,
+        details={
+            "body": str(body.resolve()),
+            "head": str(head.resolve()),
+            "model_type": model_type,
+            "pooling": pooling,
+            "normalize": normalize,
+        },
+    )
+
+
+def _eager_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights with eager attention, which traces into fusable ONNX."""
+    from transformers import AutoModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        copy = AutoModel.from_config(model.config, attn_implementation="eager")
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+def _pooling_mode(pooling: Any) -> str:
+    if pooling is None:
+        raise UnsupportedArchitecture("sentence-transformers body has no Pooling module")
+    mode = pooling.get_config_dict().get("pooling_mode")
+    if mode not in ("mean", "max", "cls"):
+        raise UnsupportedArchitecture(f"pooling mode {mode!r} is not supported (one of mean, max or cls)")
+    return mode
+
+
+def _linear_head(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], Callable[[np.ndarray], np.ndarray]]:
+    """Weights of a scikit-learn linear classifier, and its own decision function."""
+    import joblib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heads pickled by older scikit-learn releases
+            clf = joblib.load(path)
+    except Exception as exc:  # a pickle can fail in any way; all mean "unreadable head"
+        raise CorruptWeights(f"head {path} cannot be loaded: {_first_line(exc)}") from None
+    coef = getattr(clf, "coef_", None)
+    intercept = getattr(clf, "intercept_", None)
+    classes = getattr(clf, "classes_", None)
+    if coef is None or intercept is None or classes is None or not hasattr(clf, "decision_function"):
+        raise NotAClassifier(f"head {path} is not a fitted linear classifier (needs coef_, intercept_, classes_)")
+    coef = np.asarray(coef, dtype=np.float64)
+    intercept = np.asarray(intercept, dtype=np.float64)
+    if coef.shape[0] == 1 and len(classes) == 2:
+        # Binary heads score only the positive class; logits [0, z] give the same softmax.
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+
+    def predict_logits(embeddings: np.ndarray) -> np.ndarray:
+        scores = np.asarray(clf.decision_function(embeddings), dtype=np.float32)
+        if scores.ndim == 1:
+            scores = np.stack([np.zeros_like(scores), scores], axis=1)
+        return scores
+
+    return coef, intercept, [str(c) for c in classes], predict_logits
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+__all__ = ["Source", "load_source", "SUPPORTED_MODEL_TYPES", "ExportError"]

@@ -1,0 +1,1 @@
+"""Slim inference service for ONNX text-classifier bundles (no torch)."""

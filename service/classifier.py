@@ -1,0 +1,147 @@
+"""Tokenize texts and run the bundle's ONNX graph: the model behind the service.
+
+Knows nothing about HTTP. The export stage uses it too, so verification runs the
+exact code path that serves traffic.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
+    if problem_type == "multi_label_classification":
+        return sigmoid(logits)
+    return softmax(logits)
+
+
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Parallelism inside one batch; 0 lets onnxruntime pick the physical core count.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One text after tokenization: truncated ids plus its untruncated length."""
+
+    encoding: Encoding
+    full_length: int
+
+    @property
+    def length(self) -> int:
+        return len(self.encoding.ids)
+
+
+class OnnxClassifier:
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        manifest: Manifest,
+        *,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ) -> None:
+        self.manifest = manifest
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self._counter = Tokenizer.from_file(str(tokenizer_path))
+        self._counter.no_padding()
+        self._counter.no_truncation()
+        self.pad_id = _pad_id(self.tokenizer)
+        self.session = ort.InferenceSession(
+            str(model_path),
+            sess_options=session_options(intra_op_threads, inter_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @classmethod
+    def from_bundle(cls, directory: Path | str, **threads: int) -> OnnxClassifier:
+        directory = Path(directory)
+        manifest = load_verified(directory)
+        return cls(directory / MODEL_FILE, directory / TOKENIZER_FILE, manifest, **threads)
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def _prepare(self, texts: Sequence[str]) -> list[str]:
+        if self.manifest.strip_whitespace:
+            return [t.strip() for t in texts]
+        return list(texts)
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        prepared = self._prepare(texts)
+        encodings = self.tokenizer.encode_batch(prepared, add_special_tokens=True)
+        results = []
+        for text, encoding in zip(prepared, encodings):
+            full = len(encoding.ids)
+            if encoding.overflowing:
+                # Only texts that were cut pay for a second, untruncated pass.
+                full = len(self._counter.encode(text).ids)
+            results.append(Encoded(encoding, full))
+        return results
+
+    def run(self, batch: Sequence[Encoded]) -> np.ndarray:
+        """Logits for already-encoded texts, padded to the longest in the batch."""
+        width = max(item.length for item in batch)
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, item in enumerate(batch):
+            n = item.length
+            ids[row, :n] = item.encoding.ids
+            mask[row, :n] = 1
+            types[row, :n] = item.encoding.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names})
+        return logits.astype(np.float32, copy=False)
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        encoded = self.encode(texts)
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+        out = np.empty((len(encoded), len(self.manifest.id2label)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.run([encoded[i] for i in chunk])
+        return out
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    padding = tokenizer.padding
+    if padding and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<PAD>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+needs_export = pytest.mark.skipif(not _has("torch"), reason="export stage not installed (requirements-export.txt)")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """family -> directory of a tiny random *ForSequenceClassification checkpoint."""
+    from tests import tiny_models
+
+    built: dict[tuple[str, bool], Path] = {}
+
+    def make(family: str, multi_label: bool = False) -> Path:
+        key = (family, multi_label)
+        if key not in built:
+            name = f"{family}-multi" if multi_label else family
+            built[key] = tiny_models.build(family, tmp_path_factory.mktemp(name), multi_label=multi_label)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory):
+    """family -> fp32 bundle exported from that family's tiny checkpoint."""
+    from export.pipeline import export_bundle
+
+    built: dict[tuple[str, bool], Path] = {}
+
+    def make(family: str, multi_label: bool = False) -> Path:
+        key = (family, multi_label)
+        if key not in built:
+            out = tmp_path_factory.mktemp("bundles") / f"{family}{'-multi' if multi_label else ''}"
+            export_bundle(out=out, model=str(tiny_checkpoint(family, multi_label)), variant="fp32")
+            built[key] = out
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory):
+    """The built-in default model, exported once per run through the real CLI."""
+    from export.cli import main
+
+    out = tmp_path_factory.mktemp("default") / "bundle"
+    assert main(["--out", str(out), "--quiet"]) == 0
+    return out

@@ -1,0 +1,127 @@
+"""Tiny, randomly initialised classifiers of every supported family, built offline.
+
+Each gets a real fast tokenizer trained on a small corpus, so export and serving
+run the same code paths as for a real checkpoint, in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+from export.texts import IN_DOMAIN, OUT_OF_DOMAIN
+
+MAX_LENGTH = 24
+CORPUS = [t for t in IN_DOMAIN + OUT_OF_DOMAIN if t] + ["hello world", "émoji 😀 ünïcödé 中文 テキスト"]
+BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+ROBERTA_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
+
+# family -> (config class name, model class name, tokenizer model, special tokens)
+FAMILIES = {
+    "bert": ("BertConfig", "BertForSequenceClassification", "wordpiece", BERT_SPECIALS),
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification", "wordpiece", BERT_SPECIALS),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", "wordpiece", BERT_SPECIALS),
+    "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", "wordpiece", ROBERTA_SPECIALS),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", "bpe", ROBERTA_SPECIALS),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", "unigram", ROBERTA_SPECIALS),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", "unigram", BERT_SPECIALS),
+    "albert": ("AlbertConfig", "AlbertForSequenceClassification", "unigram", BERT_SPECIALS),
+}
+
+
+def train_tokenizer(kind: str, specials: dict[str, str]) -> Tokenizer:
+    ordered = [specials[k] for k in ("pad", "unk", "cls", "sep", "mask")]
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token=specials["unk"]))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=ordered)
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=specials["unk"]))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        trainer = trainers.BpeTrainer(
+            vocab_size=500, special_tokens=ordered, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+    else:
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=400, special_tokens=ordered, unk_token=specials["unk"])
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    cls, sep = specials["cls"], specials["sep"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
+    )
+    return tokenizer
+
+
+def build(family: str, directory: Path, *, num_labels: int = 3, multi_label: bool = False, seed: int = 0) -> Path:
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
+
+    config_name, model_name, kind, specials = FAMILIES[family]
+    tokenizer = train_tokenizer(kind, specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        model_max_length=MAX_LENGTH,
+        **{f"{k}_token": v for k, v in specials.items()},
+    )
+    config = getattr(transformers, config_name)(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.token_to_id(specials["pad"]),
+        num_labels=num_labels,
+        id2label={i: f"label_{i}" for i in range(num_labels)},
+        label2id={f"label_{i}": i for i in range(num_labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        # DistilBERT and ALBERT name their sizes differently.
+        dim=32, n_layers=2, n_heads=2, hidden_dim=64, embedding_size=16,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def build_sentence_body(directory: Path, *, normalize: bool = True) -> Path:
+    """A tiny BERT body saved as a sentence-transformers model (mean pooling)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    checkpoint = directory / "hf"
+    tokenizer = train_tokenizer("wordpiece", BERT_SPECIALS)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=512, **{f"{k}_token": v for k, v in BERT_SPECIALS.items()}
+    ).save_pretrained(checkpoint)
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).save_pretrained(checkpoint)
+    transformer = Transformer(str(checkpoint), max_seq_length=MAX_LENGTH)
+    modules = [transformer, Pooling(32, pooling_mode="mean")] + ([Normalize()] if normalize else [])
+    SentenceTransformer(modules=modules, device="cpu").save(str(directory / "st"))
+    return directory / "st"
+
+
+def train_head(path: Path, *, width: int, classes: list[str], seed: int = 0) -> Path:
+    """A scikit-learn LogisticRegression on random unit vectors, saved with joblib."""
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(60, width))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    labels = [classes[i % len(classes)] for i in range(60)]
+    joblib.dump(LogisticRegression(max_iter=500).fit(features, labels), path)
+    return path
