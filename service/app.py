@@ -1,0 +1,73 @@
+"""The app factory: ``create_app(settings)``; the model loads in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from service import openapi, routes
+from service.engine import Engine
+from service.errors import InternalError, MethodNotAllowed, NotFound, ServiceError
+from service.manifest import Manifest, load_verified
+from service.metrics import Metrics
+from service.middleware import RequestContext
+from service.settings import Settings
+
+log = logging.getLogger("service.app")
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code == 405:
+        error: ServiceError = MethodNotAllowed(f"method {request.method} is not allowed on {request.url.path}")
+        return JSONResponse(error.body(), status_code=405, headers=dict(exc.headers or {}))
+    if exc.status_code == 404:
+        return await _service_error(request, NotFound(f"no route {request.url.path}"))
+    return JSONResponse({"error": str(exc.detail), "error_type": "http"}, status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return await _service_error(request, InternalError("internal error; see the server log"))
+
+
+def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlette:
+    """Build the app. The bundle's hashes are checked here, before any traffic."""
+    manifest = manifest or load_verified(settings.bundle)
+    metrics = Metrics()
+    engine = Engine(settings, metrics, manifest)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Serve /live and a 503 /health while the session loads and warms up.
+        loading = asyncio.create_task(engine.start())
+        try:
+            yield
+        finally:
+            await loading
+            await engine.stop()
+
+    middleware = [Middleware(RequestContext, api_keys=settings.api_keys, metrics=metrics)]
+    if settings.cors_allow_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"]))
+    app = Starlette(
+        routes=routes.ROUTES + openapi.ROUTES,
+        middleware=middleware,
+        exception_handlers={ServiceError: _service_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    return app

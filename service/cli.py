@@ -1,0 +1,51 @@
+"""``python -m service``: check the bundle, then serve it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+from service.manifest import BundleError, load_verified
+from service.middleware import JsonFormatter
+from service.settings import SettingsError, load_settings
+
+EXIT_BAD_SETTINGS = 2
+EXIT_BAD_BUNDLE = 3
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    try:
+        manifest = load_verified(settings.bundle)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_BUNDLE
+    configure_logging(settings.log_level)
+    config = uvicorn.Config(
+        create_app(settings, manifest),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # the service writes its own JSON access log
+        timeout_graceful_shutdown=int(settings.drain_timeout),
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,107 @@
+"""One pure-ASGI layer around every request: request id, API keys, metrics, access log."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import Unauthorized
+from service.routes import OPEN_PATHS
+
+access_log = logging.getLogger("service.access")
+_VALID_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], metrics: Any) -> None:
+        self.app = app
+        self.api_keys = tuple(key.encode() for key in api_keys)
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        sent = headers.get("x-request-id", "")
+        request_id = sent if _VALID_REQUEST_ID.match(sent) else uuid.uuid4().hex
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        try:
+            if not self._authorized(scope["path"], headers):
+                await _send_error(Unauthorized("missing or invalid API key; send 'Authorization: Bearer KEY'",
+                                               headers={"WWW-Authenticate": "Bearer"}), send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            endpoint = _endpoint(scope)
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint).observe(elapsed)
+            access_log.info(
+                "request",
+                extra={"fields": {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                                  "status": status, "duration_ms": round(elapsed * 1000, 3)}},
+            )
+
+    def _authorized(self, path: str, headers: Headers) -> bool:
+        if not self.api_keys or path in OPEN_PATHS or path.startswith("/docs/"):
+            return True
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        given = token.strip().encode()
+        # Compare against every key, so timing reveals neither the key nor which one matched.
+        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
+        return any(matches)
+
+
+def _endpoint(scope: Scope) -> str:
+    """The route template, so metrics labels stay few whatever paths clients send."""
+    app = scope.get("app")
+    for route in getattr(app, "routes", []):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route.path
+    return "unmatched"
+
+
+async def _send_error(error: Any, send: Send) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; messages never include request bodies."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)

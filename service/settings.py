@@ -1,0 +1,145 @@
+"""Service settings: every one is a ``--flag`` and an env var of the same name.
+
+``--max-batch-tokens 8192`` and ``MAX_BATCH_TOKENS=8192`` mean the same; a flag
+beats the environment, the environment beats the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping, Sequence
+
+
+class SettingsError(ValueError):
+    """A setting with a value it cannot take; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: str = "bundles/default"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str = "classifier"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 64
+    max_wait_ms: float = 1.0
+    max_queue_size: int = 1024
+    max_inputs: int = 64
+    max_body_bytes: int = 1_048_576
+    api_keys: tuple[str, ...] = ()
+    cors_allow_origins: tuple[str, ...] = ()
+    drain_timeout: float = 20.0
+    log_level: str = "info"
+    log_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("port", "max_batch_tokens", "max_batch_size", "max_queue_size", "max_inputs", "max_body_bytes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
+        if self.port > 65535:
+            raise SettingsError(f"--port must be at most 65535, got {self.port}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"--log-level must be debug, info, warning or error, got {self.log_level!r}")
+
+
+HELP = {
+    "bundle": "bundle directory written by 'python -m export'",
+    "host": "interface to bind; 127.0.0.1 keeps the service local, 0.0.0.0 exposes it (the image uses 0.0.0.0)",
+    "port": "TCP port",
+    "model_name": "model name in Open Inference Protocol URLs (/v2/models/NAME)",
+    "intra_op_threads": "onnxruntime threads per batch; 0 = one per available core. More threads cut the "
+    "latency of one large batch but contend with tokenization and the event loop",
+    "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",
+    "max_batch_tokens": "padded tokens per batch (batch size x longest input). Larger batches raise "
+    "throughput under load but each one takes longer",
+    "max_batch_size": "inputs per batch, whatever their length",
+    "max_wait_ms": "how long the first queued input waits for others to join its batch. "
+    "Higher values batch more under load and add that much latency when idle",
+    "max_queue_size": "inputs waiting for inference before new requests get 429 with Retry-After; "
+    "bounds memory and latency under overload",
+    "max_inputs": "inputs per request",
+    "max_body_bytes": "request body limit, counted as the body streams in",
+    "api_keys": "comma-separated bearer keys; empty disables authentication. Health, metrics and docs stay open",
+    "cors_allow_origins": "comma-separated origins allowed by CORS; empty disables CORS",
+    "drain_timeout": "seconds to finish in-flight requests after SIGTERM before exiting",
+    "log_level": "debug, info, warning or error",
+    "log_inputs": "include input texts in debug logs (off: logs never contain user text)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str:
+    return name.upper()
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _parse_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _converter(default: object):
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, tuple):
+        return _parse_list
+    return type(default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve an ONNX text-classifier bundle over REST and the Open Inference Protocol. "
+        "Every flag can also be set by the env var of the same name in upper case (e.g. MAX_BATCH_TOKENS).",
+    )
+    for field in fields(Settings):
+        parser.add_argument(
+            _flag(field.name),
+            dest=field.name,
+            default=None,
+            metavar=_env(field.name),
+            help=f"{HELP[field.name]} (default: {_show(field.default)})",
+        )
+    return parser
+
+
+def _show(default: object) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default) or "none"
+    return str(default)
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values = {}
+    for field in fields(Settings):
+        raw = getattr(args, field.name)
+        origin = _flag(field.name)
+        if raw is None and _env(field.name) in environ:
+            raw, origin = environ[_env(field.name)], _env(field.name)
+        if raw is None:
+            continue
+        try:
+            values[field.name] = _converter(field.default)(raw)
+        except ValueError:
+            raise SettingsError(f"{origin} has an invalid value {raw!r}") from None
+    return Settings(**values)
