@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Sequence
 
@@ -47,5 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout),
         server_header=False,
     )
+    # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler;
+    # making that handler a clean exit turns an orderly shutdown into exit code 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run()
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

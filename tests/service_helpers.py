@@ -1,0 +1,67 @@
+"""Shared helpers for service tests: ready-waiting and real server processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT
+
+SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
+
+
+def wait_ready(client, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError("service did not become ready")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m service`` in the serving-only virtual environment, on a real socket."""
+
+    def __init__(self, bundle: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = ROOT / ".pytest_cache" / f"server-{self.port}.log"
+        self.log.parent.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(SERVE_PYTHON), "-m", "service", "--bundle", str(bundle), "--port", str(self.port), *args],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

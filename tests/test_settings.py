@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from service.settings import Settings, SettingsError, build_parser, load_settings
+
+
+def test_defaults():
+    settings = load_settings([], environ={})
+    assert settings == Settings()
+    assert settings.host == "127.0.0.1" and settings.api_keys == ()
+
+
+def test_env_and_flags_share_names_and_flags_win():
+    env = {"PORT": "9000", "MAX_BATCH_TOKENS": "4096", "API_KEYS": "a, b", "LOG_INPUTS": "true", "HOST": "0.0.0.0"}
+    settings = load_settings(["--port", "9100"], environ=env)
+    assert settings.port == 9100
+    assert settings.max_batch_tokens == 4096
+    assert settings.api_keys == ("a", "b")
+    assert settings.log_inputs is True
+    assert settings.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        pytest.param(["--port", "eighty"], {}, "--port has an invalid value 'eighty'", id="port-type"),
+        pytest.param([], {"MAX_WAIT_MS": "soon"}, "MAX_WAIT_MS has an invalid value 'soon'", id="env-type"),
+        pytest.param(["--max-inputs", "0"], {}, "--max-inputs must be at least 1, got 0", id="zero"),
+        pytest.param(["--drain-timeout", "-1"], {}, "--drain-timeout must not be negative, got -1.0", id="negative"),
+        pytest.param(["--port", "70000"], {}, "--port must be at most 65535, got 70000", id="port-range"),
+        pytest.param([], {"LOG_INPUTS": "maybe"}, "LOG_INPUTS has an invalid value 'maybe'", id="bool"),
+        pytest.param(["--log-level", "loud"], {}, "--log-level must be debug, info, warning or error, got 'loud'", id="level"),
+    ],
+)
+def test_errors_name_the_setting(argv, env, message):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(argv, environ=env)
+    assert str(raised.value) == message
+
+
+def test_help_states_trade_offs():
+    text = build_parser().format_help()
+    assert "MAX_BATCH_TOKENS" in text
+    assert "add that much latency when idle" in " ".join(text.split())
