@@ -1,0 +1,50 @@
+"""Dockerfile lint and Kubernetes manifests validated against the real schemas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+
+
+def test_dockerfile_passes_hadolint():
+    proc = subprocess.run([str(BIN / "hadolint"), "Dockerfile.slim"], cwd=ROOT, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (0, "")
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_matches_kubernetes_schema(manifest):
+    proc = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", "1.33.0", str(manifest)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "passed" in proc.stdout + proc.stderr
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "k8s" / name).read_text())
+
+
+def test_deployment_is_wired_to_the_service():
+    pod = load("deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
+    drain = float(load("configmap.yaml")["data"]["DRAIN_TIMEOUT"])
+    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] >= pause + drain
+    assert {"secretRef": {"name": load("secret.yaml")["metadata"]["name"]}} in container["envFrom"]
+    hpa = load("hpa.yaml")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == load("deployment.yaml")["metadata"]["name"]
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
