@@ -87,6 +87,8 @@ class Engine:
     async def classify(self, texts: Sequence[str], *, truncate: bool) -> Classified:
         if self.batcher is None or self.classifier is None:
             raise NotReady(self.not_ready_reason)
+        if self.settings.log_inputs:
+            log.debug("inputs", extra={"fields": {"texts": list(texts)}})
         started = time.perf_counter()
         encoded = await asyncio.to_thread(self.classifier.encode, texts)
         tokenize_seconds = time.perf_counter() - started

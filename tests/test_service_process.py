@@ -150,6 +150,14 @@ def test_access_log_is_json_without_input_text(server):
     assert "secret" not in process.log.read_text()
 
 
+def test_inputs_are_logged_only_when_asked(server):
+    process = server(None, "--log-level", "debug", "--log-inputs", "true")
+    process.wait_ready()
+    httpx.post(process.url + "/predict", json={"inputs": "visible on request"})
+    process.stop()
+    assert '"texts": ["visible on request"]' in process.log.read_text()
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
