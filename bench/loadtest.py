@@ -146,20 +146,76 @@ def batch_totals(client: httpx.Client) -> tuple[float, float] | None:
     return values["classifier_batch_size_sum"], values["classifier_batch_size_count"]
 
 
-async def _closed_loop(client, concurrency, deadline, max_requests, mix, latencies, statuses):
+class Connection:
+    """One keep-alive HTTP/1.1 connection on raw asyncio streams.
+
+    A full HTTP client costs more CPU per request than the server under test;
+    on a shared 2-core machine that would measure the client, not the server.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str] | None) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.head = f"POST /predict HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n{extra}"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, payload: dict) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload).encode()
+        self.writer.write(f"{self.head}content-length: {len(body)}\r\n\r\n".encode() + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        if b"connection: close" in header.lower():
+            await self.close()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+async def _one(connection, payload, started, latencies, statuses) -> None:
+    try:
+        statuses[str(await connection.post(payload))] += 1
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+        statuses[type(exc).__name__] += 1
+        await connection.close()
+    latencies.append((time.perf_counter() - started) * 1000)
+
+
+async def _closed_loop(url, headers, concurrency, deadline, max_requests, mix, latencies, statuses):
     sent = 0
 
     async def worker():
         nonlocal sent
+        connection = Connection(url, headers)
         while time.perf_counter() < deadline and sent < max_requests:
             sent += 1
-            await _one(client, mix.payload(), time.perf_counter(), latencies, statuses)
+            await _one(connection, mix.payload(), time.perf_counter(), latencies, statuses)
+        await connection.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _open_loop(client, rate, deadline, max_requests, mix, latencies, statuses):
+async def _open_loop(url, headers, rate, deadline, max_requests, mix, latencies, statuses):
+    idle: list[Connection] = []
     tasks = []
+
+    async def send(scheduled: float) -> None:
+        connection = idle.pop() if idle else Connection(url, headers)
+        await _one(connection, mix.payload(), scheduled, latencies, statuses)
+        idle.append(connection)
+
     start = time.perf_counter()
     for index in range(max_requests):
         # Latency counts from the scheduled send time, so a slow server cannot hide its queue.
@@ -167,17 +223,10 @@ async def _open_loop(client, rate, deadline, max_requests, mix, latencies, statu
         if scheduled >= deadline:
             break
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-        tasks.append(asyncio.create_task(_one(client, mix.payload(), scheduled, latencies, statuses)))
+        tasks.append(asyncio.create_task(send(scheduled)))
     await asyncio.gather(*tasks)
-
-
-async def _one(client, payload, started, latencies, statuses) -> None:
-    try:
-        response = await client.post("/predict", json=payload)
-        statuses[str(response.status_code)] += 1
-    except httpx.HTTPError as exc:
-        statuses[type(exc).__name__] += 1
-    latencies.append((time.perf_counter() - started) * 1000)
+    for connection in idle:
+        await connection.close()
 
 
 def run_level(
@@ -190,13 +239,11 @@ def run_level(
         before = batch_totals(sync_client)
 
         async def go() -> None:
-            limits = httpx.Limits(max_connections=max(concurrency or 0, 256), max_keepalive_connections=256)
-            async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
-                deadline = time.perf_counter() + duration
-                if rate:
-                    await _open_loop(client, rate, deadline, max_requests, mix, latencies, statuses)
-                else:
-                    await _closed_loop(client, concurrency, deadline, max_requests, mix, latencies, statuses)
+            deadline = time.perf_counter() + duration
+            if rate:
+                await _open_loop(url, headers, rate, deadline, max_requests, mix, latencies, statuses)
+            else:
+                await _closed_loop(url, headers, concurrency, deadline, max_requests, mix, latencies, statuses)
 
         with ProcessSampler(pid) as sampler:
             started = time.perf_counter()

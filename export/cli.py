@@ -33,6 +33,8 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation-file", help="extra validation texts, one per line")
     parser.add_argument("--max-length", type=int, help="override the truncation length of the original pipeline")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
+    parser.add_argument("--keep-variants", type=Path, metavar="DIR",
+                        help="also copy every variant's model.onnx here, passing or not (for benchmarks)")
     gate = parser.add_argument_group("verification gate")
     gate.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 variants (default: 1e-4)")
     gate.add_argument("--min-agreement", type=float, default=0.99, help="int8 top-1 agreement (default: 0.99)")
@@ -85,6 +87,7 @@ def _run_export(args: argparse.Namespace) -> int:
         validation_file=args.validation_file,
         max_length=args.max_length,
         force=args.force,
+        keep_variants=args.keep_variants,
         thresholds=Thresholds(args.max_logit_diff, args.min_agreement, args.confident_margin, args.max_prob_diff),
         progress=progress,
     )

@@ -74,6 +74,7 @@ def export_bundle(
     max_length: int | None = None,
     force: bool = False,
     thresholds: Thresholds = Thresholds(),
+    keep_variants: Path | None = None,
     progress: Progress = lambda _: None,
 ) -> ExportResult:
     out = Path(out)
@@ -87,7 +88,7 @@ def export_bundle(
     except OSError as exc:
         raise OutputNotWritable(f"cannot write in {out.parent}: {exc.strerror}") from None
     try:
-        return _export_in(work, out, source, texts, variant, thresholds, force, progress)
+        return _export_in(work, out, source, texts, variant, thresholds, force, keep_variants, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -100,6 +101,7 @@ def _export_in(
     variant: str,
     thresholds: Thresholds,
     force: bool,
+    keep_variants: Path | None,
     progress: Progress,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
@@ -147,6 +149,11 @@ def _export_in(
                 path, kept = _selective(base, work, reference, logits_of, source, thresholds, progress)
                 check(V.SELECTIVE, path, kept_fp32=kept)
 
+    if keep_variants is not None:
+        # Every variant built, passing or not, for benchmarks; the bundle holds only the chosen one.
+        keep_variants.mkdir(parents=True, exist_ok=True)
+        for name, path in paths.items():
+            shutil.copyfile(path, keep_variants / f"{name}.onnx")
     passing = [r for r in reports if r.passed]
     if not passing:
         raise VerificationFailed("no requested variant passed verification:\n" + report_table(reports))

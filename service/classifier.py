@@ -41,15 +41,18 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle intra-op threads would otherwise spin for work, stealing the cores that
+    # tokenization, the event loop and (on small nodes) neighbours need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One text after tokenization: truncated ids plus its untruncated length."""
+    """One text after tokenization: truncated ids, and its untruncated length when counted."""
 
     encoding: Encoding
-    full_length: int
+    full_length: int | None
 
     @property
     def length(self) -> int:
@@ -95,15 +98,16 @@ class OnnxClassifier:
             return [t.strip() for t in texts]
         return list(texts)
 
-    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+    def encode(self, texts: Sequence[str], *, count_full: bool = False) -> list[Encoded]:
+        """Tokenize and truncate. ``count_full`` also counts the tokens of texts that were
+        cut (a second, untruncated pass, paid only by those texts)."""
         prepared = self._prepare(texts)
         encodings = self.tokenizer.encode_batch(prepared, add_special_tokens=True)
         results = []
         for text, encoding in zip(prepared, encodings):
-            full = len(encoding.ids)
+            full: int | None = len(encoding.ids)
             if encoding.overflowing:
-                # Only texts that were cut pay for a second, untruncated pass.
-                full = len(self._counter.encode(text).ids)
+                full = len(self._counter.encode(text).ids) if count_full else None
             results.append(Encoded(encoding, full))
         return results
 

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -90,10 +91,10 @@ class Engine:
         if self.settings.log_inputs:
             log.debug("inputs", extra={"fields": {"texts": list(texts)}})
         started = time.perf_counter()
-        encoded = await asyncio.to_thread(self.classifier.encode, texts)
+        encoded = await asyncio.to_thread(partial(self.classifier.encode, texts, count_full=not truncate))
         tokenize_seconds = time.perf_counter() - started
         if not truncate:
-            too_long = [(i, e.full_length) for i, e in enumerate(encoded) if e.full_length > e.length]
+            too_long = [(i, e.full_length) for i, e in enumerate(encoded) if (e.full_length or 0) > e.length]
             if too_long:
                 index, count = too_long[0]
                 raise ValidationFailed(

@@ -26,7 +26,7 @@ class Settings:
     inter_op_threads: int = 1
     max_batch_tokens: int = 16384
     max_batch_size: int = 64
-    max_wait_ms: float = 1.0
+    max_wait_ms: float = 0.0
     max_queue_size: int = 1024
     max_inputs: int = 64
     max_body_bytes: int = 1_048_576

@@ -196,7 +196,7 @@ def test_default_model_exports_and_passes(default_bundle, capsys):
     assert by_name[manifest.variant]["passed"]
     assert len(report["timings"]) == sum(v["passed"] for v in report["variants"])
     classifier = OnnxClassifier.from_bundle(default_bundle)
-    (encoded,) = classifier.encode([LONG[0]])
+    (encoded,) = classifier.encode([LONG[0]], count_full=True)
     assert encoded.length == 256 and encoded.full_length > 512
     labels = [manifest.id2label[int(i)] for i in classifier.logits(
         ["connect me to a human agent", "what is my checking account balance"]).argmax(1)]
