@@ -18,7 +18,7 @@ INT8 = "int8"
 SELECTIVE = "int8-selective"
 VARIANTS = (FP32, OPTIMIZED, INT8, SELECTIVE)
 INT8_VARIANTS = (INT8, SELECTIVE)
-QUANTIZED_OPS = ("MatMul", "Attention")
+QUANTIZED_OPS = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
 
 
 def optimize(source: Path, target: Path) -> Path:

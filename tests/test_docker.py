@@ -20,9 +20,9 @@ from tests.service_helpers import free_port
 
 IMAGE = "onnx-classifier:test"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "local/python:3.11-bookworm")
-# Measured: onnxruntime, numpy and tokenizers' dependencies plus the int8-selective
-# default bundle. The goal is 150 MB; README "Image size" shows where the bytes go.
-SIZE_BUDGET_MB = 280
+# Measured 195 MB: onnxruntime and numpy alone take 120 MB, the int8-selective default
+# bundle 49 MB. The goal was 150 MB; README "Size" shows where the bytes go.
+SIZE_BUDGET_MB = 210
 
 pytestmark = [
     needs_export,
@@ -100,4 +100,5 @@ def test_size_above_base(image):
     size = int(docker("image", "inspect", image, "--format", "{{.Size}}").stdout)
     base = int(docker("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
     above_mb = (size - base) / 1e6
+    print(f"image: {above_mb:.0f} MB above the base image")
     assert above_mb <= SIZE_BUDGET_MB, f"{above_mb:.0f} MB above the base image"
