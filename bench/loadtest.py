@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server-pid", type=int, help="PID of the server, to report its CPU and peak RSS")
     compare = sub.add_parser("compare", help="start ours and the PyTorch baseline back to back and report ratios")
     compare.add_argument("--bundle", default="bundles/default")
-    compare.add_argument("--out", default="bench/results", help="directory for report.md, report.json and report.png")
+    compare.add_argument("--out", default="docs/benchmarks", help="directory for report.md, report.json and report.png")
     compare.add_argument("--skip-baseline", action="store_true", help="only measure our server")
     for p in (run, compare):
         p.add_argument("--concurrency", type=_levels, default=[1, 8, 32, 128], help="closed-loop levels, e.g. 1,8,32")

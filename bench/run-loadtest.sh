@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP load test, ours vs the PyTorch baseline, back to back:
-# writes bench/results/report.md, report.json and report.png.
+# writes docs/benchmarks/report.md, report.json and report.png (shown in the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# Download the serving wheels into wheels/ so `docker build` needs no index access.
+# Download wheels into wheels/ so `docker build` needs no index access.
+#   scripts/wheelhouse.sh            serving wheels (Dockerfile.slim)
+#   scripts/wheelhouse.sh --export   also the export stage's (Dockerfile.export; torch CPU build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
-  --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux_2_28_x86_64 --platform any -r requirements-serve.txt -d wheels
+REQUIREMENTS=(-r requirements-serve.txt)
+if [[ "${1:-}" == "--export" ]]; then
+  REQUIREMENTS+=(-r requirements-export.txt psutil==7.2.2 httpx==0.28.1)
+fi
+download() {
+  python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+    --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform linux_x86_64 --platform any -d wheels "$@"
+}
+download "${REQUIREMENTS[@]}"
+if [[ "${1:-}" == "--export" ]]; then
+  # Its declared dependencies are loose; it needs none beyond requirements-export.txt.
+  download --no-deps rag-intent-classifier==1.0.7
+fi

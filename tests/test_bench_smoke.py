@@ -36,6 +36,12 @@ def test_in_process_benchmarks_run_and_save_json(tiny_checkpoint, tmp_path):
     compare = subprocess.run([str(ROOT / ".venv/bin/pytest-benchmark"), "compare", str(previous), str(results)],
                              capture_output=True, text=True, timeout=120)
     assert compare.returncode == 0 and "test_tokenize" in compare.stdout
+    from bench.summarize import summarize
+
+    table = summarize(json.loads(results.read_text())).splitlines()
+    assert table[0] == "| median ms | short ×1 | medium ×1 | long ×1 | short ×32 | medium ×32 | long ×32 |"
+    assert [line.split("|")[1].strip() for line in table[2:7]] == [
+        "fp32", "fp32-optimized", "int8", "int8-selective", "PyTorch original"]
 
 
 @pytest.fixture
