@@ -102,3 +102,47 @@ def test_size_above_base(image):
     above_mb = (size - base) / 1e6
     print(f"image: {above_mb:.0f} MB above the base image")
     assert above_mb <= SIZE_BUDGET_MB, f"{above_mb:.0f} MB above the base image"
+
+
+@pytest.fixture(scope="module")
+def compose(image):
+    """docker compose (Debian's docker-compose) on its own project, torn down afterwards."""
+    assert shutil.which("docker-compose"), "docker-compose missing (.ci/docker-engine.sh installs it)"
+    subprocess.run(["bash", "scripts/wheelhouse.sh", "--export"], cwd=ROOT, check=True, timeout=900)
+    port = free_port()
+    env = {**os.environ, "BASE_IMAGE": BASE_IMAGE, "API_PORT": str(port)}
+    project = f"classifiertest{port}"
+
+    def run(*args: str, timeout: float = 1200, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker-compose", "-p", project, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env={**env, **extra_env})
+
+    try:
+        yield run, f"http://127.0.0.1:{port}"
+    finally:
+        run("--profile", "export", "--profile", "loadtest", "down", "-v", "--remove-orphans")
+
+
+def test_compose_export_then_serve_then_loadtest(compose):
+    run, url = compose
+    built = run("--profile", "export", "build", "export")
+    assert built.returncode == 0, built.stderr[-3000:]
+    exported = run("--profile", "export", "run", "--rm", "export", "--variant", "fp32-optimized",
+                   "--out", "/bundles/default", "--quiet")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "bundle: /bundles/default (fp32-optimized, 157 labels, max_length 256)" in exported.stdout
+    up = run("up", "-d", "--build", "api", BUNDLE="/bundles/default")
+    assert up.returncode == 0, up.stderr[-3000:]
+    container = run("ps", "-q", "api").stdout.strip()
+    deadline = time.monotonic() + 120
+    while docker("inspect", container, "--format", "{{.State.Health.Status}}").stdout.strip() != "healthy":
+        assert time.monotonic() < deadline, docker("logs", container, check=False).stderr[-2000:]
+        time.sleep(1)
+    info = httpx.get(url + "/info").json()
+    assert info["variant"] == "fp32-optimized"  # the bundle from the named volume, not the baked-in one
+    top = httpx.post(url + "/predict", json={"inputs": "connect me to a human agent", "top_k": 1}).json()
+    assert [item["label"] for item in top] == ["connect_to_human"]
+    load = run("--profile", "loadtest", "run", "--rm", "loadtest", "run", "--url", "http://api:8000",
+               "--concurrency", "1,4", "--duration", "1", BUNDLE="/bundles/default")
+    assert load.returncode == 0, load.stdout[-2000:] + load.stderr[-2000:]
+    assert load.stdout.splitlines()[0].split()[:4] == ["mode", "level", "requests", "req/s"]
