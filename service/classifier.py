@@ -6,6 +6,7 @@ exact code path that serves traffic.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,8 @@ def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Parallelism inside one batch; 0 lets onnxruntime pick the physical core count.
-    options.intra_op_num_threads = intra_op_threads
+    # Parallelism inside one batch; 0 means every core this process may use.
+    options.intra_op_num_threads = intra_op_threads or available_cores()
     options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Idle intra-op threads would otherwise spin for work, stealing the cores that
@@ -147,5 +148,17 @@ def _pad_id(tokenizer: Tokenizer) -> int:
     return 0
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
+def available_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    onnxruntime's own default counts the host's cores, which oversubscribes a
+    container limited to fewer (docker --cpus, Kubernetes limits).
+    """
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)

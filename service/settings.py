@@ -55,7 +55,7 @@ HELP = {
     "host": "interface to bind; 127.0.0.1 keeps the service local, 0.0.0.0 exposes it (the image uses 0.0.0.0)",
     "port": "TCP port",
     "model_name": "model name in Open Inference Protocol URLs (/v2/models/NAME)",
-    "intra_op_threads": "onnxruntime threads per batch; 0 = one per available core. More threads cut the "
+    "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and cgroup quota). More threads cut the "
     "latency of one large batch but contend with tokenization and the event loop",
     "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",
     "max_batch_tokens": "padded tokens per batch (batch size x longest input). Larger batches raise "

@@ -43,3 +43,24 @@ def test_help_states_trade_offs():
     text = build_parser().format_help()
     assert "MAX_BATCH_TOKENS" in text
     assert "add that much latency when idle" in " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    "cpu_max, expected",
+    [
+        pytest.param("max 100000\n", None, id="no-quota"),
+        pytest.param("100000 100000\n", 1, id="one-cpu"),
+        pytest.param("150000 100000\n", 2, id="fractional-rounds-up"),
+        pytest.param("garbage", None, id="unreadable"),
+    ],
+)
+def test_available_cores_honours_the_cgroup_quota(tmp_path, cpu_max, expected):
+    import os
+
+    from service.classifier import available_cores
+
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(path) == (min(affinity, expected) if expected else affinity)
+    assert available_cores(tmp_path / "missing") == affinity
