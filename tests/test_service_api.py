@@ -115,10 +115,12 @@ def test_not_ready_is_503_with_reason(bundle, tmp_path):
     (broken / "model.onnx").write_bytes(b"garbage")
     settings = Settings(bundle=str(broken))
     with TestClient(create_app(settings, read_manifest(broken))) as client:
-        for _ in range(200):
-            response = client.get("/health")
-            if response.json()["error"] != "model is loading":
-                break
+        import time
+
+        deadline = time.monotonic() + 30
+        while (response := client.get("/health")).json()["error"] == "model is loading":
+            assert time.monotonic() < deadline, "the broken model never finished loading"
+            time.sleep(0.02)
         assert response.status_code == 503
         assert response.json()["error_type"] == "unhealthy"
         assert response.json()["error"].startswith("model failed to load: ")
