@@ -38,9 +38,10 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ROOT / ".pytest_cache" / f"server-{self.port}.log"
         self.log.parent.mkdir(exist_ok=True)
+        self._log_handle = self.log.open("wb")
         self.proc = subprocess.Popen(
             [str(SERVE_PYTHON), "-m", "service", "--bundle", str(bundle), "--port", str(self.port), *args],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log_handle,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
 
@@ -65,3 +66,4 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._log_handle.close()
