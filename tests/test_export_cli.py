@@ -202,3 +202,26 @@ def test_default_model_exports_and_passes(default_bundle, capsys):
         ["connect me to a human agent", "what is my checking account balance"]).argmax(1)]
     assert labels == ["connect_to_human", "balance"]
     assert check_bundle(default_bundle).startswith("ok: ")
+
+
+def test_unreachable_hub_id_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run(["--model", "no-such-org/no-such-model", "--out", str(tmp_path / "b")], capsys)
+    assert code == ExitCode.INPUT_NOT_FOUND
+    assert last_line(err).startswith(
+        "error: no-such-org/no-such-model is neither a local path nor a reachable hub model (")
+    assert "Traceback" not in err
+
+
+def test_max_length_below_two_is_a_usage_error(tmp_path, capsys):
+    code, _, err = run(["--max-length", "1", "--out", str(tmp_path / "b")], capsys)
+    assert code == ExitCode.USAGE
+    assert err == "error: --max-length must be at least 2\n"
+
+
+def test_max_length_override_is_recorded(tiny_checkpoint, tmp_path, capsys):
+    from service.manifest import read_manifest
+
+    code, _, _ = run(["--model", str(tiny_checkpoint("bert")), "--out", str(tmp_path / "b"), "--variant", "fp32",
+                      "--max-length", "8", "--quiet"], capsys)
+    assert code == 0
+    assert read_manifest(tmp_path / "b").max_length == 8
