@@ -19,6 +19,10 @@ SELECTIVE = "int8-selective"
 VARIANTS = (FP32, OPTIMIZED, INT8, SELECTIVE)
 INT8_VARIANTS = (INT8, SELECTIVE)
 QUANTIZED_OPS = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
+# The selective search ranks only these. The token-embedding table stays int8 in every
+# int8 variant: it is most of the model's bytes, and quantizing it alone stays inside
+# the gate (measured on the default model: 99.2% agreement, max |Δprob| 0.027).
+SEARCHED_OPS = ("MatMul", "Attention")
 
 
 def optimize(source: Path, target: Path) -> Path:
@@ -55,13 +59,13 @@ def quantize(source: Path, target: Path, *, exclude: Iterable[str] = (), only: I
 
 
 def quantizable_nodes(model_path: Path) -> list[str]:
-    """Nodes that dynamic quantization would touch: the ops above with a constant weight."""
+    """Matrix products with a constant weight: the candidates for staying in fp32."""
     model = onnx.load(str(model_path), load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
     return [
         node.name
         for node in model.graph.node
-        if node.op_type in QUANTIZED_OPS and any(name in initializers for name in node.input[1:2])
+        if node.op_type in SEARCHED_OPS and any(name in initializers for name in node.input[1:2])
     ]
 
 
