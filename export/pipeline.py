@@ -179,7 +179,15 @@ def _export_in(
     return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings)
 
 
-def _selective(base, work, reference, logits_of, source, thresholds, progress) -> tuple[Path, list[str]]:
+def _selective(
+    base: Path,
+    work: Path,
+    reference: np.ndarray,
+    logits_of: Callable[[Path], np.ndarray],
+    source: Source,
+    thresholds: Thresholds,
+    progress: Progress,
+) -> tuple[Path, list[str]]:
     """Find few fp32 nodes that let int8 pass the gate: rank nodes by measured damage,
     then keep the 1, 2, 4, ... most harmful in fp32 until the gate passes."""
 
@@ -228,7 +236,9 @@ def _draft_manifest(source: Source) -> Manifest:
     )
 
 
-def _verification_summary(chosen, reports, timings, thresholds, n_texts) -> dict[str, object]:
+def _verification_summary(
+    chosen: str, reports: Sequence[VariantReport], timings: Sequence[Timing], thresholds: Thresholds, n_texts: int
+) -> dict[str, object]:
     from dataclasses import asdict
 
     return {

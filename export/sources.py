@@ -11,7 +11,6 @@ put inside the exported module, so the graph always ends in logits.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field

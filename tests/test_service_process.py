@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -54,7 +54,7 @@ def server(tiny_bundle):
 
 
 def loaded_modules(pid: int) -> str:
-    return (ROOT / f"/proc/{pid}/maps").read_text()
+    return Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_real_server_predicts_and_loads_no_torch(server, tiny_checkpoint):
