@@ -77,3 +77,42 @@ def test_arbitrary_bytes_never_500(client, raw):
     response = client.post("/predict", content=raw, headers={"content-type": "application/json"})
     assert response.status_code in (200, 400, 422)
     assert set(response.json()) <= {"error", "error_type"} or response.status_code == 200
+
+
+infer_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.text(max_size=10), json_values),
+        "inputs": st.one_of(
+            st.lists(st.fixed_dictionaries({
+                "name": st.sampled_from(["text", "other"]),
+                "shape": st.one_of(st.lists(st.integers(-1, 6), max_size=2), json_values),
+                "datatype": st.sampled_from(["BYTES", "FP32", "INT64"]),
+                "data": st.one_of(st.lists(st.text(max_size=30), max_size=6), json_values),
+            }), max_size=2),
+            json_values,
+        ),
+        "outputs": st.one_of(st.lists(st.fixed_dictionaries(
+            {"name": st.sampled_from(["logits", "probabilities", "label", "embedding"])}), max_size=3), json_values),
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(infer_like, json_values))
+def test_v2_infer_answers_or_documented_error(client, body):
+    response = client.post("/v2/models/classifier/infer", content=json.dumps(body),
+                           headers={"content-type": "application/json"})
+    data = response.json()
+    if response.status_code == 200:
+        (tensor,) = body["inputs"]
+        n = len(tensor["data"])
+        wanted = [o["name"] for o in body.get("outputs") or []] or ["logits", "probabilities", "label"]
+        assert [o["name"] for o in data["outputs"]] == wanted
+        for output in data["outputs"]:
+            assert output["shape"][0] == n
+            size = n * (3 if output["name"] != "label" else 1)
+            assert len(output["data"]) == size
+    else:
+        assert set(data) == {"error", "error_type"}
+        assert ERROR_TABLE[data["error_type"]] == response.status_code == 422
