@@ -45,7 +45,8 @@ def classifiers(bench_bundle) -> dict[str, OnnxClassifier]:
 @pytest.fixture(scope="session")
 def original():
     if not HAS_TORCH:
-        pytest.skip("the PyTorch original needs the export environment")
+        # The benchmarks also run where only the serving packages are installed.
+        pytest.skip("the PyTorch original needs the export environment (requirements-export.txt)")
     from export.sources import load_source
 
     return load_source(BENCH_MODEL).reference

@@ -15,7 +15,7 @@ import numpy as np
 from export import variants as V
 from export.bundle import write_bundle
 from export.convert import OPSET, export_onnx
-from export.errors import ExportError, OutputExists, OutputNotWritable, VerificationFailed
+from export.errors import OutputExists, OutputNotWritable, VerificationFailed
 from export.sources import Source, load_source
 from export.texts import builtin_texts, read_text_file
 from export.timing import Timing, fastest, measure
@@ -268,5 +268,3 @@ def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
     )
 
-
-__all__ = ["export_bundle", "ExportResult", "report_table", "ExportError"]

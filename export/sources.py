@@ -24,7 +24,6 @@ from tokenizers import Tokenizer
 from export import default_model
 from export.errors import (
     CorruptWeights,
-    ExportError,
     HeadMismatch,
     InputNotFound,
     NotAClassifier,
@@ -386,5 +385,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
-
-__all__ = ["Source", "load_source", "SUPPORTED_MODEL_TYPES", "ExportError"]

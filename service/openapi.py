@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from service.errors import ERROR_TABLE
@@ -40,6 +41,7 @@ _LABEL_SCORES = {"type": "array", "items": {"type": "object", "properties": {
 _WITH_BODY = (400, 401, 413, 415, 422, 429, 503)
 
 
+@functools.lru_cache(maxsize=8)
 def build_spec(model_name: str, secured: bool) -> dict[str, Any]:
     _, defs = models_json_schema(
         [(PredictRequest, "validation"), (InferRequest, "validation")], ref_template="#/components/schemas/{model}"
@@ -91,7 +93,7 @@ async def openapi(request: Request) -> Response:
 
 
 async def docs(request: Request) -> Response:
-    return HTMLResponse((STATIC / "docs.html").read_text(encoding="utf-8"))
+    return FileResponse(STATIC / "docs.html", media_type="text/html")
 
 
 async def docs_asset(request: Request) -> Response:

@@ -5,6 +5,7 @@ Handlers translate between JSON and the engine; they never touch onnxruntime.
 
 from __future__ import annotations
 
+import functools
 import time
 from importlib import metadata
 from typing import Any, Sequence
@@ -91,6 +92,7 @@ async def info(request: Request) -> Response:
     })
 
 
+@functools.cache
 def _serve_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in ("onnxruntime", "tokenizers", "starlette", "uvicorn")}
 

@@ -15,6 +15,12 @@ from tests.conftest import ROOT
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 
 
+def require_serve_env() -> None:
+    from tests.conftest import require
+
+    require(SERVE_PYTHON.exists(), "the serving-only environment .venv-serve (scripts/setup.sh creates it)")
+
+
 def wait_ready(client, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import pytest
 
 from bench import loadtest
 from tests.conftest import ROOT, needs_export
-from tests.service_helpers import SERVE_PYTHON, ServerProcess
+from tests.service_helpers import ServerProcess, require_serve_env
 
 pytestmark = needs_export
 
@@ -46,8 +46,7 @@ def test_in_process_benchmarks_run_and_save_json(tiny_checkpoint, tmp_path):
 
 @pytest.fixture
 def tiny_server(tiny_bundle):
-    if not SERVE_PYTHON.exists():
-        pytest.skip("run scripts/setup.sh to create .venv-serve")
+    require_serve_env()
     server = ServerProcess(tiny_bundle("bert"), "--api-keys", "k")
     server.wait_ready()
     yield server
@@ -86,8 +85,7 @@ def test_load_tool_refuses_public_targets(url):
 
 
 def test_compare_against_the_torch_baseline(default_bundle, tmp_path):
-    if not SERVE_PYTHON.exists():
-        pytest.skip("run scripts/setup.sh to create .venv-serve")
+    require_serve_env()
     out = tmp_path / "report"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.loadtest", "compare", "--bundle", str(default_bundle), "--duration", "1",
@@ -100,3 +98,13 @@ def test_compare_against_the_torch_baseline(default_bundle, tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert set(data) == {"ours", "baseline"}
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_options_study_runs(tiny_checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "bench.int8_options", "--model", str(tiny_checkpoint("bert"))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 8 + 1 + 8  # 8 settings, embeddings only, 8 matrix products of a 2-layer BERT
+    assert lines[0].startswith("per_channel=True reduce_range=True QInt8")
+    assert all(line.rstrip().endswith(("passes", "fails")) for line in lines)

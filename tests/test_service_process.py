@@ -12,14 +12,16 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, needs_export
-from tests.service_helpers import SERVE_PYTHON, ServerProcess
+from tests.conftest import ROOT, needs_export, require
+from tests.service_helpers import SERVE_PYTHON, ServerProcess, require_serve_env
 
 FORBIDDEN = ("torch", "transformers", "optimum", "sentence_transformers", "sklearn")
-pytestmark = [
-    needs_export,
-    pytest.mark.skipif(not SERVE_PYTHON.exists(), reason="run scripts/setup.sh to create .venv-serve"),
-]
+pytestmark = needs_export
+
+
+@pytest.fixture(autouse=True)
+def serving_environment():
+    require_serve_env()
 
 
 @pytest.mark.parametrize("module", FORBIDDEN)
@@ -163,12 +165,8 @@ def chromium() -> str | None:
 
 
 def test_docs_page_renders_in_headless_chromium(server):
-    import os
 
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (.ci/system-deps.sh installs it)")
-        pytest.skip("chromium is not installed")
+    require(chromium() is not None, "chromium (.ci/system-deps.sh installs it)")
     process = server()
     process.wait_ready()
     proc = subprocess.run(
