@@ -10,7 +10,10 @@ ServiceError
 ├── ValidationFailed       422 validation
 ├── Overloaded             429 overloaded        (with Retry-After)
 ├── NotReady               503 unhealthy
-└── InternalError          500 internal
+├── InternalError          500 internal
+├── RequestTimeout         408 request_timeout   (the connection then closes)
+├── HeaderTooLarge         431 header_too_large  (the connection then closes)
+└── Unavailable            503 unavailable       (shutting down, or over the connection cap)
 """
 
 from __future__ import annotations
@@ -67,6 +70,18 @@ class NotReady(ServiceError):
 
 class InternalError(ServiceError):
     status_code, error_type = 500, "internal"
+
+
+class RequestTimeout(ServiceError):
+    status_code, error_type = 408, "request_timeout"
+
+
+class HeaderTooLarge(ServiceError):
+    status_code, error_type = 431, "header_too_large"
+
+
+class Unavailable(ServiceError):
+    status_code, error_type = 503, "unavailable"
 
 
 ERROR_TABLE = {cls.error_type: cls.status_code for cls in ServiceError.__subclasses__()}

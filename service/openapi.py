@@ -23,8 +23,10 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    names = {status: kind for kind, status in ERROR_TABLE.items()}
-    return {str(code): _json(_ERROR, f"error_type {names[code]}") for code in codes}
+    names: dict[int, list[str]] = {}
+    for kind, status in ERROR_TABLE.items():
+        names.setdefault(status, []).append(kind)
+    return {str(code): _json(_ERROR, "error_type " + " or ".join(names[code])) for code in codes}
 
 
 def _op(summary: str, description: str, responses: dict[str, Any], body: str | None = None, secured: bool = True):
@@ -38,7 +40,7 @@ def _op(summary: str, description: str, responses: dict[str, Any], body: str | N
 
 _LABEL_SCORES = {"type": "array", "items": {"type": "object", "properties": {
     "label": {"type": "string"}, "score": {"type": "number"}}, "required": ["label", "score"]}}
-_WITH_BODY = (400, 401, 413, 415, 422, 429, 503)
+_WITH_BODY = (400, 401, 408, 413, 415, 422, 429, 503)
 
 
 @functools.lru_cache(maxsize=8)
