@@ -3,8 +3,8 @@
 uvicorn's ``HttpToolsProtocol`` times out idle keep-alive connections only, and
 httptools accepts a head of any size. This subclass adds, per connection:
 
-- a header timeout, armed when the connection opens (or when a later request on
-  it begins) and cancelled once the head is complete;
+- a header timeout, armed when the connection opens (or when the first byte of
+  a later request arrives) and cancelled once the head is complete;
 - a head size limit, counted as bytes arrive, so an unterminated header cannot
   grow inside the parser;
 - a body timeout between chunks: the app's ``receive`` then raises
@@ -23,7 +23,7 @@ import json
 import logging
 import uuid
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -48,7 +48,7 @@ class _Answered(Exception):
 class _BodyDeadline:
     """The ``receive`` the app sees; once the body timer has fired it raises RequestTimeout."""
 
-    def __init__(self, receive: Callable[[], Any], timeout: float, on_wait: Callable[[], None]) -> None:
+    def __init__(self, receive: Callable[[], Awaitable[Any]], timeout: float, on_wait: Callable[[], None]) -> None:
         self._receive = receive
         self._timeout = timeout
         self._on_wait = on_wait
