@@ -183,13 +183,13 @@ def error(response, status, error_type, message=None):
 @pytest.mark.parametrize(
     "body, message",
     [
-        pytest.param({"inputs": 5}, "inputs.str: Input should be a valid string; inputs.list[str]: Input should be a valid list", id="number"),
+        pytest.param({"inputs": 5}, "inputs.str: Input should be a valid string; inputs.list[str]: Input should be a valid array", id="number"),
         pytest.param({"inputs": []}, "inputs.str: Input should be a valid string; inputs.list[str]: List should have at least 1 item after validation, not 0", id="empty-list"),
         pytest.param({"inputs": ["a", 1]}, "inputs.str: Input should be a valid string; inputs.list[str].1: Input should be a valid string", id="mixed-list"),
         pytest.param({}, "inputs: Field required", id="missing"),
         pytest.param({"inputs": "a", "top_k": 0}, "top_k: Input should be greater than or equal to 1", id="top-k-zero"),
         pytest.param({"inputs": "a", "truncate": "yes"}, "truncate: Input should be a valid boolean", id="truncate-string"),
-        pytest.param(["a"], "Input should be a valid dictionary or instance of PredictRequest", id="not-object"),
+        pytest.param(["a"], "body: Input should be an object", id="not-object"),
         pytest.param({"inputs": ["a"] * 5}, "5 inputs is more than the limit of 4 per request", id="too-many"),
     ],
 )
@@ -231,14 +231,14 @@ def test_other_errors(client):
     error(client.post("/predict", content=b"inputs=x", headers={"content-type": "text/plain"}), 415,
           "unsupported_media_type", "content type 'text/plain' is not supported; send application/json")
     error(client.post("/predict", content=b"{", headers={"content-type": "application/json"}), 400,
-          "malformed_json", "request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")
+          "malformed_json", "request body is not valid JSON: EOF while parsing an object at line 1 column 1")
     error(client.get("/nowhere"), 404, "not_found", "no route /nowhere")
     error(client.get("/predict"), 405, "method_not_allowed", "method GET is not allowed on /predict")
     error(client.get("/v2/models/other"), 404, "not_found",
           "model 'other' is not served here; this server serves 'classifier'")
     error(post(client, "/v2/models/classifier/infer",
                {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}),
-          422, "validation", "input 'text' has shape [3] but 1 elements")
+          422, "validation", "inputs.0: input 'text' has shape [3] but 1 elements")
     error(post(client, "/v2/models/classifier/infer",
                {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": ["a"]}]}),
           422, "validation", "inputs.0.datatype: Input should be 'BYTES'")
@@ -248,7 +248,7 @@ def test_full_queue_is_429_with_retry_after(bundle):
     with make_client(bundle, max_queue_size=2) as client:
         wait_ready(client)
         response = post(client, "/predict", {"inputs": ["a", "b", "c"]})
-        error(response, 429, "overloaded", "inference queue is full (0 inputs waiting, limit 2)")
+        error(response, 429, "overloaded", "inference queue is full (0 inputs queued or running, 3 more asked for, limit 2)")
         assert response.headers["retry-after"] == "1"
 
 
