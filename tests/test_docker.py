@@ -8,6 +8,7 @@ RUN_DOCKER_TESTS=1, where a missing engine is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -97,6 +98,17 @@ def test_container_serves_predict_and_v2(container):
             "outputs": [{"name": "label"}]}
     out = httpx.post(url + "/v2/models/classifier/infer", json=body).json()
     assert out["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [1], "data": ["balance"]}]
+
+
+def test_container_serves_the_docs_page_assets(container):
+    """The image keeps only the Swagger UI files the page loads; those must all be there."""
+    _, url = container
+    page = httpx.get(url + "/docs").text
+    loaded = re.findall(r'(?:src|href)="(docs/[^"]+)"', page)
+    assert "docs/swagger-ui/swagger-ui-bundle.js" in loaded and "docs/init.js" in loaded
+    for asset in loaded:
+        assert httpx.get(f"{url}/{asset}").status_code == 200, asset
+    assert httpx.get(url + "/docs/swagger-ui/swagger-ui.js.map").status_code == 404
 
 
 def test_runs_as_non_root_and_sigterm_exits_cleanly(container):
