@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 
 from service import openapi, routes
 from service.engine import Engine
-from service.errors import InternalError, MethodNotAllowed, NotFound, ServiceError
+from service.errors import InternalError, MethodNotAllowed, NotFound, ServiceError, from_failure
+from service.failures import EngineFailure
 from service.manifest import Manifest, load_verified
 from service.metrics import Metrics
 from service.middleware import RequestContext
@@ -27,6 +28,10 @@ log = logging.getLogger("service.app")
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _engine_failure(request: Request, exc: EngineFailure) -> JSONResponse:
+    return await _service_error(request, from_failure(exc))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -66,7 +71,12 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
     app = Starlette(
         routes=routes.ROUTES + openapi.ROUTES,
         middleware=middleware,
-        exception_handlers={ServiceError: _service_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={
+            ServiceError: _service_error,
+            EngineFailure: _engine_failure,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
         lifespan=lifespan,
     )
     app.state.engine = engine

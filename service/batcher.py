@@ -1,9 +1,16 @@
-"""Dynamic micro-batching: merge concurrent requests into few, well-packed batches.
+"""Dynamic micro-batching: admit first, then batch in arrival order.
 
-Callers submit already-tokenized inputs and await their own logits. One worker
-collects what is queued (waiting at most ``max_wait_ms`` for company), sorts it
-by length so little padding is wasted, cuts it into batches that fit the token
-budget, and runs each batch on a dedicated thread, never on the event loop.
+A request first asks for admission (``admit``): it gets slots for its inputs, or
+``QueueFull`` before any tokenizing is spent on it. Slots are held until each
+input has run or been dropped, so queued plus running inputs never exceed
+``max_queue_size``.
+
+One worker builds one batch at a time from the front of the queue: inputs join
+in arrival order until the next one would break the size or padded-token
+budget; that one waits at the front for the next batch. So no input waits
+behind work that arrived after it, and a long text cannot be overtaken forever.
+Inputs whose caller has gone (a cancelled future) are dropped before they run.
+The batch runs on a dedicated thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from service.classifier import Encoded
-from service.errors import Overloaded
+from service.failures import QueueFull, ShuttingDown
 
 RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
 
@@ -44,6 +51,21 @@ class BatchStats:
     seconds: float
 
 
+class Admission:
+    """Slots held by one request; whatever it did not hand to the queue is returned on exit."""
+
+    def __init__(self, batcher: MicroBatcher, count: int) -> None:
+        self._batcher = batcher
+        self.count = count
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._batcher._release(self.count)
+        self.count = 0
+
+
 class MicroBatcher:
     def __init__(
         self,
@@ -65,7 +87,9 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
-        self.in_flight = 0
+        self.admitted = 0  # queued + running inputs (and those being tokenized)
+        self.admitted_peak = 0
+        self.dropped = 0  # inputs whose caller left before they ran
 
     @property
     def queue_depth(self) -> int:
@@ -82,72 +106,88 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         for item in self._pending:
-            item.future.cancel()
+            if not item.future.done():
+                item.future.set_exception(ShuttingDown())
         self._executor.shutdown(wait=True)
 
-    async def submit(self, inputs: Sequence[Encoded]) -> list[ItemResult]:
-        if len(self._pending) + len(inputs) > self.max_queue_size:
-            raise Overloaded(
-                f"inference queue is full ({len(self._pending)} inputs waiting, limit {self.max_queue_size})",
-                headers={"Retry-After": "1"},
-            )
+    def admit(self, count: int) -> Admission:
+        """Reserve ``count`` slots or raise QueueFull; use as a context manager."""
+        if self.admitted + count > self.max_queue_size:
+            raise QueueFull(self.admitted, count, self.max_queue_size)
+        self.admitted += count
+        self.admitted_peak = max(self.admitted_peak, self.admitted)
+        return Admission(self, count)
+
+    def _release(self, count: int) -> None:
+        self.admitted -= count
+
+    async def submit(self, inputs: Sequence[Encoded], admission: Admission) -> list[ItemResult]:
+        """Queue admitted inputs and wait for their results, in order."""
+        if len(inputs) > admission.count:
+            raise ValueError("more inputs than admitted slots")
         loop = asyncio.get_running_loop()
         items = [_Item(encoded, loop.create_future()) for encoded in inputs]
+        # From here each queued item owns its slot until it has run or been dropped.
+        admission.count -= len(items)
         self._pending.extend(items)
         self._wakeup.set()
         return list(await asyncio.gather(*(item.future for item in items)))
 
     async def _loop(self) -> None:
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
             if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
-            # Give concurrent callers a moment to join, unless a full batch is already waiting.
-            deadline = self._pending[0].queued_at + self.max_wait
-            while len(self._pending) < self.max_batch_size and (delay := deadline - time.perf_counter()) > 0:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
-                    self._wakeup.clear()
-                except asyncio.TimeoutError:
-                    break
-            taken = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_queue_size))]
-            taken = [item for item in taken if not item.future.cancelled()]
-            for batch in self.plan(taken):
+            if self.max_wait:
+                await self._wait_for_company()
+            batch = self.next_batch()
+            if batch:
                 await self._run(batch)
-            if self._pending:
-                self._wakeup.set()
 
-    def plan(self, items: list[_Item]) -> list[list[_Item]]:
-        """Sort by length and cut into batches within the size and padded-token budgets."""
-        batches: list[list[_Item]] = []
-        current: list[_Item] = []
-        for item in sorted(items, key=lambda i: i.encoded.length):
-            # Sorted ascending, so this item is the longest of the batch it joins.
-            padded = (len(current) + 1) * item.encoded.length
-            if current and (len(current) >= self.max_batch_size or padded > self.max_batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(item)
-        if current:
-            batches.append(current)
-        return batches
+    async def _wait_for_company(self) -> None:
+        deadline = self._pending[0].queued_at + self.max_wait
+        while len(self._pending) < self.max_batch_size and (delay := deadline - time.perf_counter()) > 0:
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+            except asyncio.TimeoutError:
+                return
+
+    def next_batch(self) -> list[_Item]:
+        """Take inputs from the front, in arrival order, while they fit the budgets."""
+        batch: list[_Item] = []
+        longest = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():  # the caller has gone: drop it without running it
+                self._pending.popleft()
+                self.dropped += 1
+                self._release(1)
+                continue
+            width = max(longest, item.encoded.length)
+            if batch and (len(batch) >= self.max_batch_size or (len(batch) + 1) * width > self.max_batch_tokens):
+                break
+            batch.append(self._pending.popleft())
+            longest = width
+        return batch
 
     async def _run(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        self.in_flight += len(batch)
+        encoded = [i.encoded for i in batch]
         try:
-            logits = await loop.run_in_executor(self._executor, self._run_batch, [i.encoded for i in batch])
+            logits = await loop.run_in_executor(self._executor, self._run_batch, encoded)
         except Exception as exc:  # one failed batch fails its callers, never the worker
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
         finally:
-            self.in_flight -= len(batch)
+            self._release(len(batch))
         elapsed = time.perf_counter() - started
-        self._on_batch(BatchStats(len(batch), len(batch) * batch[-1].encoded.length, elapsed))
+        longest = max(e.length for e in encoded)
+        self._on_batch(BatchStats(len(batch), len(batch) * longest, elapsed))
         for row, item in enumerate(batch):
             if not item.future.done():
                 item.future.set_result(ItemResult(logits[row], started - item.queued_at, elapsed))

@@ -17,13 +17,17 @@ import numpy as np
 
 from service.batcher import MicroBatcher
 from service.classifier import OnnxClassifier, probabilities
-from service.errors import NotReady, ValidationFailed
-from service.manifest import Manifest
+from service.cache import LogitsCache
+from service.failures import InputTooLong, NotLoaded
+from service.manifest import MODEL_FILE, Manifest
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger("service.engine")
 WARMUP_TEXTS = ("warm up", "warm up with a somewhat longer text " * 8)
+# Requests whose texts add up to at most this many characters are tokenized on the
+# event loop; longer ones go to a thread so the loop keeps serving others.
+INLINE_TOKENIZE_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class Engine:
         self.classifier: OnnxClassifier | None = None
         self.batcher: MicroBatcher | None = None
         self.not_ready_reason = "model is loading"
+        self._model_hash = manifest.files[MODEL_FILE]
+        self.cache = LogitsCache(settings.cache_size, settings.cache_bytes) if settings.cache_size else None
+        if self.cache is not None:
+            cache = self.cache
+            metrics.cache_entries.set_function(lambda: len(cache))
 
     @property
     def ready(self) -> bool:
@@ -64,7 +73,11 @@ class Engine:
             on_batch=self.metrics.observe_batch,
         )
         self.batcher.start()
-        self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth if self.batcher else 0)
+        batcher = self.batcher
+        self.metrics.queue_depth.set_function(lambda: batcher.queue_depth)
+        self.metrics.admitted.set_function(lambda: batcher.admitted)
+        self.metrics.admitted_peak.set_function(lambda: batcher.admitted_peak)
+        self.metrics.dropped.set_function(lambda: batcher.dropped)
         log.info("ready")
 
     def _load_and_warm(self) -> OnnxClassifier:
@@ -86,29 +99,53 @@ class Engine:
             await self.batcher.stop()
 
     async def classify(self, texts: Sequence[str], *, truncate: bool) -> Classified:
-        if self.batcher is None or self.classifier is None:
-            raise NotReady(self.not_ready_reason)
+        """Logits for ``texts``: admitted (or refused) before any work, then batched."""
+        batcher, classifier = self.batcher, self.classifier
+        if batcher is None or classifier is None:
+            raise NotLoaded(self.not_ready_reason)
         if self.settings.log_inputs:
             log.debug("inputs", extra={"fields": {"texts": list(texts)}})
-        started = time.perf_counter()
-        encoded = await asyncio.to_thread(partial(self.classifier.encode, texts, count_full=not truncate))
-        tokenize_seconds = time.perf_counter() - started
-        if not truncate:
-            too_long = [(i, e.full_length) for i, e in enumerate(encoded) if (e.full_length or 0) > e.length]
-            if too_long:
-                index, count = too_long[0]
-                raise ValidationFailed(
-                    f"input {index} has {count} tokens, more than the model's limit of "
-                    f"{self.classifier.max_length}; send shorter text or set truncate to true"
-                )
-        results = await self.batcher.submit(encoded)
+        cached = self._cached(texts, truncate)
+        missing = [i for i, hit in enumerate(cached) if hit is None]
+        tokenize_seconds = queue = inference = 0.0
+        if missing:
+            with batcher.admit(len(missing)) as admission:
+                started = time.perf_counter()
+                todo = [texts[i] for i in missing]
+                if sum(map(len, todo)) <= INLINE_TOKENIZE_CHARS:
+                    # Cheaper than a hop to a thread (~30 us against ~0.5 ms for a short query).
+                    encoded = classifier.encode(todo, count_full=not truncate)
+                else:
+                    encoded = await asyncio.to_thread(partial(classifier.encode, todo, count_full=not truncate))
+                tokenize_seconds = time.perf_counter() - started
+                if not truncate:
+                    for index, item in zip(missing, encoded):
+                        if (item.full_length or 0) > item.length:
+                            raise InputTooLong(index, item.full_length or 0, classifier.max_length)
+                results = await batcher.submit(encoded, admission)
+            queue = max(r.queue_seconds for r in results)
+            inference = max(r.inference_seconds for r in results)
+            for index, result in zip(missing, results):
+                cached[index] = result.logits
+                if self.cache is not None:
+                    self.cache.put(self._key(texts[index], truncate), result.logits)
+            self.metrics.phase_seconds.labels("tokenize").observe(tokenize_seconds)
+            self.metrics.phase_seconds.labels("queue").observe(queue)
+            self.metrics.phase_seconds.labels("inference").observe(inference)
         self.metrics.inputs.inc(len(texts))
-        queue = max(r.queue_seconds for r in results)
-        inference = max(r.inference_seconds for r in results)
-        self.metrics.phase_seconds.labels("tokenize").observe(tokenize_seconds)
-        self.metrics.phase_seconds.labels("queue").observe(queue)
-        self.metrics.phase_seconds.labels("inference").observe(inference)
-        return Classified(np.stack([r.logits for r in results]), tokenize_seconds, queue, inference)
+        return Classified(np.stack(cached), tokenize_seconds, queue, inference)
+
+    def _key(self, text: str, truncate: bool) -> tuple:
+        return (self._model_hash, text, truncate)
+
+    def _cached(self, texts: Sequence[str], truncate: bool) -> list[np.ndarray | None]:
+        if self.cache is None:
+            return [None] * len(texts)
+        found = [self.cache.get(self._key(text, truncate)) for text in texts]
+        hits = sum(hit is not None for hit in found)
+        self.metrics.cache_hits.inc(hits)
+        self.metrics.cache_misses.inc(len(found) - hits)
+        return found
 
     def scores(self, logits: np.ndarray, raw: bool) -> np.ndarray:
         return logits if raw else probabilities(logits.astype(np.float64), self.manifest.problem_type)

@@ -10,13 +10,19 @@ ServiceError
 ├── ValidationFailed       422 validation
 ├── Overloaded             429 overloaded        (with Retry-After)
 ├── NotReady               503 unhealthy
+├── ClientGone             499 client_gone       (logged only: nobody is left to read it)
 ├── InternalError          500 internal
 ├── RequestTimeout         408 request_timeout   (the connection then closes)
 ├── HeaderTooLarge         431 header_too_large  (the connection then closes)
 └── Unavailable            503 unavailable       (shutting down, or over the connection cap)
+
+The engine and batcher raise ``service.failures.EngineFailure``s, which know no
+HTTP; ``from_failure`` below is the one place that maps them onto this table.
 """
 
 from __future__ import annotations
+
+from service import failures
 
 
 class ServiceError(Exception):
@@ -68,6 +74,10 @@ class NotReady(ServiceError):
     status_code, error_type = 503, "unhealthy"
 
 
+class ClientGone(ServiceError):
+    status_code, error_type = 499, "client_gone"
+
+
 class InternalError(ServiceError):
     status_code, error_type = 500, "internal"
 
@@ -82,6 +92,19 @@ class HeaderTooLarge(ServiceError):
 
 class Unavailable(ServiceError):
     status_code, error_type = 503, "unavailable"
+
+
+def from_failure(failure: failures.EngineFailure) -> ServiceError:
+    """The HTTP error for a refusal of the engine or batcher."""
+    if isinstance(failure, failures.QueueFull):
+        return Overloaded(failure.message, headers={"Retry-After": "1"})
+    if isinstance(failure, failures.InputTooLong):
+        return ValidationFailed(failure.message)
+    if isinstance(failure, failures.ShuttingDown):
+        return Unavailable(failure.message)
+    if isinstance(failure, failures.NotLoaded):
+        return NotReady(failure.message)
+    return InternalError("internal error; see the server log")
 
 
 ERROR_TABLE = {cls.error_type: cls.status_code for cls in ServiceError.__subclasses__()}

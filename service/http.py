@@ -1,19 +1,25 @@
-"""Reading request bodies safely: JSON only, size counted as it streams in."""
+"""Reading request bodies safely, and dropping work whose client has gone.
+
+Bodies are JSON only, their size counted as they stream in, and parsed and
+validated in one pass by pydantic (which also refuses lone surrogates, invalid
+UTF-8 and absurd nesting as malformed JSON rather than failing later).
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any, TypeVar
+import asyncio
+from typing import Any, Awaitable, Mapping, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from service.errors import MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.errors import ClientGone, MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 Model = TypeVar("Model", bound=BaseModel)
+T = TypeVar("T")
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_body(request: Request, limit: int) -> bytes:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(
@@ -25,22 +31,55 @@ async def read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise MalformedJson(f"request body is not valid JSON: {exc}") from None
+    return bytes(body)
 
 
-def parse(model: type[Model], data: Any) -> Model:
+async def parse_json(request: Request, model: type[Model], limit: int, context: Mapping[str, Any]) -> Model:
+    return parse(model, await read_body(request, limit), context)
+
+
+def parse(model: type[Model], body: bytes, context: Mapping[str, Any] | None = None) -> Model:
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(body, context=context)
     except ValidationError as exc:
-        raise ValidationFailed(describe(exc)) from None
+        errors = exc.errors(include_url=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            raise MalformedJson(f"request body is not valid JSON: {errors[0]['ctx']['error']}") from None
+        raise ValidationFailed(describe(errors)) from None
 
 
-def describe(exc: ValidationError) -> str:
+def describe(errors: list[Any]) -> str:
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         location = ".".join(str(part) for part in error["loc"]) or "body"
-        problems.append(f"{location}: {error['msg']}")
+        # Our own validators' messages stand alone; pydantic would prefix "Value error, ".
+        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        problems.append(f"{location}: {message}")
     return "; ".join(problems)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first.
+
+    Cancelling reaches the batcher's futures, so inputs of a departed client are
+    dropped before they run. The body has been read by now, so the next ASGI
+    message can only be the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task not in done:
+        task.cancel()
+        raise ClientGone("the client disconnected before its answer was ready")
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

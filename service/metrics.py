@@ -36,6 +36,21 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("classifier_queue_depth", "Inputs waiting for inference", registry=self.registry)
+        self.admitted = Gauge(
+            "classifier_admitted_inputs", "Inputs admitted and not yet answered (queued, tokenizing or running)",
+            registry=self.registry,
+        )
+        self.admitted_peak = Gauge(
+            "classifier_admitted_inputs_peak", "Most inputs ever admitted at once; never above MAX_QUEUE_SIZE",
+            registry=self.registry,
+        )
+        self.dropped = Gauge(
+            "classifier_dropped_inputs", "Inputs dropped before running because their client had gone",
+            registry=self.registry,
+        )
+        self.cache_hits = Counter("classifier_cache_hits", "Response cache hits (CACHE_SIZE > 0)", registry=self.registry)
+        self.cache_misses = Counter("classifier_cache_misses", "Response cache misses", registry=self.registry)
+        self.cache_entries = Gauge("classifier_cache_entries", "Entries in the response cache", registry=self.registry)
         self.inputs = Counter("classifier_inputs", "Texts classified", registry=self.registry)
 
     def observe_batch(self, stats: BatchStats) -> None:

@@ -12,7 +12,6 @@ import uuid
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unauthorized, Unavailable
@@ -82,13 +81,9 @@ class RequestContext:
 
 
 def _endpoint(scope: Scope) -> str:
-    """The route template, so metrics labels stay few whatever paths clients send."""
-    app = scope.get("app")
-    for route in getattr(app, "routes", []):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return route.path
-    return "unmatched"
+    """The route template (the router records the matched route), so metrics labels stay few."""
+    route = scope.get("route")
+    return getattr(route, "path", "unmatched")
 
 
 async def _send_error(error: Any, send: Send) -> None:

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.engine import Classified, Engine
-from service.errors import NotFound, NotReady, ValidationFailed
-from service.http import parse, read_json
+from service.errors import NotFound, NotReady
+from service.http import parse_json, unless_disconnected
 from service.metrics import CONTENT_TYPE
 from service.schemas import InferRequest, PredictRequest
 
@@ -38,23 +38,20 @@ def _timing_headers(result: Classified, started: float) -> dict[str, str]:
     }
 
 
-def _check_count(count: int, limit: int) -> None:
-    if count > limit:
-        raise ValidationFailed(f"{count} inputs is more than the limit of {limit} per request")
-
-
 def _ranked(labels: Sequence[str], scores: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
     order = np.argsort(-scores, kind="stable")[: top_k or len(labels)]
     return [{"label": labels[i], "score": float(scores[i])} for i in order]
 
 
+def _limits(engine: Engine) -> dict[str, int]:
+    return {"max_inputs": engine.settings.max_inputs}
+
+
 async def predict(request: Request) -> Response:
     started = time.perf_counter()
     engine = _engine(request)
-    body = parse(PredictRequest, await read_json(request, engine.settings.max_body_bytes))
-    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    _check_count(len(texts), engine.settings.max_inputs)
-    result = await engine.classify(texts, truncate=body.truncate)
+    body = await parse_json(request, PredictRequest, engine.settings.max_body_bytes, _limits(engine))
+    result = await unless_disconnected(request, engine.classify(body.texts, truncate=body.truncate))
     scores = engine.scores(result.logits, body.raw_scores)
     labels = engine.manifest.labels
     ranked = [_ranked(labels, row, body.top_k) for row in scores]
@@ -163,14 +160,9 @@ async def v2_model_ready(request: Request) -> Response:
 async def v2_infer(request: Request) -> Response:
     started = time.perf_counter()
     engine = _model(request)
-    body = parse(InferRequest, await read_json(request, engine.settings.max_body_bytes))
+    body = await parse_json(request, InferRequest, engine.settings.max_body_bytes, _limits(engine))
     (tensor,) = body.inputs
-    if tensor.shape not in ([len(tensor.data)], [len(tensor.data), 1]):
-        raise ValidationFailed(f"input {tensor.name!r} has shape {tensor.shape} but {len(tensor.data)} elements")
-    if not tensor.data:
-        raise ValidationFailed(f"input {tensor.name!r} holds no texts")
-    _check_count(len(tensor.data), engine.settings.max_inputs)
-    result = await engine.classify(tensor.data, truncate=True)
+    result = await unless_disconnected(request, engine.classify(tensor.data, truncate=True))
     probs = engine.scores(result.logits, raw=False)
     labels = engine.manifest.labels
     n, width = result.logits.shape

@@ -28,6 +28,8 @@ class Settings:
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
     max_queue_size: int = 1024
+    cache_size: int = 0
+    cache_bytes: int = 64 * 1024 * 1024
     max_inputs: int = 64
     max_body_bytes: int = 1_048_576
     api_keys: tuple[str, ...] = ()
@@ -42,11 +44,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         positive = ("port", "max_batch_tokens", "max_batch_size", "max_queue_size", "max_inputs", "max_body_bytes",
-                    "max_header_bytes", "max_connections")
+                    "cache_bytes", "max_header_bytes", "max_connections")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout"):
+        for name in ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout", "cache_size"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("header_timeout", "body_timeout"):
@@ -71,8 +73,11 @@ HELP = {
     "max_batch_size": "inputs per batch, whatever their length",
     "max_wait_ms": "how long the first queued input waits for others to join its batch. "
     "Higher values batch more under load and add that much latency when idle",
-    "max_queue_size": "inputs waiting for inference before new requests get 429 with Retry-After; "
-    "bounds memory and latency under overload",
+    "max_queue_size": "inputs admitted (queued, tokenizing or running) before new requests get 429 with "
+    "Retry-After, checked before any work is spent; bounds memory and latency under overload",
+    "cache_size": "entries in the response cache (one per distinct text and options); 0 turns it off. Repeated "
+    "texts then skip the queue and the model, at the cost of memory",
+    "cache_bytes": "byte bound of the response cache (texts and logits)",
     "max_inputs": "inputs per request",
     "max_body_bytes": "request body limit, counted as the body streams in",
     "api_keys": "comma-separated bearer keys; empty disables authentication. Health, metrics and docs stay open",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.errors import ERROR_TABLE
 from service.settings import Settings
-from tests.conftest import needs_export
+from tests.conftest import ROOT, needs_export
 from tests.service_helpers import wait_ready
 
 pytestmark = needs_export
@@ -183,13 +184,13 @@ def error(response, status, error_type, message=None):
 @pytest.mark.parametrize(
     "body, message",
     [
-        pytest.param({"inputs": 5}, "inputs.str: Input should be a valid string; inputs.list[str]: Input should be a valid list", id="number"),
+        pytest.param({"inputs": 5}, "inputs.str: Input should be a valid string; inputs.list[str]: Input should be a valid array", id="number"),
         pytest.param({"inputs": []}, "inputs.str: Input should be a valid string; inputs.list[str]: List should have at least 1 item after validation, not 0", id="empty-list"),
         pytest.param({"inputs": ["a", 1]}, "inputs.str: Input should be a valid string; inputs.list[str].1: Input should be a valid string", id="mixed-list"),
         pytest.param({}, "inputs: Field required", id="missing"),
         pytest.param({"inputs": "a", "top_k": 0}, "top_k: Input should be greater than or equal to 1", id="top-k-zero"),
         pytest.param({"inputs": "a", "truncate": "yes"}, "truncate: Input should be a valid boolean", id="truncate-string"),
-        pytest.param(["a"], "Input should be a valid dictionary or instance of PredictRequest", id="not-object"),
+        pytest.param(["a"], "body: Input should be an object", id="not-object"),
         pytest.param({"inputs": ["a"] * 5}, "5 inputs is more than the limit of 4 per request", id="too-many"),
     ],
 )
@@ -231,14 +232,14 @@ def test_other_errors(client):
     error(client.post("/predict", content=b"inputs=x", headers={"content-type": "text/plain"}), 415,
           "unsupported_media_type", "content type 'text/plain' is not supported; send application/json")
     error(client.post("/predict", content=b"{", headers={"content-type": "application/json"}), 400,
-          "malformed_json", "request body is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")
+          "malformed_json", "request body is not valid JSON: EOF while parsing an object at line 1 column 1")
     error(client.get("/nowhere"), 404, "not_found", "no route /nowhere")
     error(client.get("/predict"), 405, "method_not_allowed", "method GET is not allowed on /predict")
     error(client.get("/v2/models/other"), 404, "not_found",
           "model 'other' is not served here; this server serves 'classifier'")
     error(post(client, "/v2/models/classifier/infer",
                {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}),
-          422, "validation", "input 'text' has shape [3] but 1 elements")
+          422, "validation", "inputs.0: input 'text' has shape [3] but 1 elements")
     error(post(client, "/v2/models/classifier/infer",
                {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": ["a"]}]}),
           422, "validation", "inputs.0.datatype: Input should be 'BYTES'")
@@ -248,7 +249,7 @@ def test_full_queue_is_429_with_retry_after(bundle):
     with make_client(bundle, max_queue_size=2) as client:
         wait_ready(client)
         response = post(client, "/predict", {"inputs": ["a", "b", "c"]})
-        error(response, 429, "overloaded", "inference queue is full (0 inputs waiting, limit 2)")
+        error(response, 429, "overloaded", "inference queue is full (0 inputs queued or running, 3 more asked for, limit 2)")
         assert response.headers["retry-after"] == "1"
 
 
@@ -260,10 +261,14 @@ def test_api_keys(bundle):
         error(post(client, "/predict", {"inputs": "a"}, headers={"authorization": "Bearer key-three"}), 401, "unauthorized")
         for key in ("key-one", "key-two"):
             assert post(client, "/predict", {"inputs": "a"}, headers={"authorization": f"Bearer {key}"}).status_code == 200
-        for open_path in ("/health", "/live", "/metrics", "/v2/health/ready", "/docs", "/openapi.json"):
+        for open_path in ("/health", "/live", "/metrics", "/v2/health/ready", "/docs", "/openapi.json",
+                          "/docs/init.js", "/docs/swagger-ui/swagger-ui-bundle.js"):
             assert client.get(open_path).status_code == 200, open_path
         assert client.get("/info").status_code == 401
-        assert client.get("/openapi.json").json()["security"] == [{"bearer": []}]
+        spec = client.get("/openapi.json").json()
+        assert spec["security"] == [{"bearer": []}]
+        assert spec["components"]["securitySchemes"] == {"bearer": {
+            "type": "http", "scheme": "bearer", "description": "one of the keys in API_KEYS"}}
 
 
 def test_cors_is_off_unless_configured(client, bundle):
@@ -294,11 +299,19 @@ def test_openapi_lists_every_endpoint(client):
     assert "security" not in spec
 
 
-def test_docs_assets_are_local(client):
+def test_docs_page_is_swagger_ui_from_local_assets(client):
     page = client.get("/docs")
-    assert page.status_code == 200
-    assert '<script src="docs/docs.js">' in page.text
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert '<script src="docs/swagger-ui/swagger-ui-bundle.js"></script>' in page.text
+    assert '<script src="docs/init.js"></script>' in page.text
     assert "http://" not in page.text and "https://" not in page.text
-    assert client.get("/docs/docs.js").status_code == 200
-    assert client.get("/docs/docs.css").status_code == 200
-    error(client.get("/docs/other.js"), 404, "not_found", "no such asset 'other.js'")
+    bundle = client.get("/docs/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    # The wheel's version is the Swagger UI release it carries: what is served is what is pinned.
+    pinned = re.search(r"^swagger-ui-bundle-v2==(\S+)$", (ROOT / "requirements-serve.txt").read_text(), re.M)
+    assert f'PACKAGE_VERSION:"{pinned[1]}"' in bundle.text
+    assert client.get("/docs/swagger-ui/swagger-ui.css").headers["content-type"].startswith("text/css")
+    init = client.get("/docs/init.js")
+    assert 'url: "openapi.json"' in init.text and "validatorUrl: null" in init.text
+    error(client.get("/docs/other.js"), 404, "not_found", "no route /docs/other.js")
+    error(client.get("/docs/swagger-ui/other.js"), 404, "not_found", "no route /docs/swagger-ui/other.js")
