@@ -44,3 +44,13 @@ def describe(exc: ValidationError) -> str:
         location = ".".join(str(part) for part in error["loc"]) or "body"
         problems.append(f"{location}: {error['msg']}")
     return "; ".join(problems)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, whatever its content type; refused once more than ``limit`` bytes arrive."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return bytes(body)
