@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the two virtual environments, reinstalling only when requirements change:
 #   .venv        export stage + tests (torch, transformers, optimum-onnx, ...)
-#   .venv-serve  the slim service alone, to prove it needs no torch
+#   .venv-serve  the slim service alone (with its optional gRPC service), to prove it
+#                needs no torch; test clients such as tritonclient stay out of it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -19,7 +20,7 @@ ensure_venv() {
   echo "$stamp" > "$dir/.stamp"
 }
 
-ensure_venv .venv-serve requirements-serve.txt requirements-test.txt
+ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt
 ensure_venv .venv requirements-export.txt requirements-test.txt
 # The default model's head ships with loose dependency pins; it needs nothing
 # beyond what requirements-export.txt already holds.
