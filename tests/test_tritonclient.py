@@ -9,7 +9,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from service import NAME, __version__
-from tests.conftest import needs_export
+from tests.conftest import ROOT, needs_export
 from tests.service_helpers import ServerProcess, free_port, require_serve_env
 
 pytestmark = needs_export
@@ -242,3 +242,40 @@ def test_api_keys_over_grpc(secured, expected):
             assert (raised.value.status(), raised.value.message()) == (
                 "StatusCode.UNAUTHENTICATED", "missing or invalid API key; send the metadata 'authorization: Bearer KEY'")
     check(client.infer("classifier", [text], headers={"authorization": f"Bearer {KEY}"}), expected)
+
+
+def readme_snippet(module: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    (snippet,) = [block for block in blocks if f"import {module} as" in block]
+    return snippet
+
+
+@pytest.mark.parametrize("module", ["tritonclient.http", "tritonclient.grpc"])
+def test_readme_snippets_run(server, tiny_checkpoint, module):
+    from export.sources import load_source
+
+    code = readme_snippet(module).replace("localhost:8000", server.http_address).replace("localhost:8001", server.grpc_address)
+    namespace: dict = {}
+    exec(compile(code, f"README.md ({module})", "exec"), namespace)
+    logits = load_source(str(tiny_checkpoint("bert"))).reference(["what is my balance", "hi"])
+    assert namespace["labels"] == [LABELS[i] for i in logits.argmax(axis=1)]
+    if "probabilities" in namespace:
+        np.testing.assert_allclose(namespace["probabilities"], np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-5)
+    else:
+        np.testing.assert_allclose(namespace["logits"], logits, atol=1e-5)
+
+
+def test_grpc_typed_bytes_contents(server, expected):
+    """KServe clients may send texts in contents.bytes_contents instead of raw_input_contents."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="classifier", outputs=[{"name": "label"}])
+    request.inputs.add(name="text", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
+        [text.encode() for text in TEXTS[:2]])
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [("label", "BYTES", [2])]
+    (raw,) = response.raw_output_contents
+    assert raw == b"".join(len(label).to_bytes(4, "little") + label.encode() for label in expected["label"][:2])
