@@ -151,7 +151,8 @@ def read_request(body: bytes, headers: Mapping[str, str], *, max_inputs: int, ma
         if tensor.data is not None:
             raise BadRequest(f"input {tensor.name!r} has both data and parameters.binary_data_size; send one")
         if type(size) is not int or size < 0:
-            raise BadRequest(f"parameters.binary_data_size of input {tensor.name!r} must be a whole number of bytes, got {size!r}")
+            raise BadRequest(f"parameters.binary_data_size of input {tensor.name!r} must be a whole number "
+                             f"of bytes, got {size!r}")
         if size > len(binary):
             raise BadRequest(f"input {tensor.name!r} declares {size} bytes of binary data but only "
                              f"{len(binary)} remain after the JSON part")

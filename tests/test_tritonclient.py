@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -279,3 +281,40 @@ def test_grpc_typed_bytes_contents(server, expected):
     assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [("label", "BYTES", [2])]
     (raw,) = response.raw_output_contents
     assert raw == b"".join(len(label).to_bytes(4, "little") + label.encode() for label in expected["label"][:2])
+
+
+def test_grpc_and_http_share_one_batcher_and_drain_on_sigterm(tiny_bundle, expected):
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    # A long batching window: requests from both protocols wait for each other, and for SIGTERM.
+    process = start(tiny_bundle("bert"), "--max-wait-ms", "1500", "--max-batch-size", "100")
+    try:
+        def over_grpc():
+            text = grpcclient.InferInput("text", [1], "BYTES")
+            text.set_data_from_numpy(np.array(TEXTS[:1], dtype=object))
+            return grpcclient.InferenceServerClient(process.grpc_address).infer("classifier", [text])
+
+        def over_http():
+            text = httpclient.InferInput("text", [2], "BYTES")
+            text.set_data_from_numpy(np.array(TEXTS[1:], dtype=object))
+            return httpclient.InferenceServerClient(process.http_address).infer("classifier", [text])
+
+        with ThreadPoolExecutor(2) as pool:
+            grpc_call, http_call = pool.submit(over_grpc), pool.submit(over_http)
+            check(grpc_call.result(timeout=30), expected, slice(0, 1))
+            check(http_call.result(timeout=30), expected, slice(1, 3))
+        metrics = httpx.get(process.url + "/metrics").text
+        assert "classifier_batch_size_count 1.0" in metrics  # one batch held both requests
+        assert 'classifier_requests_total{endpoint="/inference.GRPCInferenceService/ModelInfer",status="OK"} 1.0' in metrics
+
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(over_grpc)
+            time.sleep(0.5)
+            process.proc.send_signal(signal.SIGTERM)
+            check(in_flight.result(timeout=30), expected, slice(0, 1))
+        assert process.proc.wait(timeout=30) == 0
+    finally:
+        process.stop()
