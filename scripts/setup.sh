@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the two virtual environments, reinstalling only when requirements change:
 #   .venv        export stage and tests (torch CPU build, transformers, sentence-transformers, ...)
-#   .venv-serve  the slim service alone (requirements-serve.txt), to prove it needs no torch
+#   .venv-serve  the slim service alone (requirements-serve.txt and the optional gRPC service's
+#                requirements-grpc.txt), to prove it needs no torch; test clients stay out of it
 # A second run with unchanged requirement files only compares two checksums.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ ensure_venv() {
   echo "$stamp" > "$dir/.stamp"
 }
 
-ensure_venv .venv-serve requirements-serve.txt
+ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt
 # requirements-test.txt includes requirements-loadtest.txt; hash it too so a change there reinstalls.
 ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt \
   -- requirements-default-model.txt

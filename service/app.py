@@ -58,9 +58,16 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Serve /live and a 503 /health while the session loads and warms up.
         loading = asyncio.create_task(engine.start())
+        grpc_server = None
+        if settings.grpc_port:  # grpcio is optional: import it only when asked for
+            from service import v2_grpc
+
+            grpc_server = await v2_grpc.start(engine, settings)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.drain_timeout)
             await loading
             await engine.stop()
 

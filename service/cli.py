@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import sys
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(argv)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    if settings.grpc_port and importlib.util.find_spec("grpc") is None:
+        print("error: --grpc-port needs grpcio; install requirements-grpc.txt", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     try:
         manifest = load_verified(settings.bundle)

@@ -1,6 +1,7 @@
 """Every error the service returns, as ``{"error": str, "error_type": str}``.
 
 ServiceError
+├── BadRequest             400 bad_request       (Open Inference Protocol requests)
 ├── MalformedJson          400 malformed_json
 ├── Unauthorized           401 unauthorized
 ├── NotFound               404 not_found
@@ -36,6 +37,10 @@ class ServiceError(Exception):
 
     def body(self) -> dict[str, str]:
         return {"error": self.message, "error_type": self.error_type}
+
+
+class BadRequest(ServiceError):
+    status_code, error_type = 400, "bad_request"
 
 
 class MalformedJson(ServiceError):

@@ -20,11 +20,7 @@ T = TypeVar("T")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "application/json":
-        raise UnsupportedMediaType(
-            f"content type {media_type or 'missing'!r} is not supported; send application/json"
-        )
+    """The raw body, whatever its content type; refused once more than ``limit`` bytes arrive."""
     body = bytearray()
     # Content-Length can lie or be absent (chunked); only the bytes received count.
     async for chunk in request.stream():
@@ -35,6 +31,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def parse_json(request: Request, model: type[Model], limit: int, context: Mapping[str, Any]) -> Model:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            f"content type {media_type or 'missing'!r} is not supported; send application/json"
+        )
     return parse(model, await read_body(request, limit), context)
 
 

@@ -71,13 +71,18 @@ class RequestContext:
     def _authorized(self, path: str, headers: Headers) -> bool:
         if not self.api_keys or path in OPEN_PATHS or path.startswith("/docs/"):
             return True
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        given = token.strip().encode()
-        # Compare against every key, so timing reveals neither the key nor which one matched.
-        matches = [hmac.compare_digest(given, key) for key in self.api_keys]
-        return any(matches)
+        return bearer_key_matches(headers.get("authorization", ""), self.api_keys)
+
+
+def bearer_key_matches(authorization: str, api_keys: tuple[bytes, ...]) -> bool:
+    """Whether an ``Authorization: Bearer KEY`` value names one of the keys (HTTP and gRPC alike)."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = token.strip().encode()
+    # Compare against every key, so timing reveals neither the key nor which one matched.
+    matches = [hmac.compare_digest(given, key) for key in api_keys]
+    return any(matches)
 
 
 def _endpoint(scope: Scope) -> str:

@@ -15,13 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service import NAME, __version__, v2_codec
 from service.engine import Classified, Engine
 from service.errors import NotFound, NotReady
-from service.http import parse_json, unless_disconnected
+from service.http import parse_json, read_body, unless_disconnected
 from service.metrics import CONTENT_TYPE
-from service.schemas import InferRequest, PredictRequest
-
-SERVER_NAME = "onnx-text-classifier"
+from service.schemas import PredictRequest
 
 
 def _engine(request: Request) -> Engine:
@@ -110,17 +109,21 @@ async def metrics(request: Request) -> Response:
 
 
 # Open Inference Protocol v2 -------------------------------------------------------
+# Bodies are read and written by service.v2_codec; these handlers only reach the engine.
 
 def _model(request: Request) -> Engine:
     engine = _engine(request)
     name = request.path_params["model_name"]
     if name != engine.settings.model_name:
         raise NotFound(f"model {name!r} is not served here; this server serves {engine.settings.model_name!r}")
+    version = request.path_params.get("model_version", v2_codec.MODEL_VERSION)
+    if version != v2_codec.MODEL_VERSION:
+        raise NotFound(f"model {name!r} has no version {version!r}; it has version {v2_codec.MODEL_VERSION!r}")
     return engine
 
 
 async def v2_server(request: Request) -> Response:
-    return JSONResponse({"name": SERVER_NAME, "version": metadata.version("onnxruntime"), "extensions": []})
+    return JSONResponse({"name": NAME, "version": __version__, "extensions": list(v2_codec.EXTENSIONS)})
 
 
 async def v2_live(request: Request) -> Response:
@@ -136,18 +139,7 @@ async def v2_ready(request: Request) -> Response:
 
 async def v2_model(request: Request) -> Response:
     engine = _model(request)
-    width = len(engine.manifest.id2label)
-    return JSONResponse({
-        "name": engine.settings.model_name,
-        "versions": ["1"],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [
-            {"name": "logits", "datatype": "FP32", "shape": [-1, width]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, width]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        ],
-    })
+    return JSONResponse(v2_codec.model_metadata(engine.settings.model_name, len(engine.manifest.id2label)))
 
 
 async def v2_model_ready(request: Request) -> Response:
@@ -160,26 +152,14 @@ async def v2_model_ready(request: Request) -> Response:
 async def v2_infer(request: Request) -> Response:
     started = time.perf_counter()
     engine = _model(request)
-    body = await parse_json(request, InferRequest, engine.settings.max_body_bytes, _limits(engine))
-    (tensor,) = body.inputs
-    result = await unless_disconnected(request, engine.classify(tensor.data, truncate=True))
-    probs = engine.scores(result.logits, raw=False)
-    labels = engine.manifest.labels
-    n, width = result.logits.shape
-    available = {
-        "logits": {"datatype": "FP32", "shape": [n, width], "data": result.logits.astype(float).ravel().tolist()},
-        "probabilities": {"datatype": "FP32", "shape": [n, width], "data": probs.ravel().tolist()},
-        "label": {"datatype": "BYTES", "shape": [n], "data": [labels[i] for i in probs.argmax(axis=1)]},
-    }
-    wanted = [o.name for o in body.outputs] if body.outputs else list(available)
-    response: dict[str, Any] = {
-        "model_name": engine.settings.model_name,
-        "model_version": "1",
-        "outputs": [{"name": name, **available[name]} for name in wanted],
-    }
-    if body.id is not None:
-        response["id"] = body.id
-    return JSONResponse(response, headers=_timing_headers(result, started))
+    settings = engine.settings
+    body = await read_body(request, settings.max_body_bytes)
+    call = v2_codec.read_request(body, request.headers, max_inputs=settings.max_inputs,
+                                 max_body_bytes=settings.max_body_bytes)
+    result = await unless_disconnected(request, engine.classify(call.texts, truncate=True))
+    tensors = v2_codec.output_tensors(result.logits, engine.scores(result.logits, raw=False), engine.manifest.labels)
+    content, headers = v2_codec.write_response(call, tensors, model_name=settings.model_name)
+    return Response(content, headers={**headers, **_timing_headers(result, started)})
 
 
 ROUTES = [
@@ -194,5 +174,8 @@ ROUTES = [
     Route("/v2/models/{model_name}", v2_model, methods=["GET"]),
     Route("/v2/models/{model_name}/ready", v2_model_ready, methods=["GET"]),
     Route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"]),
+    Route("/v2/models/{model_name}/versions/{model_version}", v2_model, methods=["GET"]),
+    Route("/v2/models/{model_name}/versions/{model_version}/ready", v2_model_ready, methods=["GET"]),
+    Route("/v2/models/{model_name}/versions/{model_version}/infer", v2_infer, methods=["POST"]),
 ]
 OPEN_PATHS = ("/health", "/live", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")

@@ -21,6 +21,7 @@ class Settings:
     bundle: str = "bundles/default"
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 0
     model_name: str = "classifier"
     intra_op_threads: int = 0
     inter_op_threads: int = 1
@@ -56,6 +57,10 @@ class Settings:
                 raise SettingsError(f"{_flag(name)} must be greater than 0, got {getattr(self, name)}")
         if self.port > 65535:
             raise SettingsError(f"--port must be at most 65535, got {self.port}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise SettingsError(f"--grpc-port must be between 0 (off) and 65535, got {self.grpc_port}")
+        if self.grpc_port == self.port:
+            raise SettingsError(f"--grpc-port must differ from --port, both are {self.port}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"--log-level must be debug, info, warning or error, got {self.log_level!r}")
 
@@ -64,6 +69,8 @@ HELP = {
     "bundle": "bundle directory written by 'python -m export'",
     "host": "interface to bind; 127.0.0.1 keeps the service local, 0.0.0.0 exposes it (the image uses 0.0.0.0)",
     "port": "TCP port",
+    "grpc_port": "TCP port of the Open Inference Protocol gRPC service (KServe's GRPCInferenceService, as "
+    "tritonclient.grpc speaks it); 0 turns it off. Needs grpcio (requirements-grpc.txt)",
     "model_name": "model name in Open Inference Protocol URLs (/v2/models/NAME)",
     "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and cgroup quota). More threads cut the "
     "latency of one large batch but contend with tokenization and the event loop",

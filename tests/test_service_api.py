@@ -239,10 +239,10 @@ def test_other_errors(client):
           "model 'other' is not served here; this server serves 'classifier'")
     error(post(client, "/v2/models/classifier/infer",
                {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": ["a"]}]}),
-          422, "validation", "inputs.0: input 'text' has shape [3] but 1 elements")
+          400, "bad_request", "input 'text' has shape [3] but 1 elements")
     error(post(client, "/v2/models/classifier/infer",
                {"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": ["a"]}]}),
-          422, "validation", "inputs.0.datatype: Input should be 'BYTES'")
+          400, "bad_request", "input 'text' has datatype 'FP32'; the model expects BYTES")
 
 
 def test_full_queue_is_429_with_retry_after(bundle):

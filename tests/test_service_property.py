@@ -1,14 +1,17 @@
-"""Any JSON body gives either a valid answer or the documented error."""
+"""Any body, JSON or binary, gives either a valid answer or the documented error."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from service import v2_codec
 from service.app import create_app
 from service.errors import ERROR_TABLE
 from service.settings import Settings
@@ -106,7 +109,7 @@ def test_v2_infer_answers_or_documented_error(client, body):
     data = response.json()
     if response.status_code == 200:
         (tensor,) = body["inputs"]
-        n = len(tensor["data"])
+        n = len(v2_codec._flatten(tensor["data"]))
         wanted = [o["name"] for o in body.get("outputs") or []] or ["logits", "probabilities", "label"]
         assert [o["name"] for o in data["outputs"]] == wanted
         for output in data["outputs"]:
@@ -115,4 +118,73 @@ def test_v2_infer_answers_or_documented_error(client, body):
             assert len(output["data"]) == size
     else:
         assert set(data) == {"error", "error_type"}
-        assert ERROR_TABLE[data["error_type"]] == response.status_code == 422
+        assert ERROR_TABLE[data["error_type"]] == response.status_code == 400
+
+
+OUTPUT_NAMES = ["logits", "probabilities", "label"]
+texts = st.lists(st.text(max_size=40), min_size=1, max_size=6)
+requested = st.none() | st.lists(st.tuples(st.sampled_from(OUTPUT_NAMES), st.booleans()), min_size=1, max_size=3,
+                                 unique_by=lambda pair: pair[0])
+
+
+def post_with_tritonclient(client, texts, binary_input, column, outputs):
+    """A request exactly as tritonclient.http encodes it, decoded by tritonclient too."""
+    shape = [len(texts), 1] if column else [len(texts)]
+    tensor = httpclient.InferInput("text", shape, "BYTES")
+    tensor.set_data_from_numpy(np.array(texts, dtype=object).reshape(shape), binary_data=binary_input)
+    wanted = None if outputs is None else [httpclient.InferRequestedOutput(n, binary_data=b) for n, b in outputs]
+    # With no outputs named, tritonclient asks for all of them in binary (binary_data_output).
+    body, header_length = httpclient.InferenceServerClient.generate_request_body([tensor], outputs=wanted)
+    headers = {} if header_length is None else {"inference-header-content-length": str(header_length)}
+    response = client.post("/v2/models/classifier/infer", content=body, headers=headers)
+    if response.status_code != 200:
+        return response, None
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.content, header_length=response.headers.get("inference-header-content-length"))
+    return response, result
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=texts, binary_input=st.booleans(), column=st.booleans(), outputs=requested)
+def test_v2_binary_and_nested_forms_agree_with_json(client, texts, binary_input, column, outputs):
+    """Any form tritonclient sends gives the answer of a flat JSON request, or the documented error."""
+    response, result = post_with_tritonclient(client, texts, binary_input, column, outputs)
+    if len(texts) > 4:
+        assert (response.status_code, response.json()) == (400, {
+            "error": f"{len(texts)} inputs is more than the limit of 4 per request", "error_type": "bad_request"})
+        return
+    assert response.status_code == 200, response.text
+    plain = {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]}
+    reference = {o["name"]: o for o in client.post("/v2/models/classifier/infer", json=plain).json()["outputs"]}
+    names = OUTPUT_NAMES if outputs is None else [name for name, _ in outputs]
+    assert [o["name"] for o in result.get_response()["outputs"]] == names
+    for name in names:
+        got = result.as_numpy(name)
+        assert list(got.shape) == reference[name]["shape"]
+        if name == "label":
+            assert [x.decode() if isinstance(x, bytes) else x for x in got.tolist()] == reference[name]["data"]
+        else:
+            np.testing.assert_allclose(got.ravel(), reference[name]["data"], atol=1e-6)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=st.one_of(infer_like, json_values), raw=st.binary(max_size=40),
+       size=st.one_of(st.none(), st.integers(-2, 45), json_values), cut=st.integers(-3, 300))
+def test_v2_binary_bodies_answer_or_documented_error(client, head, raw, size, cut):
+    """Arbitrary binary sections, declared sizes and header lengths: a valid answer or a 400."""
+    inputs = head.get("inputs") if isinstance(head, dict) else None
+    first = inputs[0] if isinstance(inputs, list) and inputs else None
+    if size is not None and isinstance(first, dict):
+        first.pop("data", None)
+        first["parameters"] = {"binary_data_size": size}
+    encoded = json.dumps(head).encode()
+    header_length = len(encoded) if cut > len(encoded) + len(raw) else cut
+    response = client.post("/v2/models/classifier/infer", content=encoded + raw,
+                           headers={"inference-header-content-length": str(header_length)})
+    if response.status_code == 200:
+        length = response.headers.get("inference-header-content-length")
+        assert json.loads(response.content[: int(length)] if length else response.content)["outputs"]
+    else:
+        data = response.json()
+        assert set(data) == {"error", "error_type"}
+        assert ERROR_TABLE[data["error_type"]] == response.status_code == 400

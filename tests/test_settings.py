@@ -19,6 +19,7 @@ def test_env_and_flags_share_names_and_flags_win():
     assert settings.api_keys == ("a", "b")
     assert settings.log_inputs is True
     assert settings.host == "0.0.0.0"
+    assert settings.grpc_port == 0 and load_settings([], environ={"GRPC_PORT": "8001"}).grpc_port == 8001
 
 
 def test_client_limits_come_from_flags_and_env():
@@ -36,6 +37,8 @@ def test_client_limits_come_from_flags_and_env():
         pytest.param(["--max-inputs", "0"], {}, "--max-inputs must be at least 1, got 0", id="zero"),
         pytest.param(["--drain-timeout", "-1"], {}, "--drain-timeout must not be negative, got -1.0", id="negative"),
         pytest.param(["--port", "70000"], {}, "--port must be at most 65535, got 70000", id="port-range"),
+        pytest.param([], {"GRPC_PORT": "-1"}, "--grpc-port must be between 0 (off) and 65535, got -1", id="grpc-port-range"),
+        pytest.param(["--grpc-port", "8000"], {}, "--grpc-port must differ from --port, both are 8000", id="grpc-port-clash"),
         pytest.param([], {"LOG_INPUTS": "maybe"}, "LOG_INPUTS has an invalid value 'maybe'", id="bool"),
         pytest.param(["--log-level", "loud"], {}, "--log-level must be debug, info, warning or error, got 'loud'", id="level"),
         pytest.param(["--header-timeout", "0"], {}, "--header-timeout must be greater than 0, got 0.0", id="header-timeout"),
