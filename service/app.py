@@ -14,7 +14,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service import openapi, routes
+from service import docs, openapi, routes, v2
+from service.endpoints import dialect_of, open_paths
+from service.endpoints import routes as route_table
 from service.engine import Engine
 from service.errors import InternalError, MethodNotAllowed, NotFound, ServiceError, from_failure
 from service.failures import EngineFailure
@@ -27,7 +29,8 @@ log = logging.getLogger("service.app")
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    dialect = dialect_of(request.scope)
+    return JSONResponse(exc.body(dialect), status_code=exc.status(dialect), headers=exc.headers)
 
 
 async def _engine_failure(request: Request, exc: EngineFailure) -> JSONResponse:
@@ -71,12 +74,14 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
             await loading
             await engine.stop()
 
-    middleware = [Middleware(RequestContext, api_keys=settings.api_keys, metrics=metrics)]
+    endpoints = [*routes.ENDPOINTS, *v2.ENDPOINTS, *openapi.ENDPOINTS, *docs.ENDPOINTS]
+    middleware = [Middleware(RequestContext, api_keys=settings.api_keys, open_paths=open_paths(endpoints),
+                             metrics=metrics)]
     if settings.cors_allow_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"]))
     app = Starlette(
-        routes=routes.ROUTES + openapi.ROUTES,
+        routes=[*route_table(endpoints), *docs.MOUNTS],
         middleware=middleware,
         exception_handlers={
             ServiceError: _service_error,
@@ -87,4 +92,5 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.endpoints = endpoints
     return app

@@ -63,6 +63,13 @@ class Encoded:
         return len(self.encoding.ids)
 
 
+TextOrPair = str | tuple[str, str]
+
+
+def _as_args(item: TextOrPair) -> tuple[str, ...]:
+    return (item,) if isinstance(item, str) else item
+
+
 class OnnxClassifier:
     def __init__(
         self,
@@ -79,6 +86,7 @@ class OnnxClassifier:
         self._counter = Tokenizer.from_file(str(tokenizer_path))
         self._counter.no_padding()
         self._counter.no_truncation()
+        self._left: Tokenizer | None = None
         self.pad_id = _pad_id(self.tokenizer)
         self.session = ort.InferenceSession(
             str(model_path),
@@ -97,23 +105,54 @@ class OnnxClassifier:
     def max_length(self) -> int:
         return self.manifest.max_length
 
-    def _prepare(self, texts: Sequence[str]) -> list[str]:
-        if self.manifest.strip_whitespace:
-            return [t.strip() for t in texts]
-        return list(texts)
+    def _prepare(self, items: Sequence[TextOrPair]) -> list[TextOrPair]:
+        if not self.manifest.strip_whitespace:
+            return list(items)
+        return [item.strip() if isinstance(item, str) else (item[0].strip(), item[1].strip()) for item in items]
 
-    def encode(self, texts: Sequence[str], *, count_full: bool = False) -> list[Encoded]:
-        """Tokenize and truncate. ``count_full`` also counts the tokens of texts that were
-        cut (a second, untruncated pass, paid only by those texts)."""
-        prepared = self._prepare(texts)
-        encodings = self.tokenizer.encode_batch(prepared, add_special_tokens=True)
+    def _truncating(self, direction: str) -> Tokenizer:
+        if direction == "right":
+            return self.tokenizer
+        if self._left is None:  # built on first use: most traffic never asks for it
+            self._left = Tokenizer.from_str(self.tokenizer.to_str())
+            self._left.enable_truncation(**{**(self.tokenizer.truncation or {}), "direction": "left"})
+        return self._left
+
+    def encode(
+        self, items: Sequence[TextOrPair], *, count_full: bool = False, direction: str = "right"
+    ) -> list[Encoded]:
+        """Tokenize texts or (text, text_pair) pairs and truncate them at ``direction``'s end.
+        ``count_full`` also counts the tokens of inputs that were cut (a second,
+        untruncated pass, paid only by those inputs)."""
+        prepared = self._prepare(items)
+        encodings = self._truncating(direction).encode_batch(prepared, add_special_tokens=True)
         results = []
-        for text, encoding in zip(prepared, encodings):
+        for item, encoding in zip(prepared, encodings):
             full: int | None = len(encoding.ids)
             if encoding.overflowing:
-                full = len(self._counter.encode(text).ids) if count_full else None
+                full = len(self._counter.encode(*_as_args(item)).ids) if count_full else None
             results.append(Encoded(encoding, full))
         return results
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
+        """Untruncated tokens with UTF-8 byte offsets into each text (TEI's ``/tokenize``)."""
+        out = []
+        for text, encoding in zip(texts, self._counter.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+            tokens = []
+            for token_id, token, special, (start, stop) in zip(
+                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
+            ):
+                if special:
+                    tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+                    continue
+                byte_start, byte_stop = len(text[:start].encode()), len(text[:stop].encode())
+                tokens.append({"id": token_id, "text": text[start:stop], "special": False,
+                               "start": byte_start, "stop": byte_stop})
+            out.append(tokens)
+        return out
+
+    def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        return self._counter.decode_batch([list(ids) for ids in sequences], skip_special_tokens=skip_special_tokens)
 
     def run(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Logits for already-encoded texts, padded to the longest in the batch."""

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
+
+from service.endpoints import Endpoint
 
 STATIC = Path(__file__).with_name("static")
 
@@ -27,8 +29,9 @@ async def page(request: Request) -> Response:
     return FileResponse(STATIC / "docs.html", media_type="text/html")
 
 
-ROUTES = [
-    Route("/docs", page, methods=["GET"]),
+ENDPOINTS = [Endpoint("/docs", "GET", page, "This page", response_media_type="text/html", open=True, in_schema=False)]
+# Static assets under /docs/ are open too (service.middleware).
+MOUNTS = [
     Mount("/docs/swagger-ui", StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui"),
     Mount("/docs", StaticFiles(directory=STATIC), name="docs-static"),
 ]

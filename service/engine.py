@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from service.batcher import MicroBatcher
-from service.classifier import OnnxClassifier, probabilities
+from service.classifier import OnnxClassifier, TextOrPair, probabilities
 from service.cache import LogitsCache
 from service.failures import InputTooLong, NotLoaded
 from service.manifest import MODEL_FILE, Manifest
@@ -28,6 +28,10 @@ WARMUP_TEXTS = ("warm up", "warm up with a somewhat longer text " * 8)
 # Requests whose texts add up to at most this many characters are tokenized on the
 # event loop; longer ones go to a thread so the loop keeps serving others.
 INLINE_TOKENIZE_CHARS = 1024
+
+
+def _chars(item: TextOrPair) -> int:
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,15 @@ class Engine:
         if self.cache is not None:
             cache = self.cache
             metrics.cache_entries.set_function(lambda: len(cache))
+
+    @property
+    def takes_pairs(self) -> bool:
+        return self.manifest.task == "pair"
+
+    @property
+    def is_reranker(self) -> bool:
+        """A text-pair model with one output, as text-embeddings-inference defines a reranker."""
+        return self.takes_pairs and len(self.manifest.id2label) == 1
 
     @property
     def ready(self) -> bool:
@@ -98,25 +111,32 @@ class Engine:
         if self.batcher is not None:
             await self.batcher.stop()
 
-    async def classify(self, texts: Sequence[str], *, truncate: bool) -> Classified:
-        """Logits for ``texts``: admitted (or refused) before any work, then batched."""
+    def _loaded(self) -> OnnxClassifier:
+        if self.classifier is None:
+            raise NotLoaded(self.not_ready_reason)
+        return self.classifier
+
+    async def classify(
+        self, texts: Sequence[TextOrPair], *, truncate: bool, direction: str = "right"
+    ) -> Classified:
+        """Logits for texts or (text, text_pair) pairs: admitted (or refused) before any work, then batched."""
         batcher, classifier = self.batcher, self.classifier
         if batcher is None or classifier is None:
             raise NotLoaded(self.not_ready_reason)
         if self.settings.log_inputs:
             log.debug("inputs", extra={"fields": {"texts": list(texts)}})
-        cached = self._cached(texts, truncate)
+        cached = self._cached(texts, truncate, direction)
         missing = [i for i, hit in enumerate(cached) if hit is None]
         tokenize_seconds = queue = inference = 0.0
         if missing:
             with batcher.admit(len(missing)) as admission:
                 started = time.perf_counter()
                 todo = [texts[i] for i in missing]
-                if sum(map(len, todo)) <= INLINE_TOKENIZE_CHARS:
-                    # Cheaper than a hop to a thread (~30 us against ~0.5 ms for a short query).
-                    encoded = classifier.encode(todo, count_full=not truncate)
+                encode = partial(classifier.encode, todo, count_full=not truncate, direction=direction)
+                if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
+                    encoded = encode()  # cheaper than a hop to a thread (~30 us against ~0.5 ms for a short query)
                 else:
-                    encoded = await asyncio.to_thread(partial(classifier.encode, todo, count_full=not truncate))
+                    encoded = await asyncio.to_thread(encode)
                 tokenize_seconds = time.perf_counter() - started
                 if not truncate:
                     for index, item in zip(missing, encoded):
@@ -128,24 +148,31 @@ class Engine:
             for index, result in zip(missing, results):
                 cached[index] = result.logits
                 if self.cache is not None:
-                    self.cache.put(self._key(texts[index], truncate), result.logits)
+                    self.cache.put(self._key(texts[index], truncate, direction), result.logits)
             self.metrics.phase_seconds.labels("tokenize").observe(tokenize_seconds)
             self.metrics.phase_seconds.labels("queue").observe(queue)
             self.metrics.phase_seconds.labels("inference").observe(inference)
         self.metrics.inputs.inc(len(texts))
         return Classified(np.stack(cached), tokenize_seconds, queue, inference)
 
-    def _key(self, text: str, truncate: bool) -> tuple:
-        return (self._model_hash, text, truncate)
+    def _key(self, item: TextOrPair, truncate: bool, direction: str) -> tuple:
+        # Whatever changes the logits: the model, the exact input, and how it is cut.
+        return (self._model_hash, item, truncate, direction)
 
-    def _cached(self, texts: Sequence[str], truncate: bool) -> list[np.ndarray | None]:
+    def _cached(self, texts: Sequence[TextOrPair], truncate: bool, direction: str) -> list[np.ndarray | None]:
         if self.cache is None:
             return [None] * len(texts)
-        found = [self.cache.get(self._key(text, truncate)) for text in texts]
+        found = [self.cache.get(self._key(text, truncate, direction)) for text in texts]
         hits = sum(hit is not None for hit in found)
         self.metrics.cache_hits.inc(hits)
         self.metrics.cache_misses.inc(len(found) - hits)
         return found
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
+        return self._loaded().tokens(texts, add_special_tokens=add_special_tokens)
+
+    def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        return self._loaded().decode(sequences, skip_special_tokens=skip_special_tokens)
 
     def scores(self, logits: np.ndarray, raw: bool) -> np.ndarray:
         return logits if raw else probabilities(logits.astype(np.float64), self.manifest.problem_type)

@@ -3,6 +3,7 @@
 ServiceError
 ├── BadRequest             400 bad_request       (Open Inference Protocol requests)
 ├── MalformedJson          400 malformed_json
+├── EmptyInput             400 empty              (TEI: Empty)
 ├── Unauthorized           401 unauthorized
 ├── NotFound               404 not_found
 ├── MethodNotAllowed       405 method_not_allowed
@@ -19,6 +20,12 @@ ServiceError
 
 The engine and batcher raise ``service.failures.EngineFailure``s, which know no
 HTTP; ``from_failure`` below is the one place that maps them onto this table.
+
+One error, three dialects (``service.endpoints.Dialect``): this service's body
+above; on text-embeddings-inference's routes the same body with TEI's names for
+the types it has (``Validation``, ``Overloaded``, ``Unhealthy``, ``Empty``,
+``Backend``); on Open Inference Protocol routes the same body (its clients read
+``error``) with 400 for any bad request, as that protocol specifies.
 """
 
 from __future__ import annotations
@@ -29,14 +36,22 @@ from service import failures
 class ServiceError(Exception):
     status_code = 500
     error_type = "internal"
+    tei_type: str | None = None  # TEI's name for this type, where TEI has one
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
 
-    def body(self) -> dict[str, str]:
+    def body(self, dialect: str = "service") -> dict[str, str]:
+        if dialect == "tei":
+            return {"error": self.message, "error_type": self.tei_type or self.error_type}
         return {"error": self.message, "error_type": self.error_type}
+
+    def status(self, dialect: str = "service") -> int:
+        if dialect == "v2" and self.status_code == 422:
+            return 400
+        return self.status_code
 
 
 class BadRequest(ServiceError):
@@ -45,6 +60,11 @@ class BadRequest(ServiceError):
 
 class MalformedJson(ServiceError):
     status_code, error_type = 400, "malformed_json"
+
+
+class EmptyInput(ServiceError):
+    status_code, error_type = 400, "empty"
+    tei_type = "Empty"
 
 
 class Unauthorized(ServiceError):
@@ -69,14 +89,17 @@ class UnsupportedMediaType(ServiceError):
 
 class ValidationFailed(ServiceError):
     status_code, error_type = 422, "validation"
+    tei_type = "Validation"
 
 
 class Overloaded(ServiceError):
     status_code, error_type = 429, "overloaded"
+    tei_type = "Overloaded"
 
 
 class NotReady(ServiceError):
     status_code, error_type = 503, "unhealthy"
+    tei_type = "Unhealthy"
 
 
 class ClientGone(ServiceError):
@@ -85,6 +108,7 @@ class ClientGone(ServiceError):
 
 class InternalError(ServiceError):
     status_code, error_type = 500, "internal"
+    tei_type = "Backend"
 
 
 class RequestTimeout(ServiceError):
@@ -112,4 +136,10 @@ def from_failure(failure: failures.EngineFailure) -> ServiceError:
     return InternalError("internal error; see the server log")
 
 
+def _all(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    return [cls] + [sub for child in cls.__subclasses__() for sub in _all(child)]
+
+
+# Status of every error_type as TEI's routes name it (its own names where it has them).
+TEI_ERROR_TABLE = {cls.tei_type: cls.status_code for cls in _all(ServiceError) if cls.tei_type}
 ERROR_TABLE = {cls.error_type: cls.status_code for cls in ServiceError.__subclasses__()}

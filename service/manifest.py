@@ -49,6 +49,7 @@ class Manifest:
     verification: dict[str, Any]
     files: dict[str, str]
     strip_whitespace: bool = False
+    task: str = "text"  # "text": one text per input; "pair": (text, text_pair)
     format_version: int = FORMAT_VERSION
     output_name: str = "logits"
     extra: dict[str, Any] = field(default_factory=dict)

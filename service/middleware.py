@@ -15,15 +15,15 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unauthorized, Unavailable
-from service.routes import OPEN_PATHS
 
 access_log = logging.getLogger("service.access")
 _VALID_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], metrics: Any) -> None:
+    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], open_paths: frozenset[str], metrics: Any) -> None:
         self.app = app
+        self.open_paths = open_paths
         self.api_keys = tuple(key.encode() for key in api_keys)
         self.metrics = metrics
 
@@ -69,7 +69,7 @@ class RequestContext:
             )
 
     def _authorized(self, path: str, headers: Headers) -> bool:
-        if not self.api_keys or path in OPEN_PATHS or path.startswith("/docs/"):
+        if not self.api_keys or path in self.open_paths or path.startswith("/docs/"):
             return True
         return bearer_key_matches(headers.get("authorization", ""), self.api_keys)
 

@@ -1,4 +1,4 @@
-"""HTTP endpoints: TEI-compatible REST and Open Inference Protocol v2.
+"""REST endpoints: text-embeddings-inference's API, and health, info and metrics.
 
 Handlers translate between JSON and the engine; they never touch onnxruntime.
 """
@@ -8,26 +8,37 @@ from __future__ import annotations
 import functools
 import time
 from importlib import metadata
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from service import NAME, __version__, v2_codec
+from service import __version__
+from service.classifier import sigmoid, softmax
+from service.endpoints import Endpoint
 from service.engine import Classified, Engine
-from service.errors import NotFound, NotReady
-from service.http import parse_json, read_body, unless_disconnected
+from service.errors import EmptyInput, NotReady, ValidationFailed
+from service.http import parse_json, unless_disconnected
 from service.metrics import CONTENT_TYPE
-from service.schemas import PredictRequest
+from service.schemas import DecodeRequest, PredictRequest, RerankRequest, TokenizeRequest
+from service.wire import Info, Prediction, RerankResult, Status, Token
+
+_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "softmax": softmax, "sigmoid": sigmoid, "none": lambda logits: logits,
+}
 
 
-def _engine(request: Request) -> Engine:
+def engine_of(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def _timing_headers(result: Classified, started: float) -> dict[str, str]:
+def context(engine: Engine) -> dict[str, Any]:
+    """What request validation needs to know about this model and these settings."""
+    return {"max_inputs": engine.settings.max_inputs, "pairs": engine.takes_pairs}
+
+
+def timing_headers(result: Classified, started: float) -> dict[str, str]:
     ms = lambda seconds: str(round(seconds * 1000, 3))  # noqa: E731
     return {
         "x-tokenization-time": ms(result.tokenize_seconds),
@@ -42,31 +53,91 @@ def _ranked(labels: Sequence[str], scores: np.ndarray, top_k: int | None) -> lis
     return [{"label": labels[i], "score": float(scores[i])} for i in order]
 
 
-def _limits(engine: Engine) -> dict[str, int]:
-    return {"max_inputs": engine.settings.max_inputs}
-
-
 async def predict(request: Request) -> Response:
     started = time.perf_counter()
-    engine = _engine(request)
-    body = await parse_json(request, PredictRequest, engine.settings.max_body_bytes, _limits(engine))
-    result = await unless_disconnected(request, engine.classify(body.texts, truncate=body.truncate))
-    scores = engine.scores(result.logits, body.raw_scores)
-    labels = engine.manifest.labels
-    ranked = [_ranked(labels, row, body.top_k) for row in scores]
-    content = ranked[0] if isinstance(body.inputs, str) else ranked
-    return JSONResponse(content, headers=_timing_headers(result, started))
+    engine = engine_of(request)
+    body = await parse_json(request, PredictRequest, engine.settings.max_body_bytes, context(engine))
+    result = await unless_disconnected(
+        request, engine.classify(body.items, truncate=body.should_truncate, direction=body.direction))
+    function = body.parameters.function_to_apply if body.parameters else None
+    if body.raw_scores:
+        scores = result.logits
+    elif function is not None:
+        scores = _FUNCTIONS[function](result.logits.astype(np.float64))
+    else:
+        scores = engine.scores(result.logits, raw=False)
+    ranked = [_ranked(engine.manifest.labels, row, body.k) for row in scores]
+    return JSONResponse(ranked if body.nested else ranked[0], headers=timing_headers(result, started))
+
+
+async def rerank(request: Request) -> Response:
+    started = time.perf_counter()
+    engine = engine_of(request)
+    if not engine.is_reranker:
+        raise ValidationFailed("this model is not a reranker: /rerank needs a text-pair model with one output")
+    body = await parse_json(request, RerankRequest, engine.settings.max_body_bytes, context(engine))
+    if not body.texts:
+        raise EmptyInput("`texts` cannot be empty")
+    pairs = [(body.query, text) for text in body.texts]
+    result = await unless_disconnected(
+        request, engine.classify(pairs, truncate=body.should_truncate, direction=body.direction))
+    logits = result.logits[:, 0]
+    scores = logits if body.raw_scores else sigmoid(logits.astype(np.float64))
+    ranked = []
+    for index in np.argsort(-scores, kind="stable"):
+        entry: dict[str, Any] = {"index": int(index), "score": float(scores[index])}
+        if body.return_text:
+            entry["text"] = body.texts[index]
+        ranked.append(entry)
+    return JSONResponse(ranked, headers=timing_headers(result, started))
+
+
+async def root(request: Request) -> Response:
+    """TEI serves the model's task at ``POST /``: rerank for a reranker, predict otherwise."""
+    return await (rerank(request) if engine_of(request).is_reranker else predict(request))
+
+
+async def tokenize(request: Request) -> Response:
+    engine = engine_of(request)
+    body = await parse_json(request, TokenizeRequest, engine.settings.max_body_bytes, context(engine))
+    return JSONResponse(engine.tokens(body.texts, add_special_tokens=body.add_special_tokens))
+
+
+async def decode(request: Request) -> Response:
+    engine = engine_of(request)
+    body = await parse_json(request, DecodeRequest, engine.settings.max_body_bytes, context(engine))
+    if any(not ids for ids in body.sequences):
+        raise EmptyInput("`ids` cannot be empty")
+    return JSONResponse(engine.decode(body.sequences, skip_special_tokens=body.skip_special_tokens))
 
 
 async def info(request: Request) -> Response:
-    engine = _engine(request)
-    manifest = engine.manifest
+    engine = engine_of(request)
+    manifest, settings = engine.manifest, engine.settings
     verification = manifest.verification
     chosen = next((v for v in verification.get("variants", []) if v["variant"] == manifest.variant), {})
+    labels = manifest.labels
     return JSONResponse({
         "model_id": manifest.model_id,
-        "model_name": engine.settings.model_name,
-        "labels": manifest.labels,
+        "model_sha": None,
+        "model_dtype": "float32",
+        "served_model_name": settings.model_name,
+        "model_type": {"reranker" if engine.is_reranker else "classifier": {
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }},
+        "max_concurrent_requests": settings.max_queue_size,
+        "max_input_length": manifest.max_length,
+        "max_batch_tokens": settings.max_batch_tokens,
+        "max_batch_requests": settings.max_batch_size,
+        "max_client_batch_size": settings.max_inputs,
+        "auto_truncate": True,
+        "tokenization_workers": 1,
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+        "model_name": settings.model_name,
+        "labels": labels,
         "problem_type": manifest.problem_type,
         "max_length": manifest.max_length,
         "variant": manifest.variant,
@@ -79,22 +150,23 @@ async def info(request: Request) -> Response:
             "max_prob_diff": chosen.get("max_prob_diff"),
             "max_logit_diff": chosen.get("max_logit_diff"),
         },
-        "versions": {"export": manifest.versions, "serve": _serve_versions()},
+        "versions": {"export": manifest.versions, "serve": serve_versions()},
         "limits": {
-            "max_inputs": engine.settings.max_inputs,
-            "max_body_bytes": engine.settings.max_body_bytes,
-            "max_batch_tokens": engine.settings.max_batch_tokens,
+            "max_inputs": settings.max_inputs,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_batch_tokens": settings.max_batch_tokens,
         },
     })
 
 
 @functools.cache
-def _serve_versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in ("onnxruntime", "tokenizers", "starlette", "uvicorn")}
+def serve_versions() -> dict[str, str]:
+    versions = {name: metadata.version(name) for name in ("onnxruntime", "tokenizers", "starlette", "uvicorn")}
+    return {"service": __version__, **versions}
 
 
 async def health(request: Request) -> Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     if not engine.ready:
         raise NotReady(engine.not_ready_reason)
     return JSONResponse({"status": "ok"})
@@ -105,77 +177,39 @@ async def live(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(_engine(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(engine_of(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
-# Open Inference Protocol v2 -------------------------------------------------------
-# Bodies are read and written by service.v2_codec; these handlers only reach the engine.
-
-def _model(request: Request) -> Engine:
-    engine = _engine(request)
-    name = request.path_params["model_name"]
-    if name != engine.settings.model_name:
-        raise NotFound(f"model {name!r} is not served here; this server serves {engine.settings.model_name!r}")
-    version = request.path_params.get("model_version", v2_codec.MODEL_VERSION)
-    if version != v2_codec.MODEL_VERSION:
-        raise NotFound(f"model {name!r} has no version {version!r}; it has version {v2_codec.MODEL_VERSION!r}")
-    return engine
-
-
-async def v2_server(request: Request) -> Response:
-    return JSONResponse({"name": NAME, "version": __version__, "extensions": list(v2_codec.EXTENSIONS)})
-
-
-async def v2_live(request: Request) -> Response:
-    return JSONResponse({"live": True})
-
-
-async def v2_ready(request: Request) -> Response:
-    engine = _engine(request)
-    if not engine.ready:
-        raise NotReady(engine.not_ready_reason)
-    return JSONResponse({"ready": True})
-
-
-async def v2_model(request: Request) -> Response:
-    engine = _model(request)
-    return JSONResponse(v2_codec.model_metadata(engine.settings.model_name, len(engine.manifest.id2label)))
-
-
-async def v2_model_ready(request: Request) -> Response:
-    engine = _model(request)
-    if not engine.ready:
-        raise NotReady(engine.not_ready_reason)
-    return JSONResponse({"name": engine.settings.model_name, "ready": True})
-
-
-async def v2_infer(request: Request) -> Response:
-    started = time.perf_counter()
-    engine = _model(request)
-    settings = engine.settings
-    body = await read_body(request, settings.max_body_bytes)
-    call = v2_codec.read_request(body, request.headers, max_inputs=settings.max_inputs,
-                                 max_body_bytes=settings.max_body_bytes)
-    result = await unless_disconnected(request, engine.classify(call.texts, truncate=True))
-    tensors = v2_codec.output_tensors(result.logits, engine.scores(result.logits, raw=False), engine.manifest.labels)
-    content, headers = v2_codec.write_response(call, tensors, model_name=settings.model_name)
-    return Response(content, headers={**headers, **_timing_headers(result, started)})
-
-
-ROUTES = [
-    Route("/predict", predict, methods=["POST"]),
-    Route("/info", info, methods=["GET"]),
-    Route("/health", health, methods=["GET"]),
-    Route("/live", live, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/v2", v2_server, methods=["GET"]),
-    Route("/v2/health/live", v2_live, methods=["GET"]),
-    Route("/v2/health/ready", v2_ready, methods=["GET"]),
-    Route("/v2/models/{model_name}", v2_model, methods=["GET"]),
-    Route("/v2/models/{model_name}/ready", v2_model_ready, methods=["GET"]),
-    Route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"]),
-    Route("/v2/models/{model_name}/versions/{model_version}", v2_model, methods=["GET"]),
-    Route("/v2/models/{model_name}/versions/{model_version}/ready", v2_model_ready, methods=["GET"]),
-    Route("/v2/models/{model_name}/versions/{model_version}/infer", v2_infer, methods=["POST"]),
+_INPUT_ERRORS = (400, 401, 413, 415, 422, 429, 503)
+_SCORES = list[Prediction] | list[list[Prediction]]
+ENDPOINTS = [
+    Endpoint("/", "POST", root, "The model's task (text-embeddings-inference compatible)",
+             "Answers as /rerank for a reranker (a text-pair model with one output) and as /predict otherwise.",
+             request=PredictRequest, response=_SCORES, errors=_INPUT_ERRORS, dialect="tei", tag="tei"),
+    Endpoint("/predict", "POST", predict, "Classify texts or text pairs (text-embeddings-inference compatible)",
+             "A text returns a list of {label, score} sorted by score; a batch returns one such list per input. "
+             "Scores are softmax probabilities, or sigmoid for one-logit and multi-label models, unless raw_scores. "
+             "With Hugging Face `parameters` and a single text the answer is [[...]].",
+             request=PredictRequest, response=_SCORES, errors=_INPUT_ERRORS, dialect="tei", tag="tei"),
+    Endpoint("/rerank", "POST", rerank, "Rank texts against a query (text-embeddings-inference compatible)",
+             "For reranker bundles: each (query, text) pair is scored (sigmoid of the logit unless raw_scores); "
+             "the answer is sorted by score.",
+             request=RerankRequest, response=list[RerankResult], errors=_INPUT_ERRORS, dialect="tei", tag="tei"),
+    Endpoint("/tokenize", "POST", tokenize, "Tokenize texts (text-embeddings-inference compatible)",
+             "Untruncated tokens of each text, with UTF-8 byte offsets; always a list per input.",
+             request=TokenizeRequest, response=list[list[Token]], errors=(400, 401, 413, 415, 422, 503),
+             dialect="tei", tag="tei"),
+    Endpoint("/decode", "POST", decode, "Token ids back to text (text-embeddings-inference compatible)",
+             request=DecodeRequest, response=list[str], errors=(400, 401, 413, 415, 422, 503),
+             dialect="tei", tag="tei"),
+    Endpoint("/info", "GET", info, "Model and bundle information",
+             "Text-embeddings-inference's fields, then labels, problem type, variant, verification and versions.",
+             response=Info, errors=(401,), dialect="tei", tag="tei"),
+    Endpoint("/health", "GET", health, "Readiness",
+             "200 once the model is loaded and warmed up, 503 with the reason before.",
+             response=Status, errors=(503,), open=True),
+    Endpoint("/live", "GET", live, "Liveness", "200 while the process serves HTTP.", response=Status, open=True),
+    Endpoint("/metrics", "GET", metrics, "Prometheus metrics",
+             "Requests, phase latencies, batch sizes, queue depth, admitted inputs, cache hits.",
+             response_media_type="text/plain", open=True),
 ]
-OPEN_PATHS = ("/health", "/live", "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json")

@@ -6,9 +6,22 @@ validation context, so every request rule lives here.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 
 def _within_limit(count: int, info: ValidationInfo) -> None:
@@ -17,17 +30,144 @@ def _within_limit(count: int, info: ValidationInfo) -> None:
         raise ValueError(f"{count} inputs is more than the limit of {limit} per request")
 
 
-class PredictRequest(BaseModel):
-    """Compatible with text-embeddings-inference's ``/predict``."""
+TextOrPair = str | tuple[str, str]
+
+
+class InferenceParameters(BaseModel):
+    """Hugging Face inference ``parameters`` (sent by ``InferenceClient.text_classification``)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] = Field(
-        description="one text, or a list of texts; an empty string is classified like any other text"
-    )
-    truncate: StrictBool = Field(True, description="cut texts longer than the model's max length instead of refusing them")
+    top_k: Annotated[StrictInt, Field(ge=1)] | None = None
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+
+
+class PredictRequest(BaseModel):
+    """Text-embeddings-inference's ``/predict`` body, plus ``top_k`` and Hugging Face ``parameters``.
+
+    ``inputs`` forms: a text; ``[[text], [text, text_pair], ...]`` (a batch); and a flat list,
+    which is a batch of texts for a single-text model but one ``[text, text_pair]`` for a
+    pair model (TEI reads a flat list of two as a pair for every model).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: (
+        StrictStr
+        | Annotated[list[StrictStr], Field(min_length=1)]
+        | Annotated[list[Annotated[list[StrictStr], Field(min_length=1, max_length=2)]], Field(min_length=1)]
+    ) = Field(description="a text, a list of texts, [text, text_pair], or a batch [[text], [text, text_pair], ...]; "
+              "an empty string is classified like any other text")
+    truncate: StrictBool | None = Field(
+        None, description="cut texts longer than the model's max length (null or absent: true) instead of refusing them")
+    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
+        "Right", description="which end of a long text is cut")
     raw_scores: StrictBool = Field(False, description="return logits instead of probabilities")
     top_k: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="return only the k best labels")
+    parameters: InferenceParameters | None = Field(
+        None, description="Hugging Face inference parameters; with a single text the answer is then [[...]], "
+        "as Hugging Face's InferenceClient expects")
+    _items: list[TextOrPair] = PrivateAttr(default_factory=list)
+    _nested: bool = PrivateAttr(default=False)
+
+    @field_validator("inputs", mode="wrap")
+    @classmethod
+    def _one_message(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Three alternatives would each report their own failure; one sentence says it better.
+        try:
+            return handler(value)
+        except ValidationError:
+            if value == []:
+                raise ValueError("must not be empty") from None
+            raise ValueError("must be a text, a list of texts, [text, text_pair] or a batch "
+                             "[[text], [text, text_pair], ...] of strings") from None
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> PredictRequest:
+        pairs = bool((info.context or {}).get("pairs"))
+        inputs = self.inputs
+        if isinstance(inputs, str):
+            self._items, self._nested = [inputs], self.parameters is not None
+        elif isinstance(inputs[0], str) and pairs:
+            if len(inputs) != 2:
+                raise ValueError(f"this model classifies text pairs: send [text, text_pair] or a batch "
+                                 f"[[text, text_pair], ...], not a list of {len(inputs)} texts")
+            self._items, self._nested = [(inputs[0], inputs[1])], False
+        elif isinstance(inputs[0], str):
+            self._items, self._nested = list(inputs), True
+        else:
+            self._items = [item[0] if len(item) == 1 else (item[0], item[1]) for item in inputs]
+            self._nested = True
+        _within_limit(len(self._items), info)
+        check_kinds(self._items, pairs)
+        return self
+
+    @property
+    def items(self) -> list[TextOrPair]:
+        return self._items
+
+    @property
+    def nested(self) -> bool:
+        """Whether the answer is a list of rankings (a batch) rather than one ranking."""
+        return self._nested
+
+    @property
+    def should_truncate(self) -> bool:
+        return self.truncate is not False
+
+    @property
+    def direction(self) -> Literal["left", "right"]:
+        return "left" if self.truncation_direction.lower() == "left" else "right"
+
+    @property
+    def k(self) -> int | None:
+        return (self.parameters.top_k if self.parameters else None) or self.top_k
+
+
+def check_kinds(items: list[TextOrPair], pairs: bool) -> None:
+    """A pair model takes pairs only, a single-text model single texts only."""
+    for index, item in enumerate(items):
+        if pairs and isinstance(item, str):
+            raise ValueError(f"this model classifies text pairs, but input {index} is a single text")
+        if not pairs and not isinstance(item, str):
+            raise ValueError(f"this model classifies single texts, but input {index} is a text pair")
+
+
+class RerankRequest(BaseModel):
+    """Text-embeddings-inference's ``/rerank``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: StrictStr
+    texts: list[StrictStr]
+    truncate: StrictBool | None = Field(None, description="cut pairs longer than the max length (null or absent: true)")
+    truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
+    raw_scores: StrictBool = Field(False, description="return logits instead of sigmoid scores")
+    return_text: StrictBool = Field(False, description="include each text in the answer")
+
+    @field_validator("texts")
+    @classmethod
+    def _count(cls, texts: list[str], info: ValidationInfo) -> list[str]:
+        _within_limit(len(texts), info)
+        return texts
+
+    @property
+    def should_truncate(self) -> bool:
+        return self.truncate is not False
+
+    @property
+    def direction(self) -> Literal["left", "right"]:
+        return "left" if self.truncation_direction.lower() == "left" else "right"
+
+
+class TokenizeRequest(BaseModel):
+    """Text-embeddings-inference's ``/tokenize``: no truncation, special tokens by default."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
+    add_special_tokens: StrictBool = True
+    prompt_name: StrictStr | None = Field(None, description="not supported: bundles carry no prompts")
 
     @field_validator("inputs")
     @classmethod
@@ -36,40 +176,33 @@ class PredictRequest(BaseModel):
             _within_limit(len(inputs), info)
         return inputs
 
+    @field_validator("prompt_name")
+    @classmethod
+    def _no_prompts(cls, prompt_name: str | None) -> None:
+        if prompt_name is not None:
+            raise ValueError(f"prompt {prompt_name!r} is not known: this model has no prompts")
+        return None
+
     @property
     def texts(self) -> list[str]:
         return [self.inputs] if isinstance(self.inputs, str) else self.inputs
 
 
-class InferInput(BaseModel):
-    name: StrictStr
-    shape: list[StrictInt]
-    datatype: Literal["BYTES"]
-    data: Annotated[list[StrictStr], Field(min_length=1)]
-    parameters: dict | None = None
+class DecodeRequest(BaseModel):
+    """Text-embeddings-inference's ``/decode``."""
 
-    @field_validator("data")
+    model_config = ConfigDict(extra="ignore")
+
+    ids: list[Annotated[int, Field(ge=0)]] | Annotated[list[list[Annotated[int, Field(ge=0)]]], Field(min_length=1)]
+    skip_special_tokens: StrictBool = True
+
+    @field_validator("ids")
     @classmethod
-    def _count(cls, data: list[str], info: ValidationInfo) -> list[str]:
-        _within_limit(len(data), info)
-        return data
+    def _count(cls, ids: list, info: ValidationInfo) -> list:
+        if ids and isinstance(ids[0], list):
+            _within_limit(len(ids), info)
+        return ids
 
-    @model_validator(mode="after")
-    def _shape_matches(self) -> InferInput:
-        if self.shape not in ([len(self.data)], [len(self.data), 1]):
-            raise ValueError(f"input {self.name!r} has shape {self.shape} but {len(self.data)} elements")
-        return self
-
-
-class RequestedOutput(BaseModel):
-    name: Literal["logits", "probabilities", "label"]
-    parameters: dict | None = None
-
-
-class InferRequest(BaseModel):
-    """Open Inference Protocol v2 inference request with one BYTES input of texts."""
-
-    id: StrictStr | None = None
-    parameters: dict | None = None
-    inputs: Annotated[list[InferInput], Field(min_length=1, max_length=1)]
-    outputs: list[RequestedOutput] | None = None
+    @property
+    def sequences(self) -> list[list[int]]:
+        return self.ids if self.ids and isinstance(self.ids[0], list) else [self.ids]  # type: ignore[list-item]

@@ -35,6 +35,7 @@ from service.http import describe
 
 MODEL_VERSION = "1"
 INPUT_NAME = "text"
+PAIR_INPUT_NAME = "text_pair"
 OUTPUT_DATATYPES = {"logits": "FP32", "probabilities": "FP32", "label": "BYTES"}
 EXTENSIONS = ("binary_tensor_data",)
 HEADER_LENGTH = "inference-header-content-length"
@@ -42,13 +43,18 @@ HEADER_LENGTH = "inference-header-content-length"
 MEDIA_TYPES = ("", "application/json", "application/octet-stream")
 
 
-def model_metadata(model_name: str, width: int) -> dict[str, Any]:
+def input_names(pairs: bool) -> tuple[str, ...]:
+    """The model's inputs: ``text``, and ``text_pair`` for a text-pair model."""
+    return (INPUT_NAME, PAIR_INPUT_NAME) if pairs else (INPUT_NAME,)
+
+
+def model_metadata(model_name: str, width: int, pairs: bool = False) -> dict[str, Any]:
     """The model metadata response; ``width`` is the number of labels."""
     return {
         "name": model_name,
         "versions": [MODEL_VERSION],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in input_names(pairs)],
         "outputs": [
             {"name": "logits", "datatype": "FP32", "shape": [-1, width]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, width]},
@@ -123,12 +129,14 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class InferCall:
-    texts: list[str]
+    texts: list[str | tuple[str, str]]
     outputs: tuple[RequestedOutput, ...]
     id: str | None = None
 
 
-def read_request(body: bytes, headers: Mapping[str, str], *, max_inputs: int, max_body_bytes: int) -> InferCall:
+def read_request(
+    body: bytes, headers: Mapping[str, str], *, max_inputs: int, max_body_bytes: int, pairs: bool = False
+) -> InferCall:
     """Decode an HTTP inference request; ``body`` is what arrived, at most ``max_body_bytes``."""
     headers = {key.lower(): value for key, value in headers.items()}
     media_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -161,7 +169,7 @@ def read_request(body: bytes, headers: Mapping[str, str], *, max_inputs: int, ma
         binary = binary[size:]
     if binary:
         raise BadRequest(f"{len(binary)} bytes follow the JSON part that no input's parameters.binary_data_size accounts for")
-    return InferCall(texts_from(tensors, max_inputs=max_inputs), requested_outputs(request), request.id)
+    return InferCall(texts_from(tensors, max_inputs=max_inputs, pairs=pairs), requested_outputs(request), request.id)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -241,40 +249,56 @@ def check_output_name(name: str, earlier: Sequence[str]) -> None:
 
 # The model's input ------------------------------------------------------------------
 
-def texts_from(tensors: Sequence[Tensor], *, max_inputs: int) -> list[str]:
-    """Check the inputs against the model metadata and return the texts."""
+def texts_from(tensors: Sequence[Tensor], *, max_inputs: int, pairs: bool = False) -> list[str | tuple[str, str]]:
+    """Check the inputs against the model metadata and return the texts (or text pairs)."""
+    names = input_names(pairs)
     for tensor in tensors:
-        if tensor.name != INPUT_NAME:
-            raise BadRequest(f"unknown input {tensor.name!r}; the model's only input is {INPUT_NAME!r} (BYTES)")
-    if len(tensors) != 1:
-        raise BadRequest(f"input {INPUT_NAME!r} is given {len(tensors)} times; send it once")
-    (tensor,) = tensors
+        if tensor.name not in names:
+            expected = f"inputs are {INPUT_NAME!r} and {PAIR_INPUT_NAME!r}" if pairs else f"only input is {INPUT_NAME!r}"
+            raise BadRequest(f"unknown input {tensor.name!r}; the model's {expected} (BYTES)")
+    for name in names:
+        given = sum(tensor.name == name for tensor in tensors)
+        if given != 1:
+            raise BadRequest(f"input {name!r} is given {given} times; send it once")
+    by_name = {tensor.name: _texts(tensor, max_inputs) for tensor in tensors}
+    texts = by_name[INPUT_NAME]
+    if not pairs:
+        return list(texts)
+    pair_texts = by_name[PAIR_INPUT_NAME]
+    if len(pair_texts) != len(texts):
+        raise BadRequest(f"inputs {INPUT_NAME!r} and {PAIR_INPUT_NAME!r} hold {len(texts)} and "
+                         f"{len(pair_texts)} texts; send one text_pair per text")
+    return list(zip(texts, pair_texts))
+
+
+def _texts(tensor: Tensor, max_inputs: int) -> list[str]:
+    name = tensor.name
     if tensor.datatype != "BYTES":
-        raise BadRequest(f"input {INPUT_NAME!r} has datatype {tensor.datatype!r}; the model expects BYTES")
+        raise BadRequest(f"input {name!r} has datatype {tensor.datatype!r}; the model expects BYTES")
     shape = list(tensor.shape)
     # [n, 1] is the shape of a column of texts, which numpy users often send.
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 0:
-        raise BadRequest(f"input {INPUT_NAME!r} has shape {shape}; the model expects [n] or [n, 1]")
+        raise BadRequest(f"input {name!r} has shape {shape}; the model expects [n] or [n, 1]")
     count = shape[0]
     if count == 0:
-        raise BadRequest(f"input {INPUT_NAME!r} holds no texts")
+        raise BadRequest(f"input {name!r} holds no texts")
     if count > max_inputs:
         raise BadRequest(f"{count} inputs is more than the limit of {max_inputs} per request")
-    elements = deserialize_bytes(tensor.raw, INPUT_NAME) if tensor.raw is not None else _flatten(tensor.data or [])
+    elements = deserialize_bytes(tensor.raw, name) if tensor.raw is not None else _flatten(tensor.data or [])
     if len(elements) != count:
-        raise BadRequest(f"input {INPUT_NAME!r} has shape {shape} but {len(elements)} elements")
+        raise BadRequest(f"input {name!r} has shape {shape} but {len(elements)} elements")
     texts = []
     for index, element in enumerate(elements):
         if isinstance(element, str):
             texts.append(element)
             continue
         if not isinstance(element, bytes):
-            raise BadRequest(f"element {index} of input {INPUT_NAME!r} is {json.dumps(element)}; BYTES elements "
+            raise BadRequest(f"element {index} of input {name!r} is {json.dumps(element)}; BYTES elements "
                              "in JSON are strings")
         try:
             texts.append(element.decode("utf-8"))
         except UnicodeDecodeError:
-            raise BadRequest(f"element {index} of input {INPUT_NAME!r} is not valid UTF-8") from None
+            raise BadRequest(f"element {index} of input {name!r} is not valid UTF-8") from None
     return texts
 
 

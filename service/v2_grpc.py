@@ -119,7 +119,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: aio.ServicerContext) -> pb.ModelMetadataResponse:
         self._check_model(request.name, request.version)
-        meta = v2_codec.model_metadata(self.engine.settings.model_name, len(self.engine.manifest.id2label))
+        meta = v2_codec.model_metadata(self.engine.settings.model_name, len(self.engine.manifest.id2label),
+                                       self.engine.takes_pairs)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -130,7 +131,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
         engine = self.engine
         self._check_model(request.model_name, request.model_version)
-        texts = v2_codec.texts_from(_inputs(request), max_inputs=engine.settings.max_inputs)
+        texts = v2_codec.texts_from(_inputs(request), max_inputs=engine.settings.max_inputs, pairs=engine.takes_pairs)
         wanted = _outputs(request)
         result = await engine.classify(texts, truncate=True)
         arrays = v2_codec.output_tensors(result.logits, engine.scores(result.logits, raw=False), engine.manifest.labels)

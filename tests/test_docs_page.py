@@ -63,7 +63,7 @@ class DocsPage:
 
     def execute(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
         """Open the operation, press "Try it out" (once per operation) and "Execute"."""
-        block = self.page.locator(f"#operations-default-{method}_{path.strip('/').replace('/', '_')}")
+        block = self.page.locator(f"#operations-tei-{method}_{path.strip('/').replace('/', '_')}")
         if "is-open" not in (block.get_attribute("class") or ""):
             block.locator(".opblock-summary-control").click()
         if block.locator("button.execute").count() == 0:

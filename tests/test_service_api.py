@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.app import create_app
-from service.errors import ERROR_TABLE
+from service.errors import ERROR_TABLE, TEI_ERROR_TABLE
 from service.settings import Settings
 from tests.conftest import ROOT, needs_export
 from tests.service_helpers import wait_ready
@@ -97,7 +97,7 @@ def test_info(client, bundle):
     assert body["max_length"] == 24
     assert body["variant"] == "fp32"
     assert body["verification"]["passed"] is True and body["verification"]["agreement"] == 1.0
-    assert set(body["versions"]["serve"]) == {"onnxruntime", "tokenizers", "starlette", "uvicorn"}
+    assert set(body["versions"]["serve"]) == {"service", "onnxruntime", "tokenizers", "starlette", "uvicorn"}
     assert body["limits"] == {"max_inputs": 4, "max_body_bytes": 4096, "max_batch_tokens": 16384}
 
 
@@ -175,7 +175,8 @@ def error(response, status, error_type, message=None):
     assert response.status_code == status, response.text
     body = response.json()
     assert body["error_type"] == error_type
-    assert ERROR_TABLE[error_type] == status
+    # TEI's routes (/, /predict, /rerank, /tokenize, /decode, /info) use TEI's names where it has them.
+    assert {**ERROR_TABLE, **TEI_ERROR_TABLE}[error_type] == status
     if message is not None:
         assert body == {"error": message, "error_type": error_type}
     return body
@@ -184,9 +185,9 @@ def error(response, status, error_type, message=None):
 @pytest.mark.parametrize(
     "body, message",
     [
-        pytest.param({"inputs": 5}, "inputs.str: Input should be a valid string; inputs.list[str]: Input should be a valid array", id="number"),
-        pytest.param({"inputs": []}, "inputs.str: Input should be a valid string; inputs.list[str]: List should have at least 1 item after validation, not 0", id="empty-list"),
-        pytest.param({"inputs": ["a", 1]}, "inputs.str: Input should be a valid string; inputs.list[str].1: Input should be a valid string", id="mixed-list"),
+        pytest.param({"inputs": 5}, "inputs: must be a text, a list of texts, [text, text_pair] or a batch [[text], [text, text_pair], ...] of strings", id="number"),
+        pytest.param({"inputs": []}, "inputs: must not be empty", id="empty-list"),
+        pytest.param({"inputs": ["a", 1]}, "inputs: must be a text, a list of texts, [text, text_pair] or a batch [[text], [text, text_pair], ...] of strings", id="mixed-list"),
         pytest.param({}, "inputs: Field required", id="missing"),
         pytest.param({"inputs": "a", "top_k": 0}, "top_k: Input should be greater than or equal to 1", id="top-k-zero"),
         pytest.param({"inputs": "a", "truncate": "yes"}, "truncate: Input should be a valid boolean", id="truncate-string"),
@@ -195,7 +196,7 @@ def error(response, status, error_type, message=None):
     ],
 )
 def test_invalid_body_is_422(client, body, message):
-    body_out = error(post(client, "/predict", body), 422, "validation")
+    body_out = error(post(client, "/predict", body), 422, "Validation")
     assert body_out["error"].endswith(message)
 
 
@@ -210,7 +211,7 @@ def test_over_long_text_truncates_by_default_and_refuses_on_request(client, tiny
     tokens = len(AutoTokenizer.from_pretrained(tiny_checkpoint("bert"))(text)["input_ids"])
     assert tokens > 24
     assert post(client, "/predict", {"inputs": text}).status_code == 200
-    error(post(client, "/predict", {"inputs": ["short", text], "truncate": False}), 422, "validation",
+    error(post(client, "/predict", {"inputs": ["short", text], "truncate": False}), 422, "Validation",
           f"input 1 has {tokens} tokens, more than the model's limit of 24; send shorter text or set truncate to true")
 
 
@@ -249,7 +250,7 @@ def test_full_queue_is_429_with_retry_after(bundle):
     with make_client(bundle, max_queue_size=2) as client:
         wait_ready(client)
         response = post(client, "/predict", {"inputs": ["a", "b", "c"]})
-        error(response, 429, "overloaded", "inference queue is full (0 inputs queued or running, 3 more asked for, limit 2)")
+        error(response, 429, "Overloaded", "inference queue is full (0 inputs queued or running, 3 more asked for, limit 2)")
         assert response.headers["retry-after"] == "1"
 
 
@@ -292,10 +293,24 @@ def test_metrics(client):
 def test_openapi_lists_every_endpoint(client):
     spec = client.get("/openapi.json").json()
     assert sorted(spec["paths"]) == sorted([
-        "/predict", "/info", "/health", "/live", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready",
-        "/v2/models/classifier", "/v2/models/classifier/ready", "/v2/models/classifier/infer",
+        "/", "/predict", "/rerank", "/tokenize", "/decode", "/info", "/health", "/live", "/metrics",
+        "/v2", "/v2/health/live", "/v2/health/ready",
+        "/v2/models/{model_name}", "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer",
+        "/v2/models/{model_name}/versions/{model_version}", "/v2/models/{model_name}/versions/{model_version}/ready",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
     ])
-    assert "PredictRequest" in spec["components"]["schemas"]
+    schemas = spec["components"]["schemas"]
+    assert {"PredictRequest", "Prediction", "RerankRequest", "RerankResult", "Token", "Info", "InferRequest",
+            "InferResponse", "ModelMetadata", "ErrorBody"} <= set(schemas)
+    predict = spec["paths"]["/predict"]["post"]
+    assert predict["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PredictRequest"}
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"] == {"anyOf": [
+        {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+        {"type": "array", "items": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}},
+    ]}
+    assert predict["responses"]["429"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert spec["paths"]["/health"]["get"]["security"] == []
+    assert schemas["Info"]["properties"]["max_client_batch_size"] == {"title": "Max Client Batch Size", "type": "integer"}
     assert "security" not in spec
 
 

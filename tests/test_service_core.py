@@ -66,7 +66,7 @@ def test_admitted_inputs_never_exceed_the_queue_bound(server):
     refused = [response for response, _ in results if response.status_code == 429]
     for response in refused:
         assert response.headers["retry-after"] == "1"
-        assert response.json()["error_type"] == "overloaded"
+        assert response.json()["error_type"] == "Overloaded"
     assert metric(process.url, "classifier_admitted_inputs_peak") == 8
     assert metric(process.url, "classifier_admitted_inputs") == 0
     # Refused requests were never tokenized: only the admitted ones show up in the tokenize phase.

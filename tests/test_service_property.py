@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from service import v2_codec
 from service.app import create_app
-from service.errors import ERROR_TABLE
+from service.errors import ERROR_TABLE, TEI_ERROR_TABLE
 from service.settings import Settings
 from tests.conftest import needs_export
 from tests.service_helpers import wait_ready
@@ -70,7 +70,7 @@ def test_predict_answers_or_documented_error(client, body):
                        for item in ranking)
     else:
         assert set(data) == {"error", "error_type"}
-        assert ERROR_TABLE[data["error_type"]] == response.status_code
+        assert {**ERROR_TABLE, **TEI_ERROR_TABLE}[data["error_type"]] == response.status_code
         assert response.status_code in (422,)
 
 
