@@ -283,7 +283,7 @@ _COLUMNS = (
     ("mode", lambda r: r.mode), ("level", lambda r: f"{r.level:g}"), ("requests", lambda r: str(r.requests)),
     ("req/s", lambda r: f"{r.throughput:.1f}"), ("p50 ms", lambda r: f"{r.p50_ms:.1f}"),
     ("p95 ms", lambda r: f"{r.p95_ms:.1f}"), ("p99 ms", lambda r: f"{r.p99_ms:.1f}"),
-    ("short p50", lambda r: _opt(r.short_p50_ms)), ("short p99", lambda r: _opt(r.short_p99_ms)),
+    ("short p50", lambda r: _opt(r.short_p50_ms, ".1f")), ("short p99", lambda r: _opt(r.short_p99_ms, ".1f")),
     ("errors", lambda r: str(r.errors)), ("cpu %", lambda r: _opt(r.cpu_percent)),
     ("peak RSS MB", lambda r: _opt(r.peak_rss_mb)), ("mean batch", lambda r: _opt(r.mean_batch_size)),
     ("cache hits", lambda r: _opt(r.cache_hit_rate)),
@@ -298,8 +298,8 @@ def format_table(results: Sequence[LevelResult]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def _opt(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+def _opt(value: float | None, spec: str = "g") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def levels_arg(text: str) -> list[int]:

@@ -14,6 +14,7 @@ def plot(report: Report, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name in ["ours", *report.baselines]:
@@ -28,6 +29,8 @@ def plot(report: Report, path: Path) -> None:
     right.axhline(floor["single_p50_ms"], color="grey", linestyle=":", label="in-process p50, one query")
     for axis, title, unit in ((left, "Throughput", "requests/s"), (right, "Latency", "ms")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(report.settings["concurrency"], [str(c) for c in report.settings["concurrency"]])
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.set_yscale("log")
         axis.set_xlabel("concurrency (closed loop)")
         axis.set_ylabel(unit)
