@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from export.texts import IN_DOMAIN, LONG
 
 SHORT_TEXTS = [t for t in IN_DOMAIN if t]
-KINDS = ("short", "long", "batch")
 
 
 @dataclass
