@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # Create the two virtual environments, reinstalling only when requirements change:
-#   .venv        export stage + tests (torch, transformers, optimum-onnx, ...)
-#   .venv-serve  the slim service alone, to prove it needs no torch
+#   .venv        export stage and tests (torch CPU build, transformers, sentence-transformers, ...)
+#   .venv-serve  the slim service alone (requirements-serve.txt), to prove it needs no torch
+# A second run with unchanged requirement files only compares two checksums.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
+# ensure_venv DIR REQUIREMENT_FILE... [-- NO_DEPS_REQUIREMENT_FILE...]
 ensure_venv() {
   local dir="$1"; shift
+  local with_deps=() no_deps=() target=with_deps
+  for arg in "$@"; do
+    if [[ "$arg" == "--" ]]; then target=no_deps; continue; fi
+    if [[ "$target" == with_deps ]]; then with_deps+=("$arg"); else no_deps+=("$arg"); fi
+  done
   local stamp
-  stamp="$(cat "$@" | sha256sum | cut -c1-16)"
+  stamp="$(cat "${with_deps[@]}" "${no_deps[@]}" | sha256sum | cut -c1-16)"
   if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$stamp" ]]; then
     return
   fi
-  echo "setting up $dir" >&2
+  echo "setup: installing $dir from ${with_deps[*]} ${no_deps[*]} (the first time takes a few minutes)" >&2
   "$PYTHON" -m venv "$dir"
-  "$dir/bin/pip" install --quiet --disable-pip-version-check "${@/#/-r}"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "${with_deps[@]/#/-r}"
+  if (( ${#no_deps[@]} )); then
+    "$dir/bin/pip" install --quiet --disable-pip-version-check --no-deps "${no_deps[@]/#/-r}"
+  fi
   echo "$stamp" > "$dir/.stamp"
 }
 
-ensure_venv .venv-serve requirements-serve.txt requirements-test.txt
-ensure_venv .venv requirements-export.txt requirements-test.txt
-# The default model's head ships with loose dependency pins; it needs nothing
-# beyond what requirements-export.txt already holds.
-if ! .venv/bin/python -c "import rag_intent_classifier" 2>/dev/null; then
-  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps rag-intent-classifier==1.0.7
-fi
+ensure_venv .venv-serve requirements-serve.txt
+# requirements-test.txt includes requirements-loadtest.txt; hash it too so a change there reinstalls.
+ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt \
+  -- requirements-default-model.txt

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUIREMENTS=(-r requirements-serve.txt)
 if [[ "${1:-}" == "--export" ]]; then
-  REQUIREMENTS+=(-r requirements-export.txt psutil==7.2.2 httpx==0.28.1)
+  REQUIREMENTS+=(-r requirements-export.txt -r requirements-loadtest.txt)
 fi
 download() {
   python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
@@ -15,6 +15,5 @@ download() {
 }
 download "${REQUIREMENTS[@]}"
 if [[ "${1:-}" == "--export" ]]; then
-  # Its declared dependencies are loose; it needs none beyond requirements-export.txt.
-  download --no-deps rag-intent-classifier==1.0.7
+  download --no-deps -r requirements-default-model.txt
 fi

@@ -27,6 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.protocol import http_protocol
 
     try:
         settings = load_settings(argv)
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,  # the service writes its own JSON access log
         timeout_graceful_shutdown=int(settings.drain_timeout),
         server_header=False,
+        http=http_protocol(settings),  # header/body timeouts, head size limit, connection cap
+        ws="none",
     )
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler;
     # making that handler a clean exit turns an orderly shutdown into exit code 0.

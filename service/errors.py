@@ -11,7 +11,10 @@ ServiceError
 ├── Overloaded             429 overloaded        (with Retry-After)
 ├── NotReady               503 unhealthy
 ├── ClientGone             499 client_gone       (logged only: nobody is left to read it)
-└── InternalError          500 internal
+├── InternalError          500 internal
+├── RequestTimeout         408 request_timeout   (the connection then closes)
+├── HeaderTooLarge         431 header_too_large  (the connection then closes)
+└── Unavailable            503 unavailable       (shutting down, or over the connection cap)
 
 The engine and batcher raise ``service.failures.EngineFailure``s, which know no
 HTTP; ``from_failure`` below is the one place that maps them onto this table.
@@ -79,6 +82,18 @@ class InternalError(ServiceError):
     status_code, error_type = 500, "internal"
 
 
+class RequestTimeout(ServiceError):
+    status_code, error_type = 408, "request_timeout"
+
+
+class HeaderTooLarge(ServiceError):
+    status_code, error_type = 431, "header_too_large"
+
+
+class Unavailable(ServiceError):
+    status_code, error_type = 503, "unavailable"
+
+
 def from_failure(failure: failures.EngineFailure) -> ServiceError:
     """The HTTP error for a refusal of the engine or batcher."""
     if isinstance(failure, failures.QueueFull):
@@ -86,7 +101,7 @@ def from_failure(failure: failures.EngineFailure) -> ServiceError:
     if isinstance(failure, failures.InputTooLong):
         return ValidationFailed(failure.message)
     if isinstance(failure, failures.ShuttingDown):
-        return NotReady(failure.message)
+        return Unavailable(failure.message)
     if isinstance(failure, failures.NotLoaded):
         return NotReady(failure.message)
     return InternalError("internal error; see the server log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -13,7 +14,7 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Unauthorized
+from service.errors import Unauthorized, Unavailable
 from service.routes import OPEN_PATHS
 
 access_log = logging.getLogger("service.access")
@@ -35,11 +36,12 @@ class RequestContext:
         sent = headers.get("x-request-id", "")
         request_id = sent if _VALID_REQUEST_ID.match(sent) else uuid.uuid4().hex
         status = 500
+        responding = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responding
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responding = message["status"], True
                 MutableHeaders(scope=message)["x-request-id"] = request_id
             await send(message)
 
@@ -49,6 +51,12 @@ class RequestContext:
                                                headers={"WWW-Authenticate": "Bearer"}), send_with_headers)
             else:
                 await self.app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when the drain timeout ends.
+            # Answer them, and let the task end: nothing awaits its result.
+            if responding:  # too late for a status; uvicorn closes the connection
+                raise
+            await _send_error(Unavailable("the server is shutting down; retry the request"), send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)

@@ -1,20 +1,19 @@
-"""The OpenAPI document and a self-contained docs page (no CDN: works air-gapped)."""
+"""The OpenAPI document; ``service.docs`` renders it at ``/docs`` with Swagger UI."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service import docs
 from service.errors import ERROR_TABLE
 from service.schemas import InferRequest, PredictRequest
 
-STATIC = Path(__file__).with_name("static")
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -23,8 +22,10 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    names = {status: kind for kind, status in ERROR_TABLE.items()}
-    return {str(code): _json(_ERROR, f"error_type {names[code]}") for code in codes}
+    names: dict[int, list[str]] = {}
+    for kind, status in ERROR_TABLE.items():
+        names.setdefault(status, []).append(kind)
+    return {str(code): _json(_ERROR, "error_type " + " or ".join(names[code])) for code in codes}
 
 
 def _op(summary: str, description: str, responses: dict[str, Any], body: str | None = None, secured: bool = True):
@@ -38,7 +39,7 @@ def _op(summary: str, description: str, responses: dict[str, Any], body: str | N
 
 _LABEL_SCORES = {"type": "array", "items": {"type": "object", "properties": {
     "label": {"type": "string"}, "score": {"type": "number"}}, "required": ["label", "score"]}}
-_WITH_BODY = (400, 401, 413, 415, 422, 429, 503)
+_WITH_BODY = (400, 401, 408, 413, 415, 422, 429, 503)
 
 
 @functools.lru_cache(maxsize=8)
@@ -82,7 +83,9 @@ def build_spec(model_name: str, secured: bool) -> dict[str, Any]:
         "components": {"schemas": schemas},
     }
     if secured:
-        spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        # Swagger UI's Authorize button offers this scheme: the key goes in as the bearer token.
+        spec["components"]["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer", "description": "one of the keys in API_KEYS"}}
         spec["security"] = [{"bearer": []}]
     return spec
 
@@ -92,21 +95,4 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(build_spec(settings.model_name, bool(settings.api_keys)))
 
 
-async def docs(request: Request) -> Response:
-    return FileResponse(STATIC / "docs.html", media_type="text/html")
-
-
-async def docs_asset(request: Request) -> Response:
-    name = request.path_params["name"]
-    if name not in ("docs.js", "docs.css"):
-        from service.errors import NotFound
-
-        raise NotFound(f"no such asset {name!r}")
-    return FileResponse(STATIC / name)
-
-
-ROUTES = [
-    Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
-    Route("/docs/{name}", docs_asset, methods=["GET"]),
-]
+ROUTES = [Route("/openapi.json", openapi, methods=["GET"]), *docs.ROUTES]

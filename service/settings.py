@@ -35,18 +35,25 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     cors_allow_origins: tuple[str, ...] = ()
     drain_timeout: float = 20.0
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_header_bytes: int = 32768
+    max_connections: int = 256
     log_level: str = "info"
     log_inputs: bool = False
 
     def __post_init__(self) -> None:
         positive = ("port", "max_batch_tokens", "max_batch_size", "max_queue_size", "max_inputs", "max_body_bytes",
-                    "cache_bytes")
+                    "cache_bytes", "max_header_bytes", "max_connections")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout", "cache_size"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_flag(name)} must be greater than 0, got {getattr(self, name)}")
         if self.port > 65535:
             raise SettingsError(f"--port must be at most 65535, got {self.port}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -75,7 +82,17 @@ HELP = {
     "max_body_bytes": "request body limit, counted as the body streams in",
     "api_keys": "comma-separated bearer keys; empty disables authentication. Health, metrics and docs stay open",
     "cors_allow_origins": "comma-separated origins allowed by CORS; empty disables CORS",
-    "drain_timeout": "seconds to finish in-flight requests after SIGTERM before exiting",
+    "drain_timeout": "seconds to finish in-flight requests after SIGTERM before exiting; requests still running "
+    "then get 503 unavailable",
+    "header_timeout": "seconds a client may take to send the request line and headers, from connecting (or from the "
+    "first byte of a later request on the connection); then 408 and close. Lower values free connection slots "
+    "held by stalled clients sooner but cut off clients on very slow links",
+    "body_timeout": "seconds the server waits for the next chunk of a request body; then 408 and close. A stalled "
+    "upload delays a SIGTERM drain by at most this long. Lower values free slots sooner but cut off slow uploaders",
+    "max_header_bytes": "request line plus headers, in bytes; larger heads get 431 and the connection closes. "
+    "Each open connection may hold this much while its head arrives",
+    "max_connections": "concurrent connections; a request on a connection beyond it gets 503 and the connection "
+    "closes. Higher values admit more clients but each may hold up to MAX_BODY_BYTES while its body is read",
     "log_level": "debug, info, warning or error",
     "log_inputs": "include input texts in debug logs (off: logs never contain user text)",
 }

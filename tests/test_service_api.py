@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.errors import ERROR_TABLE
 from service.settings import Settings
-from tests.conftest import needs_export
+from tests.conftest import ROOT, needs_export
 from tests.service_helpers import wait_ready
 
 pytestmark = needs_export
@@ -260,10 +261,14 @@ def test_api_keys(bundle):
         error(post(client, "/predict", {"inputs": "a"}, headers={"authorization": "Bearer key-three"}), 401, "unauthorized")
         for key in ("key-one", "key-two"):
             assert post(client, "/predict", {"inputs": "a"}, headers={"authorization": f"Bearer {key}"}).status_code == 200
-        for open_path in ("/health", "/live", "/metrics", "/v2/health/ready", "/docs", "/openapi.json"):
+        for open_path in ("/health", "/live", "/metrics", "/v2/health/ready", "/docs", "/openapi.json",
+                          "/docs/init.js", "/docs/swagger-ui/swagger-ui-bundle.js"):
             assert client.get(open_path).status_code == 200, open_path
         assert client.get("/info").status_code == 401
-        assert client.get("/openapi.json").json()["security"] == [{"bearer": []}]
+        spec = client.get("/openapi.json").json()
+        assert spec["security"] == [{"bearer": []}]
+        assert spec["components"]["securitySchemes"] == {"bearer": {
+            "type": "http", "scheme": "bearer", "description": "one of the keys in API_KEYS"}}
 
 
 def test_cors_is_off_unless_configured(client, bundle):
@@ -294,11 +299,19 @@ def test_openapi_lists_every_endpoint(client):
     assert "security" not in spec
 
 
-def test_docs_assets_are_local(client):
+def test_docs_page_is_swagger_ui_from_local_assets(client):
     page = client.get("/docs")
-    assert page.status_code == 200
-    assert '<script src="docs/docs.js">' in page.text
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert '<script src="docs/swagger-ui/swagger-ui-bundle.js"></script>' in page.text
+    assert '<script src="docs/init.js"></script>' in page.text
     assert "http://" not in page.text and "https://" not in page.text
-    assert client.get("/docs/docs.js").status_code == 200
-    assert client.get("/docs/docs.css").status_code == 200
-    error(client.get("/docs/other.js"), 404, "not_found", "no such asset 'other.js'")
+    bundle = client.get("/docs/swagger-ui/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    # The wheel's version is the Swagger UI release it carries: what is served is what is pinned.
+    pinned = re.search(r"^swagger-ui-bundle-v2==(\S+)$", (ROOT / "requirements-serve.txt").read_text(), re.M)
+    assert f'PACKAGE_VERSION:"{pinned[1]}"' in bundle.text
+    assert client.get("/docs/swagger-ui/swagger-ui.css").headers["content-type"].startswith("text/css")
+    init = client.get("/docs/init.js")
+    assert 'url: "openapi.json"' in init.text and "validatorUrl: null" in init.text
+    error(client.get("/docs/other.js"), 404, "not_found", "no route /docs/other.js")
+    error(client.get("/docs/swagger-ui/other.js"), 404, "not_found", "no route /docs/swagger-ui/other.js")

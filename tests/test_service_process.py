@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, needs_export, require
+from tests.conftest import ROOT, needs_export
 from tests.service_helpers import SERVE_PYTHON, ServerProcess, require_serve_env
 
 FORBIDDEN = ("torch", "transformers", "optimum", "sentence_transformers", "sklearn")
@@ -158,24 +158,3 @@ def test_inputs_are_logged_only_when_asked(server):
     httpx.post(process.url + "/predict", json={"inputs": "visible on request"})
     process.stop()
     assert '"texts": ["visible on request"]' in process.log.read_text()
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def test_docs_page_renders_in_headless_chromium(server):
-
-    require(chromium() is not None, "chromium (.ci/system-deps.sh installs it)")
-    process = server()
-    process.wait_ready()
-    proc = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={ROOT}/.pytest_cache/chromium",
-         "--virtual-time-budget=10000", "--dump-dom", process.url + "/docs"],
-        capture_output=True, text=True, timeout=120,
-    )
-    dom = proc.stdout
-    for path in ("/predict", "/info", "/health", "/metrics", "/v2/models/classifier/infer"):
-        assert f'data-path="{path}"' in dom, path
-    assert "Loading the API description" not in dom

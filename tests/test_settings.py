@@ -21,6 +21,13 @@ def test_env_and_flags_share_names_and_flags_win():
     assert settings.host == "0.0.0.0"
 
 
+def test_client_limits_come_from_flags_and_env():
+    env = {"HEADER_TIMEOUT": "2.5", "MAX_HEADER_BYTES": "8192", "MAX_CONNECTIONS": "64"}
+    settings = load_settings(["--body-timeout", "3"], environ=env)
+    assert (settings.header_timeout, settings.body_timeout) == (2.5, 3.0)
+    assert (settings.max_header_bytes, settings.max_connections) == (8192, 64)
+
+
 @pytest.mark.parametrize(
     "argv, env, message",
     [
@@ -31,6 +38,10 @@ def test_env_and_flags_share_names_and_flags_win():
         pytest.param(["--port", "70000"], {}, "--port must be at most 65535, got 70000", id="port-range"),
         pytest.param([], {"LOG_INPUTS": "maybe"}, "LOG_INPUTS has an invalid value 'maybe'", id="bool"),
         pytest.param(["--log-level", "loud"], {}, "--log-level must be debug, info, warning or error, got 'loud'", id="level"),
+        pytest.param(["--header-timeout", "0"], {}, "--header-timeout must be greater than 0, got 0.0", id="header-timeout"),
+        pytest.param([], {"BODY_TIMEOUT": "-2"}, "--body-timeout must be greater than 0, got -2.0", id="body-timeout"),
+        pytest.param([], {"MAX_HEADER_BYTES": "0"}, "--max-header-bytes must be at least 1, got 0", id="header-bytes"),
+        pytest.param(["--max-connections", "0"], {}, "--max-connections must be at least 1, got 0", id="connections"),
     ],
 )
 def test_errors_name_the_setting(argv, env, message):
@@ -42,7 +53,11 @@ def test_errors_name_the_setting(argv, env, message):
 def test_help_states_trade_offs():
     text = build_parser().format_help()
     assert "MAX_BATCH_TOKENS" in text
-    assert "add that much latency when idle" in " ".join(text.split())
+    text = " ".join(text.split())
+    assert "add that much latency when idle" in text
+    for flag in ("HEADER_TIMEOUT", "BODY_TIMEOUT", "MAX_HEADER_BYTES", "MAX_CONNECTIONS"):
+        assert flag in text
+    assert "A stalled upload delays a SIGTERM drain by at most this long" in text
 
 
 @pytest.mark.parametrize(
