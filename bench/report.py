@@ -102,11 +102,11 @@ def figures(report: Report) -> dict:
          not any(r.errors for r in ours.levels)),
     ]
     if "naive" in ratios:
-        worst = {key: min(ratios["naive"].items(), key=lambda item: item[1][key]) for key in ("throughput", "p50")}
-        for key, label in (("throughput", "throughput"), ("p50", "p50")):
-            level, ratio = worst[key][0], worst[key][1][key]
-            targets.append((f"{label} at least the naive server's at every concurrency",
-                            f"lowest {ratio:.2f}× (concurrency {level})", ratio >= 1))
+        for key, wording in (("throughput", "throughput at least"), ("p50", "p50 at most")):
+            level = min(ratios["naive"], key=lambda c: ratios["naive"][c][key])
+            ratio = ratios["naive"][level][key]
+            targets.append((f"{wording} the naive server's at every concurrency",
+                            f"lowest advantage {ratio:.2f}× (concurrency {level})", ratio >= 1))
     for name, minimum in (("naive", 1.5), ("pytorch", 10)):
         if name in ratios:
             ratio = ratios[name][report.headline]["throughput"]
