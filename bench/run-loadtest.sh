@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# HTTP load test, ours vs the PyTorch baseline, back to back:
-# writes docs/benchmarks/report.md, report.json and report.png (shown in the README).
+# HTTP load report: the in-process floor, then ours, the naive FastAPI + ONNX Runtime
+# server and the PyTorch original back to back, plus the long-text and response-cache
+# runs; writes docs/benchmarks/report.md, report.json and report.png.
+# Extra arguments go to `python -m bench.loadtest compare` (e.g. --duration 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,0 +1,85 @@
+"""The in-process floor: what the bundle costs with no server around it.
+
+Same bundle, same texts as the load tool (bench/workload.py, same seed), the
+service's own session options (service.classifier.session_options via
+OnnxClassifier). Two figures:
+
+- p50/p99 of tokenize + ``session.run`` for one short query: what a request at
+  concurrency 1 cannot go below; the service's p50 minus this is its overhead;
+- texts per second in batches of 32 (tokenize + run): roughly what the service
+  can reach under load when its batches fill.
+
+    .venv-serve/bin/python -m bench.floor --bundle bundles/default --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Sequence
+
+from bench.workload import Mix
+from service.classifier import OnnxClassifier
+
+BATCH = 32
+WARMUP_SECONDS = 0.5
+
+
+def _short_texts(count: int) -> list[str]:
+    mix = Mix()
+    return [mix.draw()[1] for _ in range(count)]
+
+
+def single_latencies(classifier: OnnxClassifier, duration: float) -> list[float]:
+    """Milliseconds of tokenize + run for one short query, one after another for ``duration`` seconds."""
+    texts = _short_texts(1000)
+    timings = []
+    deadline = time.perf_counter() + duration
+    while time.perf_counter() < deadline:
+        text = texts[len(timings) % len(texts)]
+        started = time.perf_counter()
+        classifier.run(classifier.encode([text]))
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def batched_throughput(classifier: OnnxClassifier, duration: float) -> float:
+    """Texts per second, tokenizing and running batches of ``BATCH`` short queries."""
+    texts = _short_texts(BATCH * 32)
+    classifier.logits(texts[:BATCH], batch_size=BATCH)
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration:
+        offset = done % len(texts)
+        classifier.logits(texts[offset : offset + BATCH], batch_size=BATCH)
+        done += BATCH
+    return done / (time.perf_counter() - started)
+
+
+def measure(bundle: str, duration: float) -> dict[str, float]:
+    classifier = OnnxClassifier.from_bundle(bundle)
+    single_latencies(classifier, WARMUP_SECONDS)
+    latencies = single_latencies(classifier, duration)
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "single_p50_ms": round(quantiles[49], 3),
+        "single_p99_ms": round(quantiles[98], 3),
+        "single_runs": len(latencies),
+        "batch_size": BATCH,
+        "batch_texts_per_s": round(batched_throughput(classifier, duration), 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default="bundles/default")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds for each of the two figures")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.bundle, args.duration)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""What the load tool sends: a seeded mix of short queries, long texts and small batches.
+
+Kept free of HTTP and of the test packages so the in-process floor (bench/floor.py)
+draws exactly the same texts in the serving environment.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from export.texts import IN_DOMAIN, LONG
+
+SHORT_TEXTS = [t for t in IN_DOMAIN if t]
+
+
+@dataclass
+class Mix:
+    """Share of single long texts and of 8-text batches; the rest are single short queries.
+
+    ``distinct`` > 0 draws short queries from only that many texts: a repeating
+    workload, the kind a response cache is for.
+    """
+
+    long_fraction: float = 0.0
+    batch_fraction: float = 0.0
+    distinct: int = 0
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    @property
+    def short_texts(self) -> list[str]:
+        return SHORT_TEXTS[: self.distinct] if self.distinct else SHORT_TEXTS
+
+    def draw(self) -> tuple[str, str | list[str]]:
+        """(kind, inputs) of the next request."""
+        roll = self.rng.random()
+        if roll < self.long_fraction:
+            return "long", self.rng.choice(LONG)
+        if roll < self.long_fraction + self.batch_fraction:
+            texts = self.short_texts
+            return "batch", self.rng.sample(texts, min(8, len(texts)))
+        return "short", self.rng.choice(self.short_texts)
+
+    def payload(self) -> tuple[str, dict]:
+        kind, inputs = self.draw()
+        return kind, {"inputs": inputs, "top_k": 1}
