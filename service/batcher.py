@@ -7,7 +7,9 @@ input has run or been dropped, so queued plus running inputs never exceed
 
 One worker builds one batch at a time from the front of the queue: inputs join
 in arrival order until the next one would break the size or padded-token
-budget; that one waits at the front for the next batch. So no input waits
+budget, or would leave less than half the batch's padded tokens real (one
+256-token text would otherwise pad every short query beside it to 256); that
+one waits at the front for the next batch. So no input waits
 behind work that arrived after it, and a long text cannot be overtaken forever.
 Inputs whose caller has gone (a cancelled future) are dropped before they run.
 The batch runs on a dedicated thread, never on the event loop.
@@ -28,6 +30,8 @@ from service.classifier import Encoded
 from service.failures import QueueFull, ShuttingDown
 
 RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
+# Real tokens over padded tokens below which a batch is cut rather than grown.
+MIN_FILL = 0.5
 
 
 @dataclass
@@ -157,7 +161,7 @@ class MicroBatcher:
     def next_batch(self) -> list[_Item]:
         """Take inputs from the front, in arrival order, while they fit the budgets."""
         batch: list[_Item] = []
-        longest = 0
+        longest = real = 0
         while self._pending:
             item = self._pending[0]
             if item.future.done():  # the caller has gone: drop it without running it
@@ -166,10 +170,15 @@ class MicroBatcher:
                 self._release(1)
                 continue
             width = max(longest, item.encoded.length)
-            if batch and (len(batch) >= self.max_batch_size or (len(batch) + 1) * width > self.max_batch_tokens):
+            padded = (len(batch) + 1) * width
+            if batch and (
+                len(batch) >= self.max_batch_size
+                or padded > self.max_batch_tokens
+                or real + item.encoded.length < MIN_FILL * padded
+            ):
                 break
             batch.append(self._pending.popleft())
-            longest = width
+            longest, real = width, real + item.encoded.length
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
