@@ -52,10 +52,10 @@ def parse(model: type[Model], body: bytes, context: Mapping[str, Any] | None = N
 def describe(errors: list[Any]) -> str:
     problems = []
     for error in errors:
-        location = ".".join(str(part) for part in error["loc"]) or "body"
         # Our own validators' messages stand alone; pydantic would prefix "Value error, ".
         message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
-        problems.append(f"{location}: {message}")
+        location = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{location}: {message}" if location else message)
     return "; ".join(problems)
 
 

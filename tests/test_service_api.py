@@ -191,7 +191,7 @@ def error(response, status, error_type, message=None):
         pytest.param({}, "inputs: Field required", id="missing"),
         pytest.param({"inputs": "a", "top_k": 0}, "top_k: Input should be greater than or equal to 1", id="top-k-zero"),
         pytest.param({"inputs": "a", "truncate": "yes"}, "truncate: Input should be a valid boolean", id="truncate-string"),
-        pytest.param(["a"], "body: Input should be an object", id="not-object"),
+        pytest.param(["a"], "Input should be an object", id="not-object"),
         pytest.param({"inputs": ["a"] * 5}, "5 inputs is more than the limit of 4 per request", id="too-many"),
     ],
 )

@@ -119,7 +119,7 @@ ONE = struct.pack("<I", 1) + b"a"
         pytest.param(b"{", {}, MalformedJson,
                      "request body is not valid JSON: EOF while parsing an object at line 1 column 1",
                      id="json"),
-        pytest.param(b"[]", {}, BadRequest, "body: Input should be an object", id="not-object"),
+        pytest.param(b"[]", {}, BadRequest, "Input should be an object", id="not-object"),
         pytest.param({"inputs": []}, {}, BadRequest, "inputs: List should have at least 1 item after validation, not 0", id="no-inputs"),
         pytest.param(text_input(data=["a"], shape=[True]), {}, BadRequest, "inputs.0.shape.0: Input should be a valid integer", id="bool-shape"),
         pytest.param(*binary_body(ONE, header_length=1000), BadRequest,
