@@ -42,3 +42,11 @@ def export_onnx(source: Source, path: Path) -> Path:
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     return path
+
+
+def graph_inputs(path: Path) -> list[str]:
+    """The inputs the traced graph really takes: tracing drops the ones the model
+    ignores (DeBERTa-v3 with ``type_vocab_size=0`` never reads ``token_type_ids``)."""
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]

@@ -14,7 +14,7 @@ import numpy as np
 
 from export import variants as V
 from export.bundle import write_bundle
-from export.convert import OPSET, export_onnx
+from export.convert import OPSET, export_onnx, graph_inputs
 from export.errors import OutputExists, OutputNotWritable, VerificationFailed
 from export.sources import Source, load_source
 from export.texts import builtin_texts, read_text_file
@@ -108,7 +108,9 @@ def _export_in(
     source.tokenizer.save(str(tokenizer_path))
     progress(f"running the original model on {len(texts)} validation texts")
     reference = source.reference(texts)
-    draft = _draft_manifest(source)
+    progress("converting to ONNX (fp32)")
+    base = export_onnx(source, work / "fp32.onnx")
+    draft = _draft_manifest(source, graph_inputs(base))
 
     def logits_of(path: Path) -> np.ndarray:
         return OnnxClassifier(path, tokenizer_path, draft).logits(texts)
@@ -128,8 +130,6 @@ def _export_in(
         progress(f"verified {name}: agreement {report.agreement:.2%}, max |Δlogit| {report.max_logit_diff:.2e} - {verdict}")
         return report
 
-    progress("converting to ONNX (fp32)")
-    base = export_onnx(source, work / "fp32.onnx")
     if V.FP32 in wanted:
         check(V.FP32, base)
     if {V.OPTIMIZED, V.INT8, V.SELECTIVE} & set(wanted):
@@ -219,20 +219,22 @@ def _selective(
     return best, ranking[:passed_at]
 
 
-def _draft_manifest(source: Source) -> Manifest:
+def _draft_manifest(source: Source, input_names: list[str]) -> Manifest:
     return Manifest(
         model_id=source.model_id,
         source={"kind": source.kind, **source.details},
         id2label=source.id2label,
         problem_type=source.problem_type,
         max_length=source.max_length,
-        input_names=source.input_names,
+        input_names=input_names,
         variant="draft",
         opset=OPSET,
         versions=package_versions(),
         verification={},
         files={"model.onnx": "", "tokenizer.json": ""},
         strip_whitespace=source.strip_whitespace,
+        task=source.task,
+        threshold=source.threshold,
     )
 
 

@@ -29,6 +29,7 @@ from export.errors import (
     NotAClassifier,
     UnsupportedArchitecture,
 )
+from service.manifest import DEFAULT_THRESHOLD, TEXT
 
 SUPPORTED_MODEL_TYPES = (
     "albert",
@@ -62,6 +63,8 @@ class Source:
     reference: Callable[[Sequence[str]], np.ndarray]
     strip_whitespace: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    task: str = TEXT
+    threshold: float = DEFAULT_THRESHOLD
 
 
 class _LogitsOnly(torch.nn.Module):

@@ -58,13 +58,28 @@ def train_tokenizer(kind: str, specials: dict[str, str]) -> Tokenizer:
     return tokenizer
 
 
-def build(family: str, directory: Path, *, num_labels: int = 3, multi_label: bool = False, seed: int = 0) -> Path:
+def build(
+    family: str,
+    directory: Path,
+    *,
+    num_labels: int = 3,
+    multi_label: bool = False,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    problem_type: str | None = None,
+    **config_overrides: object,
+) -> Path:
+    """A tiny random checkpoint; ``labels`` names the classes, ``config_overrides`` go
+    to the config (``type_vocab_size=0`` makes a DeBERTa-v3 style model)."""
     import torch
     import transformers
     from transformers import PreTrainedTokenizerFast
 
     config_name, model_name, kind, specials = FAMILIES[family]
     tokenizer = train_tokenizer(kind, specials)
+    names = labels or [f"label_{i}" for i in range(num_labels)]
+    if problem_type is None:
+        problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         model_max_length=MAX_LENGTH,
@@ -78,12 +93,13 @@ def build(family: str, directory: Path, *, num_labels: int = 3, multi_label: boo
         intermediate_size=64,
         max_position_embeddings=64,
         pad_token_id=tokenizer.token_to_id(specials["pad"]),
-        num_labels=num_labels,
-        id2label={i: f"label_{i}" for i in range(num_labels)},
-        label2id={f"label_{i}": i for i in range(num_labels)},
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        problem_type=problem_type,
         # DistilBERT and ALBERT name their sizes differently.
         dim=32, n_layers=2, n_heads=2, hidden_dim=64, embedding_size=16,
+        **config_overrides,
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()
