@@ -1,7 +1,10 @@
 """Tokenize texts and run the bundle's ONNX graph: the model behind the service.
 
-Knows nothing about HTTP. The export stage uses it too, so verification runs the
-exact code path that serves traffic.
+An input is a text (``str``) for a ``task: text`` bundle, or a pair of texts
+(``tuple[str, str]``) for a ``task: pair`` bundle; pairs go through the
+tokenizer's own pair template, type ids included. Knows nothing about HTTP. The
+export stage uses it too, so verification runs the exact code path that serves
+traffic.
 """
 
 from __future__ import annotations
@@ -10,29 +13,22 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
+from service.scoring import probabilities, sigmoid, softmax
+
+__all__ = ["Encoded", "InputKindError", "OnnxClassifier", "TextInput", "probabilities", "sigmoid", "softmax"]
+
+TextInput = Union[str, tuple[str, str]]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
-    if problem_type == "multi_label_classification":
-        return sigmoid(logits)
-    return softmax(logits)
+class InputKindError(ValueError):
+    """A single text given to a pair model, or a pair given to a text model."""
 
 
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
@@ -94,23 +90,38 @@ class OnnxClassifier:
     def max_length(self) -> int:
         return self.manifest.max_length
 
-    def _prepare(self, texts: Sequence[str]) -> list[str]:
-        if self.manifest.strip_whitespace:
-            return [t.strip() for t in texts]
-        return list(texts)
+    def _prepare(self, inputs: Sequence[TextInput]) -> list[TextInput]:
+        pair = self.manifest.is_pair
+        for index, item in enumerate(inputs):
+            if pair and not _is_pair(item):
+                raise InputKindError(f"input {index}: this model classifies text pairs; each input must be two texts")
+            if not pair and not isinstance(item, str):
+                raise InputKindError(f"input {index}: this model classifies single texts, not pairs")
+        if not self.manifest.strip_whitespace:
+            return [tuple(item) if pair else item for item in inputs]
+        if pair:
+            return [(item[0].strip(), item[1].strip()) for item in inputs]
+        return [item.strip() for item in inputs]  # type: ignore[union-attr]
 
-    def encode(self, texts: Sequence[str], *, count_full: bool = False) -> list[Encoded]:
-        """Tokenize and truncate. ``count_full`` also counts the tokens of texts that were
-        cut (a second, untruncated pass, paid only by those texts)."""
+    def encode(self, texts: Sequence[TextInput], *, count_full: bool = False) -> list[Encoded]:
+        """Tokenize and truncate (a pair: longest-first, as transformers' ``truncation=True``).
+        ``count_full`` also counts the tokens of inputs that were cut (a second,
+        untruncated pass, paid only by those inputs). Raises InputKindError when an
+        input is not of the bundle's ``task``."""
         prepared = self._prepare(texts)
         encodings = self.tokenizer.encode_batch(prepared, add_special_tokens=True)
         results = []
-        for text, encoding in zip(prepared, encodings):
+        for item, encoding in zip(prepared, encodings):
             full: int | None = len(encoding.ids)
             if encoding.overflowing:
-                full = len(self._counter.encode(text).ids) if count_full else None
+                full = len(self._count(item)) if count_full else None
             results.append(Encoded(encoding, full))
         return results
+
+    def _count(self, item: TextInput) -> list[int]:
+        if isinstance(item, tuple):
+            return self._counter.encode(item[0], item[1]).ids
+        return self._counter.encode(item).ids
 
     def run(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Logits for already-encoded texts, padded to the longest in the batch."""
@@ -127,7 +138,7 @@ class OnnxClassifier:
         (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names})
         return logits.astype(np.float32, copy=False)
 
-    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def logits(self, texts: Sequence[TextInput], batch_size: int = 32) -> np.ndarray:
         encoded = self.encode(texts)
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
         out = np.empty((len(encoded), len(self.manifest.id2label)), dtype=np.float32)
@@ -135,6 +146,15 @@ class OnnxClassifier:
             chunk = order[start : start + batch_size]
             out[chunk] = self.run([encoded[i] for i in chunk])
         return out
+
+
+def _is_pair(item: object) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+    )
 
 
 def _pad_id(tokenizer: Tokenizer) -> int:
