@@ -28,14 +28,17 @@ def check_bundle(directory: Path) -> str:
     if truncation.get("max_length") != manifest.max_length:
         problems.append(f"tokenizer truncates at {truncation.get('max_length')}, manifest says {manifest.max_length}")
     if not problems:
-        logits = classifier.logits(["a quick check", "x " * (manifest.max_length * 2)])
+        long = "x " * (manifest.max_length * 2)
+        checks = [("a quick check", long), (long, "")] if manifest.is_pair else ["a quick check", long]
+        logits = classifier.logits(checks)
         if logits.shape != (2, len(manifest.id2label)):
             problems.append(f"logits have shape {logits.shape}, expected (2, {len(manifest.id2label)})")
     if problems:
         raise BundleInvalid(f"bundle {directory} does not match its manifest: " + "; ".join(problems))
     verification = manifest.verification
     return (
-        f"ok: {directory} ({manifest.model_id}, variant {manifest.variant}, {len(manifest.id2label)} labels, "
+        f"ok: {directory} ({manifest.model_id}, {manifest.task} model, variant {manifest.variant}, "
+        f"{len(manifest.id2label)} labels, "
         f"max_length {manifest.max_length}, {len(manifest.files)} files verified, "
         f"export gate {'passed' if verification.get('passed') else 'not recorded'})"
     )

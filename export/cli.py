@@ -30,7 +30,12 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", choices=("auto", *VARIANTS), default="auto",
                         help="'auto' verifies every variant, times those that pass at batch 1 and 32 "
                         "on this CPU and keeps the fastest (default: auto)")
-    parser.add_argument("--validation-file", help="extra validation texts, one per line")
+    parser.add_argument("--task", choices=("auto", "text", "pair"), default="auto",
+                        help="what one input is: 'text', or 'pair' of texts (NLI, paraphrase, cross-encoder "
+                        "rerankers). 'auto' (default) takes 'pair' for a sentence-transformers CrossEncoder or "
+                        "NLI label names (entailment/contradiction), 'text' otherwise")
+    parser.add_argument("--validation-file", help="extra validation inputs: one text per line, or for a pair "
+                        "model one pair per line as two texts separated by a tab")
     parser.add_argument("--max-length", type=int, help="override the truncation length of the original pipeline")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
     parser.add_argument("--keep-variants", type=Path, metavar="DIR",
@@ -86,14 +91,17 @@ def _run_export(args: argparse.Namespace) -> int:
         variant=args.variant,
         validation_file=args.validation_file,
         max_length=args.max_length,
+        task=None if args.task == "auto" else args.task,
         force=args.force,
         keep_variants=args.keep_variants,
         thresholds=Thresholds(args.max_logit_diff, args.min_agreement, args.confident_margin, args.max_prob_diff),
         progress=progress,
     )
     print(report_table(result.reports, result.timings, result.manifest.variant))
-    print(f"bundle: {result.out} ({result.manifest.variant}, {len(result.manifest.id2label)} labels, "
-          f"max_length {result.manifest.max_length})")
+    manifest = result.manifest
+    kind = "" if manifest.task == "text" else f"{manifest.task} model, "
+    print(f"bundle: {result.out} ({kind}{manifest.variant}, {len(manifest.id2label)} labels, "
+          f"max_length {manifest.max_length})")
     return ExitCode.OK
 
 

@@ -9,17 +9,20 @@ import onnx
 import torch
 
 from export.sources import Source
+from service.manifest import PAIR
 
 OPSET = 17
+SAMPLE_TEXTS = ["a short example", "and another, slightly longer, example text"]
 
 
 def export_onnx(source: Source, path: Path) -> Path:
-    sample = source.tokenizer.encode_batch(["a short example", "and another, slightly longer, example text"])
+    inputs = [(text, "a second text") for text in SAMPLE_TEXTS] if source.task == PAIR else SAMPLE_TEXTS
+    sample = source.tokenizer.encode_batch(inputs)
     width = max(len(e.ids) for e in sample)
     columns = {
         "input_ids": [e.ids + [0] * (width - len(e.ids)) for e in sample],
         "attention_mask": [[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in sample],
-        "token_type_ids": [[0] * width for _ in sample],
+        "token_type_ids": [e.type_ids + [0] * (width - len(e.ids)) for e in sample],
     }
     args = tuple(torch.tensor(columns[name], dtype=torch.long) for name in source.input_names)
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in source.input_names}

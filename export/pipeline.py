@@ -17,11 +17,12 @@ from export.bundle import write_bundle
 from export.convert import OPSET, export_onnx, graph_inputs
 from export.errors import OutputExists, OutputNotWritable, VerificationFailed
 from export.sources import Source, load_source
-from export.texts import builtin_texts, read_text_file
+from export.pairs import builtin_pairs, read_pair_file
+from export.texts import builtin_texts, read_lines, read_text_file
 from export.timing import Timing, fastest, measure
 from export.verify import Thresholds, VariantReport, compare
-from service.manifest import Manifest
-from service.classifier import OnnxClassifier
+from service.classifier import OnnxClassifier, TextInput
+from service.manifest import PAIR, Manifest
 
 Progress = Callable[[str], None]
 VERSIONED_PACKAGES = (
@@ -72,6 +73,7 @@ def export_bundle(
     variant: str = "auto",
     validation_file: str | None = None,
     max_length: int | None = None,
+    task: str | None = None,
     force: bool = False,
     thresholds: Thresholds = Thresholds(),
     keep_variants: Path | None = None,
@@ -79,10 +81,13 @@ def export_bundle(
 ) -> ExportResult:
     out = Path(out)
     check_output(out, force)
-    texts = builtin_texts() + (read_text_file(validation_file) if validation_file else [])
+    if validation_file:
+        read_lines(validation_file, "one text, or one tab-separated pair, per line")  # fail before the slow load
     progress(f"loading {'the default model' if model is None else model}")
-    source = load_source(model, head=head, max_length=max_length)
-    progress(f"loaded {source.model_id}: {len(source.id2label)} labels, max_length {source.max_length}")
+    source = load_source(model, head=head, max_length=max_length, task=task)
+    progress(f"loaded {source.model_id}: {source.task} model, {len(source.id2label)} outputs, "
+             f"{source.problem_type}, max_length {source.max_length}")
+    texts = validation_inputs(source.task, validation_file)
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as exc:
@@ -93,11 +98,18 @@ def export_bundle(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def validation_inputs(task: str, validation_file: str | None) -> list[TextInput]:
+    """The built-in texts (or pairs, for a pair model) plus the user's file."""
+    if task == PAIR:
+        return [*builtin_pairs(), *(read_pair_file(validation_file) if validation_file else [])]
+    return [*builtin_texts(), *(read_text_file(validation_file) if validation_file else [])]
+
+
 def _export_in(
     work: Path,
     out: Path,
     source: Source,
-    texts: Sequence[str],
+    texts: Sequence[TextInput],
     variant: str,
     thresholds: Thresholds,
     force: bool,

@@ -11,6 +11,7 @@ put inside the exported module, so the graph always ends in logits.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from export.errors import (
     NotAClassifier,
     UnsupportedArchitecture,
 )
-from service.manifest import DEFAULT_THRESHOLD, TEXT
+from service.classifier import TextInput
+from service.manifest import DEFAULT_THRESHOLD, PAIR, PROBLEM_TYPES, SINGLE_LABEL, TEXT, zero_shot_ids
 
 SUPPORTED_MODEL_TYPES = (
     "albert",
@@ -60,7 +62,7 @@ class Source:
     problem_type: str
     max_length: int
     tokenizer: Tokenizer
-    reference: Callable[[Sequence[str]], np.ndarray]
+    reference: Callable[[Sequence[TextInput]], np.ndarray]
     strip_whitespace: bool = False
     details: dict[str, Any] = field(default_factory=dict)
     task: str = TEXT
@@ -115,8 +117,9 @@ class _EmbedAndClassify(torch.nn.Module):
 
 
 def load_source(
-    model: str | None, *, head: str | None = None, max_length: int | None = None
+    model: str | None, *, head: str | None = None, max_length: int | None = None, task: str | None = None
 ) -> Source:
+    """``task`` forces "text" or "pair"; None detects it from the checkpoint."""
     if model is None:
         return _load_sentence_head(
             default_model.body_path(),
@@ -128,10 +131,14 @@ def load_source(
     path = Path(model)
     if not path.exists():
         if _HUB_ID.match(model) and not model.startswith((".", "/")):
-            return _load_checkpoint(model, max_length=max_length, hub=True)
+            return _load_checkpoint(model, max_length=max_length, hub=True, task=task)
         raise InputNotFound(f"model path {model} does not exist")
     if not path.is_dir():
         raise NotAClassifier(f"{model} is a file; expected a checkpoint directory")
+    if _st_model_type(path) == "CrossEncoder":
+        if head is not None:
+            raise NotAClassifier(f"{model} is a sentence-transformers CrossEncoder; it takes no --head")
+        return _load_checkpoint(model, max_length=max_length, hub=False, task=task)
     if (path / "modules.json").is_file():
         if head is None:
             raise NotAClassifier(
@@ -141,7 +148,43 @@ def load_source(
         return _load_sentence_head(path, Path(head), max_length=max_length)
     if head is not None:
         raise NotAClassifier(f"--head needs a sentence-transformers body; {model} has no modules.json")
-    return _load_checkpoint(model, max_length=max_length, hub=False)
+    return _load_checkpoint(model, max_length=max_length, hub=False, task=task)
+
+
+def _st_model_type(path: Path) -> str | None:
+    """``CrossEncoder``, ``SentenceTransformer``, ... as sentence-transformers 5 records it."""
+    config = path / "config_sentence_transformers.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _detect_task(config: Any, path: Path | None, requested: str | None) -> tuple[str, str]:
+    """(task, why): the flag wins; then what the checkpoint says about itself."""
+    if requested is not None:
+        return requested, "--task"
+    # sentence-transformers marks CrossEncoders in config.json (2.x and 3.x/4.x) or its own file (5.x).
+    if hasattr(config, "sbert_ce_default_activation_function") or isinstance(
+        getattr(config, "sentence_transformers", None), dict
+    ):
+        return PAIR, "sentence-transformers CrossEncoder config"
+    if path is not None and _st_model_type(path) == "CrossEncoder":
+        return PAIR, "sentence-transformers CrossEncoder config"
+    if zero_shot_ids({int(k): str(v) for k, v in config.id2label.items()}) is not None:
+        return PAIR, "NLI label names"
+    return TEXT, "default"
+
+
+def _st_max_length(path: Path | None) -> int | None:
+    """A CrossEncoder's own truncation length, when it saved one."""
+    if path is None:
+        return None
+    try:
+        value = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 1 else None
 
 
 def _read_config(model: str, hub: bool) -> Any:
@@ -157,7 +200,7 @@ def _read_config(model: str, hub: bool) -> Any:
         raise UnsupportedArchitecture(f"{model}/config.json cannot be read: {_first_line(exc)}") from None
 
 
-def _load_checkpoint(model: str, *, max_length: int | None, hub: bool) -> Source:
+def _load_checkpoint(model: str, *, max_length: int | None, hub: bool, task: str | None = None) -> Source:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     config = _read_config(model, hub)
@@ -180,22 +223,20 @@ def _load_checkpoint(model: str, *, max_length: int | None, hub: bool) -> Source
     if not getattr(hf_tokenizer, "is_fast", False):
         raise UnsupportedArchitecture(f"{model} has no fast tokenizer (tokenizer.json) to serve with")
 
-    limit = max_length or _checkpoint_max_length(config, hf_tokenizer)
+    local = None if hub else Path(model)
+    limit = max_length or _st_max_length(local) or _checkpoint_max_length(config, hf_tokenizer)
     input_names = _input_names(hf_tokenizer, exported)
-    problem_type = config.problem_type or "single_label_classification"
-    if problem_type not in ("single_label_classification", "multi_label_classification"):
-        raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not a classification task")
+    problem_type = config.problem_type or SINGLE_LABEL
+    if problem_type not in PROBLEM_TYPES:
+        raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+    detected, task_from = _detect_task(config, local, task)
 
-    def reference(texts: Sequence[str]) -> np.ndarray:
+    def reference(inputs: Sequence[TextInput]) -> np.ndarray:
         outputs = []
-        for start in range(0, len(texts), _REFERENCE_BATCH):
-            batch = hf_tokenizer(
-                list(texts[start : start + _REFERENCE_BATCH]),
-                padding=True,
-                truncation=True,
-                max_length=limit,
-                return_tensors="pt",
-            )
+        for start in range(0, len(inputs), _REFERENCE_BATCH):
+            chunk = list(inputs[start : start + _REFERENCE_BATCH])
+            texts = ([a for a, _ in chunk], [b for _, b in chunk]) if detected == PAIR else (chunk,)
+            batch = hf_tokenizer(*texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
             features = {name: batch[name] for name in input_names if name in batch}
             with torch.inference_mode():
                 outputs.append(original(**features).logits.float().numpy())
@@ -211,7 +252,12 @@ def _load_checkpoint(model: str, *, max_length: int | None, hub: bool) -> Source
         max_length=limit,
         tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
         reference=reference,
-        details={"path": str(model) if hub else str(Path(model).resolve()), "model_type": config.model_type},
+        details={
+            "path": str(model) if hub else str(Path(model).resolve()),
+            "model_type": config.model_type,
+            "task_from": task_from,
+        },
+        task=detected,
     )
 
 

@@ -136,7 +136,7 @@ def test_empty_validation_file(tiny_checkpoint, tmp_path, capsys, content):
     code, _, err = run(["--model", str(tiny_checkpoint("bert")), "--out", str(tmp_path / "b"),
                         "--validation-file", str(texts)], capsys)
     assert code == ExitCode.BAD_VALIDATION_FILE
-    assert last_line(err) == f"error: validation file {texts} holds no texts (expected one text per line)"
+    assert last_line(err) == f"error: validation file {texts} holds no texts (expected one text, or one tab-separated pair, per line)"
 
 
 def test_user_validation_texts_are_used(tiny_checkpoint, tmp_path, capsys):

@@ -101,7 +101,7 @@ def test_missing_bundle(tmp_path):
 def test_verify_accepts_an_intact_bundle(bundle, capsys):
     assert main(["verify", str(bundle)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"ok: {bundle} (bert0, variant fp32, 3 labels, max_length 24, 2 files verified")
+    assert out.startswith(f"ok: {bundle} (bert0, text model, variant fp32, 3 labels, max_length 24, 2 files verified")
 
 
 def test_verify_catches_a_tokenizer_that_no_longer_truncates(bundle):
