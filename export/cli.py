@@ -46,6 +46,12 @@ def _export_parser() -> argparse.ArgumentParser:
     gate.add_argument("--confident-margin", type=float, default=0.1,
                       help="int8 must agree on every text whose top-1/top-2 margin is at least this (default: 0.1)")
     gate.add_argument("--max-prob-diff", type=float, default=0.05, help="int8 max |probability difference| (default: 0.05)")
+    gate.add_argument("--max-value-diff", type=float, default=0.05,
+                      help="int8 regression models: max |value difference| as a fraction of the standard deviation "
+                      "of the original's outputs on the validation set (default: 0.05)")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold on sigmoid scores (multi-label and one-logit models), recorded in "
+                        "the bundle and used by the gate (default: 0.5)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -77,6 +83,9 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.max_length < 2:
         print("error: --max-length must be at least 2", file=sys.stderr)
         return ExitCode.USAGE
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        print("error: --threshold must be strictly between 0 and 1", file=sys.stderr)
+        return ExitCode.USAGE
     out = args.out or Path("bundles") / ("default" if args.model is None else Path(args.model).name)
     started = time.monotonic()
 
@@ -94,7 +103,14 @@ def _run_export(args: argparse.Namespace) -> int:
         task=None if args.task == "auto" else args.task,
         force=args.force,
         keep_variants=args.keep_variants,
-        thresholds=Thresholds(args.max_logit_diff, args.min_agreement, args.confident_margin, args.max_prob_diff),
+        threshold=args.threshold,
+        thresholds=Thresholds(
+            fp32_max_logit_diff=args.max_logit_diff,
+            int8_min_agreement=args.min_agreement,
+            int8_confident_margin=args.confident_margin,
+            int8_max_prob_diff=args.max_prob_diff,
+            int8_max_value_diff=args.max_value_diff,
+        ),
         progress=progress,
     )
     print(report_table(result.reports, result.timings, result.manifest.variant))

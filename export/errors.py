@@ -1,6 +1,7 @@
 """Export failures, each with its own exit code.
 
 ExportError (exit code 1)
+├── UsageError               2  options that contradict the model (e.g. --threshold on softmax)
 ├── InputNotFound            3  the model, head or validation path does not exist
 ├── NotAClassifier           4  a checkpoint without a sequence-classification head
 ├── UnsupportedArchitecture  5  a model family the exporter does not cover
@@ -36,6 +37,10 @@ class ExitCode(IntEnum):
 
 class ExportError(Exception):
     exit_code = ExitCode.FAILURE
+
+
+class UsageError(ExportError):
+    exit_code = ExitCode.USAGE
 
 
 class InputNotFound(ExportError):

@@ -15,14 +15,14 @@ import numpy as np
 from export import variants as V
 from export.bundle import write_bundle
 from export.convert import OPSET, export_onnx, graph_inputs
-from export.errors import OutputExists, OutputNotWritable, VerificationFailed
+from export.errors import OutputExists, OutputNotWritable, UsageError, VerificationFailed
 from export.sources import Source, load_source
 from export.pairs import builtin_pairs, read_pair_file
 from export.texts import builtin_texts, read_lines, read_text_file
 from export.timing import Timing, fastest, measure
 from export.verify import Thresholds, VariantReport, compare
 from service.classifier import OnnxClassifier, TextInput
-from service.manifest import PAIR, Manifest
+from service.manifest import PAIR, SIGMOID, Manifest, score_function
 
 Progress = Callable[[str], None]
 VERSIONED_PACKAGES = (
@@ -74,6 +74,7 @@ def export_bundle(
     validation_file: str | None = None,
     max_length: int | None = None,
     task: str | None = None,
+    threshold: float | None = None,
     force: bool = False,
     thresholds: Thresholds = Thresholds(),
     keep_variants: Path | None = None,
@@ -85,6 +86,13 @@ def export_bundle(
         read_lines(validation_file, "one text, or one tab-separated pair, per line")  # fail before the slow load
     progress(f"loading {'the default model' if model is None else model}")
     source = load_source(model, head=head, max_length=max_length, task=task)
+    if threshold is not None:
+        if score_function(source.problem_type, len(source.id2label)) != SIGMOID:
+            raise UsageError(
+                f"--threshold applies to sigmoid scores (multi-label or one-logit models); "
+                f"{source.model_id} is {source.problem_type} with {len(source.id2label)} outputs"
+            )
+        source.threshold = threshold
     progress(f"loaded {source.model_id}: {source.task} model, {len(source.id2label)} outputs, "
              f"{source.problem_type}, max_length {source.max_length}")
     texts = validation_inputs(source.task, validation_file)
@@ -132,14 +140,15 @@ def _export_in(
     reports: list[VariantReport] = []
 
     def check(name: str, path: Path, *, record: bool = True, kept_fp32: Sequence[str] = ()) -> VariantReport:
-        report = compare(name, reference, logits_of(path), source.problem_type, thresholds)
+        report = compare(name, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold)
         report.size_bytes = path.stat().st_size
         report.kept_fp32 = list(kept_fp32)
         if record:
             paths[name] = path
             reports.append(report)
         verdict = "passed" if report.passed else "FAILED: " + "; ".join(report.failures)
-        progress(f"verified {name}: agreement {report.agreement:.2%}, max |Δlogit| {report.max_logit_diff:.2e} - {verdict}")
+        progress(f"verified {name}: {report.measure} agreement {report.agreement:.2%}, "
+                 f"max |Δlogit| {report.max_logit_diff:.2e} - {verdict}")
         return report
 
     if V.FP32 in wanted:
@@ -204,7 +213,7 @@ def _selective(
     then keep the 1, 2, 4, ... most harmful in fp32 until the gate passes."""
 
     def evaluate(path: Path) -> VariantReport:
-        return compare(V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds)
+        return compare(V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold)
 
     progress("measuring each node's quantization damage for selective int8")
     ranking = [name for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress)]
@@ -266,19 +275,24 @@ def _verification_summary(
 
 
 def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (), chosen: str | None = None) -> str:
+    """One row per variant. ``measure`` says what agreement and max |Δscore| are:
+    top-1 labels and probabilities, decisions at a threshold and probabilities, or
+    regression values (max |Δvalue| / std of the original's outputs; no agreement)."""
     by_name = {t.variant: t for t in timings}
-    rows = [("variant", "size MB", "agreement", "confident", "max |Δlogit|", "max |Δprob|", "batch1 ms", "batch32 ms", "result")]
+    rows = [("variant", "size MB", "measure", "agreement", "confident", "max |Δlogit|", "max |Δscore|",
+             "batch1 ms", "batch32 ms", "result")]
     for r in reports:
         t = by_name.get(r.variant)
         result = "passed" if r.passed else "FAILED: " + "; ".join(r.failures)
         if r.variant == chosen:
             result += " (chosen)"
+        values = r.max_value_diff is not None
         rows.append((
-            r.variant, f"{r.size_bytes / 1e6:.1f}", f"{r.agreement:.2%}", f"{r.confident_agreement:.2%}", f"{r.max_logit_diff:.2e}",
+            r.variant, f"{r.size_bytes / 1e6:.1f}", r.measure, "-" if values else f"{r.agreement:.2%}",
+            "-" if values else f"{r.confident_agreement:.2%}", f"{r.max_logit_diff:.2e}",
             f"{r.max_prob_diff:.4f}", f"{t.batch1_ms:.2f}" if t else "-", f"{t.batch32_ms:.1f}" if t else "-", result,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
     )
-

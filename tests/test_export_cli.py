@@ -157,9 +157,9 @@ def test_gate_failure_prints_the_table_and_writes_nothing(tiny_checkpoint, tmp_p
     assert code == ExitCode.VERIFICATION_FAILED
     lines = err.strip().splitlines()
     assert lines[0] == "error: no requested variant passed verification:"
-    assert lines[1].split() == ["variant", "size", "MB", "agreement", "confident", "max", "|Δlogit|",
-                                "max", "|Δprob|", "batch1", "ms", "batch32", "ms", "result"]
-    assert lines[2].startswith("int8 ")
+    assert lines[1].split() == ["variant", "size", "MB", "measure", "agreement", "confident", "max", "|Δlogit|",
+                                "max", "|Δscore|", "batch1", "ms", "batch32", "ms", "result"]
+    assert lines[2].startswith("int8 ") and lines[2].split()[2] == "top-1"
     assert "FAILED: max |probability difference|" in lines[2] and lines[2].endswith("> 0.0")
     assert list(tmp_path.iterdir()) == []
 
