@@ -30,6 +30,7 @@ from export.errors import (
     NotAClassifier,
     UnsupportedArchitecture,
 )
+from export.heads import load_head
 from service.classifier import TextInput
 from service.manifest import DEFAULT_THRESHOLD, PAIR, PROBLEM_TYPES, SINGLE_LABEL, TEXT, zero_shot_ids
 
@@ -48,6 +49,8 @@ SUPPORTED_MODEL_TYPES = (
 _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _REFERENCE_BATCH = 16
+SETFIT_CONFIG = "config_setfit.json"
+SETFIT_HEAD = "model_head.pkl"
 
 
 @dataclass
@@ -140,15 +143,30 @@ def load_source(
             raise NotAClassifier(f"{model} is a sentence-transformers CrossEncoder; it takes no --head")
         return _load_checkpoint(model, max_length=max_length, hub=False, task=task)
     if (path / "modules.json").is_file():
+        setfit = _setfit_config(path)
+        if head is None and setfit is not None and (path / SETFIT_HEAD).is_file():
+            head = str(path / SETFIT_HEAD)
         if head is None:
             raise NotAClassifier(
                 f"{model} is a sentence-transformers body without a classification head; "
                 "pass --head HEAD.joblib (a scikit-learn linear model)"
             )
-        return _load_sentence_head(path, Path(head), max_length=max_length)
+        return _load_sentence_head(path, Path(head), max_length=max_length, setfit=setfit)
     if head is not None:
         raise NotAClassifier(f"--head needs a sentence-transformers body; {model} has no modules.json")
     return _load_checkpoint(model, max_length=max_length, hub=False, task=task)
+
+
+def _setfit_config(path: Path) -> dict[str, Any] | None:
+    """``config_setfit.json`` as the setfit package writes it (labels, normalize_embeddings)."""
+    config = path / SETFIT_CONFIG
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptWeights(f"{config} cannot be read: {_first_line(exc)}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def _st_model_type(path: Path) -> str | None:
@@ -309,6 +327,7 @@ def _load_sentence_head(
     max_length: int | None,
     label_map: Path | None = None,
     model_id: str | None = None,
+    setfit: dict[str, Any] | None = None,
 ) -> Source:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -334,9 +353,12 @@ def _load_sentence_head(
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitecture(f"body model type {model_type!r} is not supported")
     pooling = _pooling_mode(next((m for m in modules if isinstance(m, Pooling)), None))
-    normalize = any(isinstance(m, Normalize) for m in modules)
+    # SetFit normalises embeddings itself when its config says so, on top of any Normalize module.
+    extra_normalize = bool((setfit or {}).get("normalize_embeddings"))
+    normalize = extra_normalize or any(isinstance(m, Normalize) for m in modules)
 
-    weight, bias, classes, predict_logits = _linear_head(head)
+    linear = load_head(head)
+    weight, bias, classes = linear.weight, linear.bias, linear.classes
     width = transformer.auto_model.config.hidden_size
     if weight.shape[1] != width:
         raise HeadMismatch(f"head {head.name} expects {weight.shape[1]} features but the body produces {width}")
@@ -345,7 +367,7 @@ def _load_sentence_head(
 
         names = default_model.class_names(classes, joblib.load(label_map))
     else:
-        names = [str(c) for c in classes]
+        names = _label_names(classes, (setfit or {}).get("labels"), head)
 
     limit = max_length or int(st.max_seq_length)
     st.max_seq_length = limit
@@ -353,17 +375,20 @@ def _load_sentence_head(
     exported_body = _eager_copy(transformer.auto_model)
     input_names = _input_names(hf_tokenizer, exported_body)
 
-    def reference(texts: Sequence[str]) -> np.ndarray:
-        embeddings = st.encode(list(texts), batch_size=_REFERENCE_BATCH, convert_to_numpy=True)
-        return predict_logits(embeddings)
+    def reference(texts: Sequence[TextInput]) -> np.ndarray:
+        embeddings = st.encode(
+            list(texts), batch_size=_REFERENCE_BATCH, convert_to_numpy=True, normalize_embeddings=extra_normalize
+        )
+        return linear.logits(embeddings)
 
+    is_setfit = setfit is not None and head.resolve() == (body / SETFIT_HEAD).resolve()
     return Source(
-        model_id=model_id or f"{body.resolve().name}+{head.name}",
-        kind="sentence-transformers+linear-head",
+        model_id=model_id or (body.resolve().name if is_setfit else f"{body.resolve().name}+{head.name}"),
+        kind="setfit" if is_setfit else "sentence-transformers+linear-head",
         module=_EmbedAndClassify(exported_body, input_names, pooling, normalize, weight, bias).eval(),
         input_names=input_names,
         id2label=dict(enumerate(names)),
-        problem_type="single_label_classification",
+        problem_type=linear.problem_type,
         max_length=limit,
         tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
         reference=reference,
@@ -375,6 +400,7 @@ def _load_sentence_head(
             "model_type": model_type,
             "pooling": pooling,
             "normalize": normalize,
+            "head_type": linear.kind,
         },
     )
 
@@ -399,35 +425,20 @@ def _pooling_mode(pooling: Any) -> str:
     return mode
 
 
-def _linear_head(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], Callable[[np.ndarray], np.ndarray]]:
-    """Weights of a scikit-learn linear classifier, and its own decision function."""
-    import joblib
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heads pickled by older scikit-learn releases
-            clf = joblib.load(path)
-    except Exception as exc:  # a pickle can fail in any way; all mean "unreadable head"
-        raise CorruptWeights(f"head {path} cannot be loaded: {_first_line(exc)}") from None
-    coef = getattr(clf, "coef_", None)
-    intercept = getattr(clf, "intercept_", None)
-    classes = getattr(clf, "classes_", None)
-    if coef is None or intercept is None or classes is None or not hasattr(clf, "decision_function"):
-        raise NotAClassifier(f"head {path} is not a fitted linear classifier (needs coef_, intercept_, classes_)")
-    coef = np.asarray(coef, dtype=np.float64)
-    intercept = np.asarray(intercept, dtype=np.float64)
-    if coef.shape[0] == 1 and len(classes) == 2:
-        # Binary heads score only the positive class; logits [0, z] give the same softmax.
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
-
-    def predict_logits(embeddings: np.ndarray) -> np.ndarray:
-        scores = np.asarray(clf.decision_function(embeddings), dtype=np.float32)
-        if scores.ndim == 1:
-            scores = np.stack([np.zeros_like(scores), scores], axis=1)
-        return scores
-
-    return coef, intercept, [str(c) for c in classes], predict_logits
+def _label_names(classes: list[Any], setfit_labels: Any, head: Path) -> list[str]:
+    """SetFit's own label names when it saved them; then the head's string classes;
+    then the class values themselves."""
+    if setfit_labels is not None:
+        if not isinstance(setfit_labels, list) or len(setfit_labels) != len(classes):
+            raise HeadMismatch(
+                f"config_setfit.json names {len(setfit_labels) if isinstance(setfit_labels, list) else 'no list of'} "
+                f"labels but head {head.name} has {len(classes)} outputs"
+            )
+        if all(isinstance(c, (int, np.integer)) for c in classes):
+            # Integer classes index the label list (they may be a subset, in sorted order).
+            return [str(setfit_labels[int(c)]) if 0 <= int(c) < len(setfit_labels) else str(c) for c in classes]
+        return [str(label) for label in setfit_labels]
+    return [str(c) for c in classes]
 
 
 def _first_line(exc: BaseException) -> str:
