@@ -40,6 +40,7 @@ SUPPORTED_MODEL_TYPES = (
     "deberta-v2",
     "distilbert",
     "electra",
+    "modernbert",
     "mpnet",
     "roberta",
     "xlm-roberta",

@@ -79,7 +79,7 @@ def broken(tiny_checkpoint, tmp_path_factory):
                      "pass --head HEAD.joblib (a scikit-learn linear model)", id="body-without-head"),
         pytest.param(lambda b, t: ["--model", str(b["gpt2"])], ExitCode.UNSUPPORTED_ARCHITECTURE,
                      "error: model type 'gpt2' is not supported; supported: albert, bert, deberta-v2, "
-                     "distilbert, electra, mpnet, roberta, xlm-roberta", id="unsupported-architecture"),
+                     "distilbert, electra, modernbert, mpnet, roberta, xlm-roberta", id="unsupported-architecture"),
         pytest.param(lambda b, t: ["--model", str(b["corrupt"])], ExitCode.CORRUPT_WEIGHTS,
                      "error: weights of {model} are", id="corrupt-weights"),
         pytest.param(lambda b, t: ["--model", str(b["no-weights"])], ExitCode.CORRUPT_WEIGHTS,

@@ -16,7 +16,7 @@ from tests.conftest import needs_export
 pytestmark = needs_export
 
 NLI_LABELS = ["contradiction", "neutral", "entailment"]
-PAIR_FAMILIES = ["bert", "deberta-v2", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "mpnet"]
+PAIR_FAMILIES = ["bert", "deberta-v2", "distilbert", "roberta", "xlm-roberta", "electra", "albert", "mpnet", "modernbert"]
 
 side = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),

@@ -27,6 +27,7 @@ FAMILIES = {
     "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", "unigram", ROBERTA_SPECIALS),
     "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", "unigram", BERT_SPECIALS),
     "albert": ("AlbertConfig", "AlbertForSequenceClassification", "unigram", BERT_SPECIALS),
+    "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification", "bpe", BERT_SPECIALS),
 }
 
 
@@ -97,8 +98,10 @@ def build(
         id2label=dict(enumerate(names)),
         label2id={name: i for i, name in enumerate(names)},
         problem_type=problem_type,
-        # DistilBERT and ALBERT name their sizes differently.
+        # DistilBERT and ALBERT name their sizes differently; ModernBERT needs its special ids.
         dim=32, n_layers=2, n_heads=2, hidden_dim=64, embedding_size=16,
+        cls_token_id=tokenizer.token_to_id(specials["cls"]), sep_token_id=tokenizer.token_to_id(specials["sep"]),
+        bos_token_id=tokenizer.token_to_id(specials["cls"]), eos_token_id=tokenizer.token_to_id(specials["sep"]),
         **config_overrides,
     )
     torch.manual_seed(seed)
