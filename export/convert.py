@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from export.errors import ConversionFailed
 from export.sources import Source
 from service.manifest import PAIR
 
@@ -27,24 +28,33 @@ def export_onnx(source: Source, path: Path) -> Path:
     args = tuple(torch.tensor(columns[name], dtype=torch.long) for name in source.input_names)
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in source.input_names}
     dynamic_axes["logits"] = {0: "batch"}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        # The TorchScript tracer warns about every Python-level branch on shapes;
-        # correctness is proven afterwards by verification, not by these warnings.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            source.module,
-            args,
-            str(path),
-            input_names=source.input_names,
-            output_names=["logits"],
-            dynamic_axes=dynamic_axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            # The TorchScript tracer warns about every Python-level branch on shapes;
+            # correctness is proven afterwards by verification, not by these warnings.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                source.module,
+                args,
+                str(path),
+                input_names=source.input_names,
+                output_names=["logits"],
+                dynamic_axes=dynamic_axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # the tracer and the exporter raise anything from RuntimeError to IndexError
+        raise ConversionFailed(
+            f"{source.model_id} could not be converted to ONNX: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or "no message"
+    return text.splitlines()[0][:300]
 
 
 def graph_inputs(path: Path) -> list[str]:

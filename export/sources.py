@@ -12,6 +12,7 @@ put inside the exported module, so the graph always ends in logits.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -133,16 +134,17 @@ def load_source(
             model_id=default_model.MODEL_ID if head is None else None,
         )
     path = Path(model)
+    hub_id = None
     if not path.exists():
-        if _HUB_ID.match(model) and not model.startswith((".", "/")):
-            return _load_checkpoint(model, max_length=max_length, hub=True, task=task)
-        raise InputNotFound(f"model path {model} does not exist")
+        if _looks_like_path(model):
+            raise InputNotFound(f"model path {model} does not exist")
+        hub_id, path = model, hub_snapshot(model)
     if not path.is_dir():
         raise NotAClassifier(f"{model} is a file; expected a checkpoint directory")
     if _st_model_type(path) == "CrossEncoder":
         if head is not None:
             raise NotAClassifier(f"{model} is a sentence-transformers CrossEncoder; it takes no --head")
-        return _load_checkpoint(model, max_length=max_length, hub=False, task=task)
+        return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id)
     if (path / "modules.json").is_file():
         setfit = _setfit_config(path)
         if head is None and setfit is not None and (path / SETFIT_HEAD).is_file():
@@ -152,10 +154,57 @@ def load_source(
                 f"{model} is a sentence-transformers body without a classification head; "
                 "pass --head HEAD.joblib (a scikit-learn linear model)"
             )
-        return _load_sentence_head(path, Path(head), max_length=max_length, setfit=setfit)
+        return _load_sentence_head(path, Path(head), max_length=max_length, setfit=setfit, model_id=hub_id)
     if head is not None:
         raise NotAClassifier(f"--head needs a sentence-transformers body; {model} has no modules.json")
-    return _load_checkpoint(model, max_length=max_length, hub=False, task=task)
+    return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id)
+
+
+def _looks_like_path(model: str) -> bool:
+    """A missing path, not a hub id: ``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``models/x``
+    where ``models/`` exists here. Hub ids are ``name`` or ``org/name``."""
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1 or model.endswith("/"):
+        return True
+    if not _HUB_ID.match(model) and "/" in model:
+        return True
+    head = model.split("/", 1)[0]
+    return "/" in model and Path(head).is_dir()
+
+
+# Weights and files the export never reads: other formats a hub repository may also hold.
+_HUB_IGNORE = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "coreml/*", "*.gguf"]
+
+
+def hub_snapshot(model_id: str, probe_timeout: float = 3.0) -> Path:
+    """The local copy of a hub model: from the cache when the hub cannot be reached
+    (offline setting or no connection, found out at once, not after retries),
+    downloaded otherwise."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    reason = "HF_HUB_OFFLINE is set" if offline else _unreachable(constants.ENDPOINT, probe_timeout)
+    try:
+        if reason:
+            return Path(huggingface_hub.snapshot_download(model_id, local_files_only=True))
+        return Path(huggingface_hub.snapshot_download(model_id, ignore_patterns=_HUB_IGNORE))
+    except Exception as exc:  # hub errors come in many types; all mean "cannot get this model"
+        where = f"the hub is not reachable ({reason}) and it is not in the local cache" if reason else _first_line(exc)
+        raise InputNotFound(f"{model_id} is neither a local path nor a reachable hub model: {where}") from None
+
+
+def _unreachable(endpoint: str, timeout: float) -> str | None:
+    """Why the hub endpoint cannot be reached, or None when a TCP connection opens."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
 
 
 def _setfit_config(path: Path) -> dict[str, Any] | None:
@@ -206,27 +255,29 @@ def _st_max_length(path: Path | None) -> int | None:
     return int(value) if isinstance(value, int) and value > 1 else None
 
 
-def _read_config(model: str, hub: bool) -> Any:
+def _read_config(model: str, shown: str) -> Any:
     from transformers import AutoConfig
 
-    if not hub and not (Path(model) / "config.json").is_file():
-        raise NotAClassifier(f"{model} has no config.json: not a Hugging Face checkpoint")
+    if not (Path(model) / "config.json").is_file():
+        raise NotAClassifier(f"{shown} has no config.json: not a Hugging Face checkpoint")
     try:
         return AutoConfig.from_pretrained(model)
     except (OSError, ValueError, KeyError) as exc:
-        if hub:
-            raise InputNotFound(f"{model} is neither a local path nor a reachable hub model ({_first_line(exc)})") from None
-        raise UnsupportedArchitecture(f"{model}/config.json cannot be read: {_first_line(exc)}") from None
+        raise UnsupportedArchitecture(f"{shown}/config.json cannot be read: {_first_line(exc)}") from None
 
 
-def _load_checkpoint(model: str, *, max_length: int | None, hub: bool, task: str | None = None) -> Source:
+def _load_checkpoint(
+    model: str, *, max_length: int | None, task: str | None = None, hub_id: str | None = None
+) -> Source:
+    """A local checkpoint directory (a hub model's cached snapshot when ``hub_id`` is set)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    config = _read_config(model, hub)
+    shown = hub_id or model
+    config = _read_config(model, shown)
     architectures = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise NotAClassifier(
-            f"{model} is not a sequence classifier (architectures: {', '.join(architectures) or 'none'}); "
+            f"{shown} is not a sequence classifier (architectures: {', '.join(architectures) or 'none'}); "
             "expected a *ForSequenceClassification checkpoint"
         )
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -238,11 +289,11 @@ def _load_checkpoint(model: str, *, max_length: int | None, hub: bool, task: str
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
     except (OSError, ValueError) as exc:
-        raise InputNotFound(f"{model} has no usable tokenizer: {_first_line(exc)}") from None
+        raise InputNotFound(f"{shown} has no usable tokenizer: {_first_line(exc)}") from None
     if not getattr(hf_tokenizer, "is_fast", False):
-        raise UnsupportedArchitecture(f"{model} has no fast tokenizer (tokenizer.json) to serve with")
+        raise UnsupportedArchitecture(f"{shown} has no fast tokenizer (tokenizer.json) to serve with")
 
-    local = None if hub else Path(model)
+    local = Path(model)
     limit = max_length or _st_max_length(local) or _checkpoint_max_length(config, hf_tokenizer)
     input_names = _input_names(hf_tokenizer, exported)
     problem_type = config.problem_type or SINGLE_LABEL
@@ -262,7 +313,7 @@ def _load_checkpoint(model: str, *, max_length: int | None, hub: bool, task: str
         return np.concatenate(outputs)
 
     return Source(
-        model_id=str(model) if hub else Path(model).resolve().name,
+        model_id=hub_id or Path(model).resolve().name,
         kind="hf-sequence-classification",
         module=_LogitsOnly(exported, input_names).eval(),
         input_names=input_names,
@@ -272,7 +323,7 @@ def _load_checkpoint(model: str, *, max_length: int | None, hub: bool, task: str
         tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
         reference=reference,
         details={
-            "path": str(model) if hub else str(Path(model).resolve()),
+            "path": hub_id or str(Path(model).resolve()),
             "model_type": config.model_type,
             "task_from": task_from,
         },

@@ -37,9 +37,32 @@ def optimize(source: Path, target: Path) -> Path:
     return target
 
 
+class _Once(logging.Filter):
+    """Let a message through the first time only (the selective search quantizes dozens of times)."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.fragment not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
+
+
+# onnxruntime logs this on the root logger at every quantize_dynamic call.
+_PREPROCESS_HINT = _Once("consider to run pre-processing before quantization")
+
+
 def quantize(source: Path, target: Path, *, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> Path:
     """Dynamic int8, per-channel weights; ``exclude`` nodes stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().addFilter(_PREPROCESS_HINT)
 
     quantize_dynamic(
         str(source),

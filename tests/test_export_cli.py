@@ -208,7 +208,7 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path, capsys):
     code, _, err = run(["--model", "no-such-org/no-such-model", "--out", str(tmp_path / "b")], capsys)
     assert code == ExitCode.INPUT_NOT_FOUND
     assert last_line(err).startswith(
-        "error: no-such-org/no-such-model is neither a local path nor a reachable hub model (")
+        "error: no-such-org/no-such-model is neither a local path nor a reachable hub model: ")
     assert "Traceback" not in err
 
 
