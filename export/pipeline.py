@@ -96,6 +96,12 @@ def export_bundle(
     progress(f"loaded {source.model_id}: {source.task} model, {len(source.id2label)} outputs, "
              f"{source.problem_type}, max_length {source.max_length}")
     texts = validation_inputs(source.task, validation_file)
+    # A decoder without BOS turns an empty text into no tokens at all: neither the
+    # original nor the bundle can classify it (the service answers 422).
+    empty = [t for t in texts if not source.tokenizer.encode(*((t,) if isinstance(t, str) else t)).ids]
+    if empty:
+        texts = [t for t in texts if t not in empty]
+        progress(f"skipping {len(empty)} validation input(s) that have no tokens for this model")
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as exc:

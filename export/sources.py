@@ -31,11 +31,13 @@ from export.errors import (
     NotAClassifier,
     UnsupportedArchitecture,
 )
+from export.decoders import DECODER_MODEL_TYPES, DecoderClassifier
+from export.decoders import INPUT_NAMES as DECODER_INPUTS
 from export.heads import load_head
 from service.classifier import TextInput
 from service.manifest import DEFAULT_THRESHOLD, PAIR, PROBLEM_TYPES, SINGLE_LABEL, TEXT, zero_shot_ids
 
-SUPPORTED_MODEL_TYPES = (
+SUPPORTED_MODEL_TYPES = tuple(sorted((
     "albert",
     "bert",
     "deberta-v2",
@@ -45,7 +47,8 @@ SUPPORTED_MODEL_TYPES = (
     "mpnet",
     "roberta",
     "xlm-roberta",
-)
+    *DECODER_MODEL_TYPES,
+)))
 # Position ids start after the padding index in these families, so two positions
 # of max_position_embeddings are never usable.
 _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}
@@ -295,18 +298,23 @@ def _load_checkpoint(
 
     local = Path(model)
     limit = max_length or _st_max_length(local) or _checkpoint_max_length(config, hf_tokenizer)
-    input_names = _input_names(hf_tokenizer, exported)
+    decoder = config.model_type in DECODER_MODEL_TYPES
+    input_names = list(DECODER_INPUTS) if decoder else _input_names(hf_tokenizer, exported)
     problem_type = config.problem_type or SINGLE_LABEL
     if problem_type not in PROBLEM_TYPES:
         raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
     detected, task_from = _detect_task(config, local, task)
 
+    # Decoders run one text at a time: that is what their logits mean (transformers
+    # refuses batches without a pad token, and left padding would shift positions).
+    step = 1 if decoder else _REFERENCE_BATCH
+
     def reference(inputs: Sequence[TextInput]) -> np.ndarray:
         outputs = []
-        for start in range(0, len(inputs), _REFERENCE_BATCH):
-            chunk = list(inputs[start : start + _REFERENCE_BATCH])
+        for start in range(0, len(inputs), step):
+            chunk = list(inputs[start : start + step])
             texts = ([a for a, _ in chunk], [b for _, b in chunk]) if detected == PAIR else (chunk,)
-            batch = hf_tokenizer(*texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+            batch = hf_tokenizer(*texts, padding=step > 1, truncation=True, max_length=limit, return_tensors="pt")
             features = {name: batch[name] for name in input_names if name in batch}
             with torch.inference_mode():
                 outputs.append(original(**features).logits.float().numpy())
@@ -315,7 +323,7 @@ def _load_checkpoint(
     return Source(
         model_id=hub_id or Path(model).resolve().name,
         kind="hf-sequence-classification",
-        module=_LogitsOnly(exported, input_names).eval(),
+        module=(DecoderClassifier(exported) if decoder else _LogitsOnly(exported, input_names)).eval(),
         input_names=input_names,
         id2label={int(k): str(v) for k, v in config.id2label.items()},
         problem_type=problem_type,

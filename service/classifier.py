@@ -22,13 +22,17 @@ from tokenizers import Encoding, Tokenizer
 from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
 from service.scoring import probabilities, sigmoid, softmax
 
-__all__ = ["Encoded", "InputKindError", "OnnxClassifier", "TextInput", "probabilities", "sigmoid", "softmax"]
+__all__ = ["EmptyInput", "Encoded", "InputKindError", "OnnxClassifier", "TextInput", "probabilities", "sigmoid", "softmax"]
 
 TextInput = Union[str, tuple[str, str]]
 
 
 class InputKindError(ValueError):
     """A single text given to a pair model, or a pair given to a text model."""
+
+
+class EmptyInput(ValueError):
+    """An input that tokenizes to no tokens at all (a decoder model without BOS given "")."""
 
 
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
@@ -111,7 +115,9 @@ class OnnxClassifier:
         prepared = self._prepare(texts)
         encodings = self.tokenizer.encode_batch(prepared, add_special_tokens=True)
         results = []
-        for item, encoding in zip(prepared, encodings):
+        for index, (item, encoding) in enumerate(zip(prepared, encodings)):
+            if not encoding.ids:
+                raise EmptyInput(f"input {index} has no tokens for this model; send a non-empty text")
             full: int | None = len(encoding.ids)
             if encoding.overflowing:
                 full = len(self._count(item)) if count_full else None
