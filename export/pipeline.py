@@ -14,7 +14,15 @@ import numpy as np
 
 from export import variants as V
 from export.bundle import write_bundle
-from export.convert import OPSET, export_onnx, graph_inputs
+from export.convert import (
+    EXTERNAL_DATA_OVER,
+    OPSET,
+    copy_onnx,
+    export_onnx,
+    graph_inputs,
+    onnx_size,
+    uses_external_data,
+)
 from export.errors import OutputExists, OutputNotWritable, UsageError, VerificationFailed
 from export.sources import Source, load_source
 from export.pairs import builtin_pairs, read_pair_file
@@ -79,7 +87,10 @@ def export_bundle(
     thresholds: Thresholds = Thresholds(),
     keep_variants: Path | None = None,
     progress: Progress = lambda _: None,
+    external_data_over: int = EXTERNAL_DATA_OVER,
 ) -> ExportResult:
+    """``external_data_over``: graphs larger than this many bytes keep their weights in
+    an external-data file (the 2 GB protobuf limit; lowered in tests)."""
     out = Path(out)
     check_output(out, force)
     if validation_file:
@@ -107,7 +118,8 @@ def export_bundle(
     except OSError as exc:
         raise OutputNotWritable(f"cannot write in {out.parent}: {exc.strerror}") from None
     try:
-        return _export_in(work, out, source, texts, variant, thresholds, force, keep_variants, progress)
+        return _export_in(work, out, source, texts, variant, thresholds, force, keep_variants, progress,
+                          external_data_over)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -129,13 +141,17 @@ def _export_in(
     force: bool,
     keep_variants: Path | None,
     progress: Progress,
+    external_data_over: int,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
     progress(f"running the original model on {len(texts)} validation texts")
     reference = source.reference(texts)
     progress("converting to ONNX (fp32)")
-    base = export_onnx(source, work / "fp32.onnx")
+    base = export_onnx(source, work / "fp32.onnx", external_data_over=external_data_over)
+    external = uses_external_data(base)
+    if external:
+        progress(f"the graph is {onnx_size(base) / 1e9:.2f} GB: weights go to an external-data file")
     draft = _draft_manifest(source, graph_inputs(base))
 
     def logits_of(path: Path) -> np.ndarray:
@@ -147,7 +163,7 @@ def _export_in(
 
     def check(name: str, path: Path, *, record: bool = True, kept_fp32: Sequence[str] = ()) -> VariantReport:
         report = compare(name, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold)
-        report.size_bytes = path.stat().st_size
+        report.size_bytes = onnx_size(path)
         report.kept_fp32 = list(kept_fp32)
         if record:
             paths[name] = path
@@ -161,26 +177,26 @@ def _export_in(
         check(V.FP32, base)
     if {V.OPTIMIZED, V.INT8, V.SELECTIVE} & set(wanted):
         progress("optimizing with ONNX Runtime transformer fusions")
-        optimized = V.optimize(base, work / "fp32-optimized.onnx")
+        optimized = V.optimize(base, work / "fp32-optimized.onnx", external=external)
         if check(V.OPTIMIZED, optimized, record=V.OPTIMIZED in wanted).passed:
             # Quantize the fused graph only when the fusions themselves are exact.
             base = optimized
     if V.INT8 in wanted or V.SELECTIVE in wanted:
         progress("quantizing to dynamic int8 (per-channel)")
-        int8 = V.quantize(base, work / "int8.onnx")
+        int8 = V.quantize(base, work / "int8.onnx", external=external)
         int8_passed = check(V.INT8, int8, record=V.INT8 in wanted).passed
         if V.SELECTIVE in wanted:
             if int8_passed:
                 check(V.SELECTIVE, int8)
             else:
-                path, kept = _selective(base, work, reference, logits_of, source, thresholds, progress)
+                path, kept = _selective(base, work, reference, logits_of, source, thresholds, progress, external)
                 check(V.SELECTIVE, path, kept_fp32=kept)
 
     if keep_variants is not None:
         # Every variant built, passing or not, for benchmarks; the bundle holds only the chosen one.
         keep_variants.mkdir(parents=True, exist_ok=True)
         for name, path in paths.items():
-            shutil.copyfile(path, keep_variants / f"{name}.onnx")
+            copy_onnx(path, keep_variants / f"{name}.onnx")
     passing = [r for r in reports if r.passed]
     if not passing:
         raise VerificationFailed("no requested variant passed verification:\n" + report_table(reports))
@@ -214,6 +230,7 @@ def _selective(
     source: Source,
     thresholds: Thresholds,
     progress: Progress,
+    external: bool,
 ) -> tuple[Path, list[str]]:
     """Find few fp32 nodes that let int8 pass the gate: rank nodes by measured damage,
     then keep the 1, 2, 4, ... most harmful in fp32 until the gate passes."""
@@ -222,10 +239,12 @@ def _selective(
         return compare(V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold)
 
     progress("measuring each node's quantization damage for selective int8")
-    ranking = [name for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress)]
+    ranking = [
+        name for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress, external=external)
+    ]
 
     def attempt(count: int) -> Path | None:
-        path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count])
+        path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count], external=external)
         passed = evaluate(path).passed
         progress(f"selective int8 with {count} node(s) kept in fp32: {'passed' if passed else 'failed'}")
         return path if passed else None
