@@ -144,3 +144,29 @@ def test_single_label_one_vs_rest_is_refused(body, tmp_path, capsys):
     directory = save_setfit(tmp_path / "setfit", body, head, None)
     assert main(["--model", str(directory), "--out", str(tmp_path / "b"), "--quiet"]) == ExitCode.UNSUPPORTED_ARCHITECTURE
     assert "is a OneVsRestClassifier on single-label classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "make, code, message",
+    [
+        pytest.param(lambda: __import__("sklearn.tree", fromlist=["x"]).DecisionTreeClassifier().fit(
+            _features(), [i % 3 for i in range(48)]), ExitCode.NOT_A_CLASSIFIER,
+            "is not a fitted linear classifier (needs coef_, intercept_, classes_)", id="not-linear"),
+        pytest.param(lambda: __import__("sklearn.multioutput", fromlist=["x"]).MultiOutputClassifier(
+            __import__("sklearn.linear_model", fromlist=["x"]).LogisticRegression()).fit(
+            _features(), np.stack([[i % 3 for i in range(48)]] * 2, axis=1)), ExitCode.UNSUPPORTED_ARCHITECTURE,
+            "estimator 0 of the MultiOutputClassifier is not a binary linear model", id="multi-output-multiclass"),
+        pytest.param(lambda: "not a pickle", ExitCode.CORRUPT_WEIGHTS, "cannot be loaded", id="corrupt"),
+    ],
+)
+def test_heads_that_cannot_be_exported(body, tmp_path, capsys, make, code, message):
+    import joblib
+
+    head = tmp_path / "head.joblib"
+    value = make()
+    if isinstance(value, str):
+        head.write_bytes(b"\x80\x04garbage")
+    else:
+        joblib.dump(value, head)
+    assert main(["--model", str(body), "--head", str(head), "--out", str(tmp_path / "b"), "--quiet"]) == code
+    assert message in capsys.readouterr().err
