@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from export.convert import copy_onnx, data_file, uses_external_data
 from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, hash_files, write_manifest
 
 
@@ -28,10 +29,11 @@ def write_bundle(
 ) -> Manifest:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
-        shutil.copyfile(model_path, staging / MODEL_FILE)
+        copy_onnx(model_path, staging / MODEL_FILE)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+        external = data_file(staging / MODEL_FILE).name if uses_external_data(staging / MODEL_FILE) else None
         manifest = dataclasses.replace(
-            draft, variant=variant, verification=verification, files=hash_files(staging)
+            draft, variant=variant, verification=verification, files=hash_files(staging), external_data=external
         )
         write_manifest(staging, manifest)
         for path in staging.iterdir():

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from export.convert import external_locations
 from export.errors import BundleInvalid
 from service.classifier import OnnxClassifier
-from service.manifest import BundleError, load_verified
+from service.manifest import MODEL_FILE, BundleError, load_verified
 
 
 def check_bundle(directory: Path) -> str:
     """Hashes, manifest fields, graph inputs/outputs and truncation; one line per problem."""
     try:
         manifest = load_verified(directory)
-        classifier = OnnxClassifier.from_bundle(directory)
     except BundleError as exc:
         raise BundleInvalid(str(exc)) from None
+    # Before anything opens the graph: which files would its weights be read from?
+    locations = external_locations(Path(directory) / MODEL_FILE)
+    allowed = {manifest.external_data} - {None}
+    if locations - allowed:
+        raise BundleInvalid(
+            f"bundle {directory} does not match its manifest: graph reads external data from "
+            f"{sorted(locations - allowed)}; the manifest allows {sorted(allowed) or 'none'}"
+        )
+    try:
+        classifier = OnnxClassifier.from_bundle(directory)
     except Exception as exc:  # onnxruntime and tokenizers raise their own error types
         raise BundleInvalid(f"bundle {directory} cannot be loaded: {str(exc).splitlines()[0]}") from None
     problems = []
@@ -28,14 +38,17 @@ def check_bundle(directory: Path) -> str:
     if truncation.get("max_length") != manifest.max_length:
         problems.append(f"tokenizer truncates at {truncation.get('max_length')}, manifest says {manifest.max_length}")
     if not problems:
-        logits = classifier.logits(["a quick check", "x " * (manifest.max_length * 2)])
+        long = "x " * (manifest.max_length * 2)
+        checks = [("a quick check", long), (long, "")] if manifest.is_pair else ["a quick check", long]
+        logits = classifier.logits(checks)
         if logits.shape != (2, len(manifest.id2label)):
             problems.append(f"logits have shape {logits.shape}, expected (2, {len(manifest.id2label)})")
     if problems:
         raise BundleInvalid(f"bundle {directory} does not match its manifest: " + "; ".join(problems))
     verification = manifest.verification
     return (
-        f"ok: {directory} ({manifest.model_id}, variant {manifest.variant}, {len(manifest.id2label)} labels, "
+        f"ok: {directory} ({manifest.model_id}, {manifest.task} model, variant {manifest.variant}, "
+        f"{len(manifest.id2label)} labels, "
         f"max_length {manifest.max_length}, {len(manifest.files)} files verified, "
         f"export gate {'passed' if verification.get('passed') else 'not recorded'})"
     )

@@ -30,7 +30,12 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", choices=("auto", *VARIANTS), default="auto",
                         help="'auto' verifies every variant, times those that pass at batch 1 and 32 "
                         "on this CPU and keeps the fastest (default: auto)")
-    parser.add_argument("--validation-file", help="extra validation texts, one per line")
+    parser.add_argument("--task", choices=("auto", "text", "pair"), default="auto",
+                        help="what one input is: 'text', or 'pair' of texts (NLI, paraphrase, cross-encoder "
+                        "rerankers). 'auto' (default) takes 'pair' for a sentence-transformers CrossEncoder or "
+                        "NLI label names (entailment/contradiction), 'text' otherwise")
+    parser.add_argument("--validation-file", help="extra validation inputs: one text per line, or for a pair "
+                        "model one pair per line as two texts separated by a tab")
     parser.add_argument("--max-length", type=int, help="override the truncation length of the original pipeline")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
     parser.add_argument("--keep-variants", type=Path, metavar="DIR",
@@ -41,6 +46,12 @@ def _export_parser() -> argparse.ArgumentParser:
     gate.add_argument("--confident-margin", type=float, default=0.1,
                       help="int8 must agree on every text whose top-1/top-2 margin is at least this (default: 0.1)")
     gate.add_argument("--max-prob-diff", type=float, default=0.05, help="int8 max |probability difference| (default: 0.05)")
+    gate.add_argument("--max-value-diff", type=float, default=0.05,
+                      help="int8 regression models: max |value difference| as a fraction of the standard deviation "
+                      "of the original's outputs on the validation set (default: 0.05)")
+    parser.add_argument("--threshold", type=float,
+                        help="decision threshold on sigmoid scores (multi-label and one-logit models), recorded in "
+                        "the bundle and used by the gate (default: 0.5)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -72,6 +83,9 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.max_length < 2:
         print("error: --max-length must be at least 2", file=sys.stderr)
         return ExitCode.USAGE
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        print("error: --threshold must be strictly between 0 and 1", file=sys.stderr)
+        return ExitCode.USAGE
     out = args.out or Path("bundles") / ("default" if args.model is None else Path(args.model).name)
     started = time.monotonic()
 
@@ -86,14 +100,24 @@ def _run_export(args: argparse.Namespace) -> int:
         variant=args.variant,
         validation_file=args.validation_file,
         max_length=args.max_length,
+        task=None if args.task == "auto" else args.task,
         force=args.force,
         keep_variants=args.keep_variants,
-        thresholds=Thresholds(args.max_logit_diff, args.min_agreement, args.confident_margin, args.max_prob_diff),
+        threshold=args.threshold,
+        thresholds=Thresholds(
+            fp32_max_logit_diff=args.max_logit_diff,
+            int8_min_agreement=args.min_agreement,
+            int8_confident_margin=args.confident_margin,
+            int8_max_prob_diff=args.max_prob_diff,
+            int8_max_value_diff=args.max_value_diff,
+        ),
         progress=progress,
     )
     print(report_table(result.reports, result.timings, result.manifest.variant))
-    print(f"bundle: {result.out} ({result.manifest.variant}, {len(result.manifest.id2label)} labels, "
-          f"max_length {result.manifest.max_length})")
+    manifest = result.manifest
+    kind = "" if manifest.task == "text" else f"{manifest.task} model, "
+    print(f"bundle: {result.out} ({kind}{manifest.variant}, {len(manifest.id2label)} labels, "
+          f"max_length {manifest.max_length})")
     return ExitCode.OK
 
 

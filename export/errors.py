@@ -1,6 +1,7 @@
 """Export failures, each with its own exit code.
 
 ExportError (exit code 1)
+├── UsageError               2  options that contradict the model (e.g. --threshold on softmax)
 ├── InputNotFound            3  the model, head or validation path does not exist
 ├── NotAClassifier           4  a checkpoint without a sequence-classification head
 ├── UnsupportedArchitecture  5  a model family the exporter does not cover
@@ -10,7 +11,8 @@ ExportError (exit code 1)
 ├── OutputNotWritable        9  the output's parent directory cannot be written
 ├── BadValidationFile       10  an empty or unreadable validation text file
 ├── VerificationFailed      11  no requested variant passed the accuracy gate
-└── BundleInvalid           12  `verify` found a bundle that does not match its manifest
+├── BundleInvalid           12  `verify` found a bundle that does not match its manifest
+└── ConversionFailed        13  the model loaded but could not be traced or written as ONNX
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ class ExitCode(IntEnum):
     BAD_VALIDATION_FILE = 10
     VERIFICATION_FAILED = 11
     BUNDLE_INVALID = 12
+    CONVERSION_FAILED = 13
 
 
 class ExportError(Exception):
     exit_code = ExitCode.FAILURE
+
+
+class UsageError(ExportError):
+    exit_code = ExitCode.USAGE
 
 
 class InputNotFound(ExportError):
@@ -76,3 +83,7 @@ class VerificationFailed(ExportError):
 
 class BundleInvalid(ExportError):
     exit_code = ExitCode.BUNDLE_INVALID
+
+
+class ConversionFailed(ExportError):
+    exit_code = ExitCode.CONVERSION_FAILED

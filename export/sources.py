@@ -11,6 +11,8 @@ put inside the exported module, so the graph always ends in logits.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -29,22 +31,31 @@ from export.errors import (
     NotAClassifier,
     UnsupportedArchitecture,
 )
+from export.decoders import DECODER_MODEL_TYPES, DecoderClassifier
+from export.decoders import INPUT_NAMES as DECODER_INPUTS
+from export.heads import load_head
+from service.classifier import TextInput
+from service.manifest import DEFAULT_THRESHOLD, PAIR, PROBLEM_TYPES, SINGLE_LABEL, TEXT, zero_shot_ids
 
-SUPPORTED_MODEL_TYPES = (
+SUPPORTED_MODEL_TYPES = tuple(sorted((
     "albert",
     "bert",
     "deberta-v2",
     "distilbert",
     "electra",
+    "modernbert",
     "mpnet",
     "roberta",
     "xlm-roberta",
-)
+    *DECODER_MODEL_TYPES,
+)))
 # Position ids start after the padding index in these families, so two positions
 # of max_position_embeddings are never usable.
 _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _REFERENCE_BATCH = 16
+SETFIT_CONFIG = "config_setfit.json"
+SETFIT_HEAD = "model_head.pkl"
 
 
 @dataclass
@@ -59,9 +70,11 @@ class Source:
     problem_type: str
     max_length: int
     tokenizer: Tokenizer
-    reference: Callable[[Sequence[str]], np.ndarray]
+    reference: Callable[[Sequence[TextInput]], np.ndarray]
     strip_whitespace: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    task: str = TEXT
+    threshold: float = DEFAULT_THRESHOLD
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -112,8 +125,9 @@ class _EmbedAndClassify(torch.nn.Module):
 
 
 def load_source(
-    model: str | None, *, head: str | None = None, max_length: int | None = None
+    model: str | None, *, head: str | None = None, max_length: int | None = None, task: str | None = None
 ) -> Source:
+    """``task`` forces "text" or "pair"; None detects it from the checkpoint."""
     if model is None:
         return _load_sentence_head(
             default_model.body_path(),
@@ -123,45 +137,150 @@ def load_source(
             model_id=default_model.MODEL_ID if head is None else None,
         )
     path = Path(model)
+    hub_id = None
     if not path.exists():
-        if _HUB_ID.match(model) and not model.startswith((".", "/")):
-            return _load_checkpoint(model, max_length=max_length, hub=True)
-        raise InputNotFound(f"model path {model} does not exist")
+        if _looks_like_path(model):
+            raise InputNotFound(f"model path {model} does not exist")
+        hub_id, path = model, hub_snapshot(model)
     if not path.is_dir():
         raise NotAClassifier(f"{model} is a file; expected a checkpoint directory")
+    if _st_model_type(path) == "CrossEncoder":
+        if head is not None:
+            raise NotAClassifier(f"{model} is a sentence-transformers CrossEncoder; it takes no --head")
+        return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id)
     if (path / "modules.json").is_file():
+        setfit = _setfit_config(path)
+        if head is None and setfit is not None and (path / SETFIT_HEAD).is_file():
+            head = str(path / SETFIT_HEAD)
         if head is None:
             raise NotAClassifier(
                 f"{model} is a sentence-transformers body without a classification head; "
                 "pass --head HEAD.joblib (a scikit-learn linear model)"
             )
-        return _load_sentence_head(path, Path(head), max_length=max_length)
+        return _load_sentence_head(path, Path(head), max_length=max_length, setfit=setfit, model_id=hub_id)
     if head is not None:
         raise NotAClassifier(f"--head needs a sentence-transformers body; {model} has no modules.json")
-    return _load_checkpoint(model, max_length=max_length, hub=False)
+    return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id)
 
 
-def _read_config(model: str, hub: bool) -> Any:
+def _looks_like_path(model: str) -> bool:
+    """A missing path, not a hub id: ``./x``, ``/x``, ``~/x``, ``a/b/c``, or ``models/x``
+    where ``models/`` exists here. Hub ids are ``name`` or ``org/name``."""
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1 or model.endswith("/"):
+        return True
+    if not _HUB_ID.match(model) and "/" in model:
+        return True
+    head = model.split("/", 1)[0]
+    return "/" in model and Path(head).is_dir()
+
+
+# Weights and files the export never reads: other formats a hub repository may also hold.
+_HUB_IGNORE = ["*.onnx", "onnx/*", "openvino/*", "*.h5", "*.msgpack", "*.ot", "*.tflite", "coreml/*", "*.gguf"]
+
+
+def hub_snapshot(model_id: str, probe_timeout: float = 3.0) -> Path:
+    """The local copy of a hub model: from the cache when the hub cannot be reached
+    (offline setting or no connection, found out at once, not after retries),
+    downloaded otherwise."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    reason = "HF_HUB_OFFLINE is set" if offline else _unreachable(constants.ENDPOINT, probe_timeout)
+    try:
+        if reason:
+            return Path(huggingface_hub.snapshot_download(model_id, local_files_only=True))
+        return Path(huggingface_hub.snapshot_download(model_id, ignore_patterns=_HUB_IGNORE))
+    except Exception as exc:  # hub errors come in many types; all mean "cannot get this model"
+        where = f"the hub is not reachable ({reason}) and it is not in the local cache" if reason else _first_line(exc)
+        raise InputNotFound(f"{model_id} is neither a local path nor a reachable hub model: {where}") from None
+
+
+def _unreachable(endpoint: str, timeout: float) -> str | None:
+    """Why the hub endpoint cannot be reached, or None when a TCP connection opens."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+
+
+def _setfit_config(path: Path) -> dict[str, Any] | None:
+    """``config_setfit.json`` as the setfit package writes it (labels, normalize_embeddings)."""
+    config = path / SETFIT_CONFIG
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptWeights(f"{config} cannot be read: {_first_line(exc)}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _st_model_type(path: Path) -> str | None:
+    """``CrossEncoder``, ``SentenceTransformer``, ... as sentence-transformers 5 records it."""
+    config = path / "config_sentence_transformers.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _detect_task(config: Any, path: Path | None, requested: str | None) -> tuple[str, str]:
+    """(task, why): the flag wins; then what the checkpoint says about itself."""
+    if requested is not None:
+        return requested, "--task"
+    # sentence-transformers marks CrossEncoders in config.json (2.x and 3.x/4.x) or its own file (5.x).
+    if hasattr(config, "sbert_ce_default_activation_function") or isinstance(
+        getattr(config, "sentence_transformers", None), dict
+    ):
+        return PAIR, "sentence-transformers CrossEncoder config"
+    if path is not None and _st_model_type(path) == "CrossEncoder":
+        return PAIR, "sentence-transformers CrossEncoder config"
+    if zero_shot_ids({int(k): str(v) for k, v in config.id2label.items()}) is not None:
+        return PAIR, "NLI label names"
+    return TEXT, "default"
+
+
+def _st_max_length(path: Path | None) -> int | None:
+    """A CrossEncoder's own truncation length, when it saved one."""
+    if path is None:
+        return None
+    try:
+        value = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and value > 1 else None
+
+
+def _read_config(model: str, shown: str) -> Any:
     from transformers import AutoConfig
 
-    if not hub and not (Path(model) / "config.json").is_file():
-        raise NotAClassifier(f"{model} has no config.json: not a Hugging Face checkpoint")
+    if not (Path(model) / "config.json").is_file():
+        raise NotAClassifier(f"{shown} has no config.json: not a Hugging Face checkpoint")
     try:
         return AutoConfig.from_pretrained(model)
     except (OSError, ValueError, KeyError) as exc:
-        if hub:
-            raise InputNotFound(f"{model} is neither a local path nor a reachable hub model ({_first_line(exc)})") from None
-        raise UnsupportedArchitecture(f"{model}/config.json cannot be read: {_first_line(exc)}") from None
+        raise UnsupportedArchitecture(f"{shown}/config.json cannot be read: {_first_line(exc)}") from None
 
 
-def _load_checkpoint(model: str, *, max_length: int | None, hub: bool) -> Source:
+def _load_checkpoint(
+    model: str, *, max_length: int | None, task: str | None = None, hub_id: str | None = None
+) -> Source:
+    """A local checkpoint directory (a hub model's cached snapshot when ``hub_id`` is set)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    config = _read_config(model, hub)
+    shown = hub_id or model
+    config = _read_config(model, shown)
     architectures = getattr(config, "architectures", None) or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise NotAClassifier(
-            f"{model} is not a sequence classifier (architectures: {', '.join(architectures) or 'none'}); "
+            f"{shown} is not a sequence classifier (architectures: {', '.join(architectures) or 'none'}); "
             "expected a *ForSequenceClassification checkpoint"
         )
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -173,42 +292,50 @@ def _load_checkpoint(model: str, *, max_length: int | None, hub: bool) -> Source
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
     except (OSError, ValueError) as exc:
-        raise InputNotFound(f"{model} has no usable tokenizer: {_first_line(exc)}") from None
+        raise InputNotFound(f"{shown} has no usable tokenizer: {_first_line(exc)}") from None
     if not getattr(hf_tokenizer, "is_fast", False):
-        raise UnsupportedArchitecture(f"{model} has no fast tokenizer (tokenizer.json) to serve with")
+        raise UnsupportedArchitecture(f"{shown} has no fast tokenizer (tokenizer.json) to serve with")
 
-    limit = max_length or _checkpoint_max_length(config, hf_tokenizer)
-    input_names = _input_names(hf_tokenizer, exported)
-    problem_type = config.problem_type or "single_label_classification"
-    if problem_type not in ("single_label_classification", "multi_label_classification"):
-        raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not a classification task")
+    local = Path(model)
+    limit = max_length or _st_max_length(local) or _checkpoint_max_length(config, hf_tokenizer)
+    decoder = config.model_type in DECODER_MODEL_TYPES
+    input_names = list(DECODER_INPUTS) if decoder else _input_names(hf_tokenizer, exported)
+    problem_type = config.problem_type or SINGLE_LABEL
+    if problem_type not in PROBLEM_TYPES:
+        raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+    detected, task_from = _detect_task(config, local, task)
 
-    def reference(texts: Sequence[str]) -> np.ndarray:
+    # Decoders run one text at a time: that is what their logits mean (transformers
+    # refuses batches without a pad token, and left padding would shift positions).
+    step = 1 if decoder else _REFERENCE_BATCH
+
+    def reference(inputs: Sequence[TextInput]) -> np.ndarray:
         outputs = []
-        for start in range(0, len(texts), _REFERENCE_BATCH):
-            batch = hf_tokenizer(
-                list(texts[start : start + _REFERENCE_BATCH]),
-                padding=True,
-                truncation=True,
-                max_length=limit,
-                return_tensors="pt",
-            )
+        for start in range(0, len(inputs), step):
+            chunk = list(inputs[start : start + step])
+            texts = ([a for a, _ in chunk], [b for _, b in chunk]) if detected == PAIR else (chunk,)
+            batch = hf_tokenizer(*texts, padding=step > 1, truncation=True, max_length=limit, return_tensors="pt")
             features = {name: batch[name] for name in input_names if name in batch}
             with torch.inference_mode():
                 outputs.append(original(**features).logits.float().numpy())
         return np.concatenate(outputs)
 
     return Source(
-        model_id=str(model) if hub else Path(model).resolve().name,
+        model_id=hub_id or Path(model).resolve().name,
         kind="hf-sequence-classification",
-        module=_LogitsOnly(exported, input_names).eval(),
+        module=(DecoderClassifier(exported) if decoder else _LogitsOnly(exported, input_names)).eval(),
         input_names=input_names,
         id2label={int(k): str(v) for k, v in config.id2label.items()},
         problem_type=problem_type,
         max_length=limit,
         tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
         reference=reference,
-        details={"path": str(model) if hub else str(Path(model).resolve()), "model_type": config.model_type},
+        details={
+            "path": hub_id or str(Path(model).resolve()),
+            "model_type": config.model_type,
+            "task_from": task_from,
+        },
+        task=detected,
     )
 
 
@@ -260,6 +387,7 @@ def _load_sentence_head(
     max_length: int | None,
     label_map: Path | None = None,
     model_id: str | None = None,
+    setfit: dict[str, Any] | None = None,
 ) -> Source:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -285,9 +413,12 @@ def _load_sentence_head(
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitecture(f"body model type {model_type!r} is not supported")
     pooling = _pooling_mode(next((m for m in modules if isinstance(m, Pooling)), None))
-    normalize = any(isinstance(m, Normalize) for m in modules)
+    # SetFit normalises embeddings itself when its config says so, on top of any Normalize module.
+    extra_normalize = bool((setfit or {}).get("normalize_embeddings"))
+    normalize = extra_normalize or any(isinstance(m, Normalize) for m in modules)
 
-    weight, bias, classes, predict_logits = _linear_head(head)
+    linear = load_head(head)
+    weight, bias, classes = linear.weight, linear.bias, linear.classes
     width = transformer.auto_model.config.hidden_size
     if weight.shape[1] != width:
         raise HeadMismatch(f"head {head.name} expects {weight.shape[1]} features but the body produces {width}")
@@ -296,7 +427,7 @@ def _load_sentence_head(
 
         names = default_model.class_names(classes, joblib.load(label_map))
     else:
-        names = [str(c) for c in classes]
+        names = _label_names(classes, (setfit or {}).get("labels"), head)
 
     limit = max_length or int(st.max_seq_length)
     st.max_seq_length = limit
@@ -304,17 +435,20 @@ def _load_sentence_head(
     exported_body = _eager_copy(transformer.auto_model)
     input_names = _input_names(hf_tokenizer, exported_body)
 
-    def reference(texts: Sequence[str]) -> np.ndarray:
-        embeddings = st.encode(list(texts), batch_size=_REFERENCE_BATCH, convert_to_numpy=True)
-        return predict_logits(embeddings)
+    def reference(texts: Sequence[TextInput]) -> np.ndarray:
+        embeddings = st.encode(
+            list(texts), batch_size=_REFERENCE_BATCH, convert_to_numpy=True, normalize_embeddings=extra_normalize
+        )
+        return linear.logits(embeddings)
 
+    is_setfit = setfit is not None and head.resolve() == (body / SETFIT_HEAD).resolve()
     return Source(
-        model_id=model_id or f"{body.resolve().name}+{head.name}",
-        kind="sentence-transformers+linear-head",
+        model_id=model_id or (body.resolve().name if is_setfit else f"{body.resolve().name}+{head.name}"),
+        kind="setfit" if is_setfit else "sentence-transformers+linear-head",
         module=_EmbedAndClassify(exported_body, input_names, pooling, normalize, weight, bias).eval(),
         input_names=input_names,
         id2label=dict(enumerate(names)),
-        problem_type="single_label_classification",
+        problem_type=linear.problem_type,
         max_length=limit,
         tokenizer=_bundle_tokenizer(hf_tokenizer, limit),
         reference=reference,
@@ -326,6 +460,7 @@ def _load_sentence_head(
             "model_type": model_type,
             "pooling": pooling,
             "normalize": normalize,
+            "head_type": linear.kind,
         },
     )
 
@@ -350,35 +485,20 @@ def _pooling_mode(pooling: Any) -> str:
     return mode
 
 
-def _linear_head(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], Callable[[np.ndarray], np.ndarray]]:
-    """Weights of a scikit-learn linear classifier, and its own decision function."""
-    import joblib
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heads pickled by older scikit-learn releases
-            clf = joblib.load(path)
-    except Exception as exc:  # a pickle can fail in any way; all mean "unreadable head"
-        raise CorruptWeights(f"head {path} cannot be loaded: {_first_line(exc)}") from None
-    coef = getattr(clf, "coef_", None)
-    intercept = getattr(clf, "intercept_", None)
-    classes = getattr(clf, "classes_", None)
-    if coef is None or intercept is None or classes is None or not hasattr(clf, "decision_function"):
-        raise NotAClassifier(f"head {path} is not a fitted linear classifier (needs coef_, intercept_, classes_)")
-    coef = np.asarray(coef, dtype=np.float64)
-    intercept = np.asarray(intercept, dtype=np.float64)
-    if coef.shape[0] == 1 and len(classes) == 2:
-        # Binary heads score only the positive class; logits [0, z] give the same softmax.
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
-
-    def predict_logits(embeddings: np.ndarray) -> np.ndarray:
-        scores = np.asarray(clf.decision_function(embeddings), dtype=np.float32)
-        if scores.ndim == 1:
-            scores = np.stack([np.zeros_like(scores), scores], axis=1)
-        return scores
-
-    return coef, intercept, [str(c) for c in classes], predict_logits
+def _label_names(classes: list[Any], setfit_labels: Any, head: Path) -> list[str]:
+    """SetFit's own label names when it saved them; then the head's string classes;
+    then the class values themselves."""
+    if setfit_labels is not None:
+        if not isinstance(setfit_labels, list) or len(setfit_labels) != len(classes):
+            raise HeadMismatch(
+                f"config_setfit.json names {len(setfit_labels) if isinstance(setfit_labels, list) else 'no list of'} "
+                f"labels but head {head.name} has {len(classes)} outputs"
+            )
+        if all(isinstance(c, (int, np.integer)) for c in classes):
+            # Integer classes index the label list (they may be a subset, in sorted order).
+            return [str(setfit_labels[int(c)]) if 0 <= int(c) < len(setfit_labels) else str(c) for c in classes]
+        return [str(label) for label in setfit_labels]
+    return [str(c) for c in classes]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -274,16 +274,23 @@ def builtin_texts() -> list[str]:
     return [t for t in IN_DOMAIN if t] + [t for t in OUT_OF_DOMAIN if t] + LONG + ODD
 
 
-def read_text_file(path: str | Path) -> list[str]:
-    """One text per line; blank lines are skipped. An empty file is an error."""
+def read_lines(path: str | Path, expected: str) -> list[tuple[int, str]]:
+    """Numbered non-blank lines of a UTF-8 file; an empty file is an error naming ``expected``."""
     path = Path(path)
+    if path.is_dir():
+        raise BadValidationFile(f"validation file {path} is a directory; expected a text file ({expected})")
     if not path.is_file():
         raise InputNotFound(f"validation file {path} does not exist")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadValidationFile(f"validation file {path} cannot be read as UTF-8 text: {exc}") from None
-    texts = [line for line in lines if line.strip()]
-    if not texts:
-        raise BadValidationFile(f"validation file {path} holds no texts (expected one text per line)")
-    return texts
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise BadValidationFile(f"validation file {path} holds no texts (expected {expected})")
+    return numbered
+
+
+def read_text_file(path: str | Path) -> list[str]:
+    """One text per line; blank lines are skipped. An empty file is an error."""
+    return [line for _, line in read_lines(path, "one text per line")]

@@ -25,7 +25,14 @@ QUANTIZED_OPS = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
 SEARCHED_OPS = ("MatMul", "Attention")
 
 
-def optimize(source: Path, target: Path) -> Path:
+def _fresh(target: Path) -> None:
+    """onnx appends to an existing external-data file; start each graph from none."""
+    data = target.with_name(target.name + ".data")
+    if data.exists():
+        data.unlink()
+
+
+def optimize(source: Path, target: Path, *, external: bool = False) -> Path:
     """Apply ONNX Runtime's transformer fusions (attention, layer norm, GELU)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -33,13 +40,45 @@ def optimize(source: Path, target: Path) -> Path:
     # families other than BERT and are not errors.
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     model = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=1, use_gpu=False)
-    model.save_model_to_file(str(target), use_external_data_format=False)
+    _fresh(target)
+    model.save_model_to_file(str(target), use_external_data_format=external)
     return target
 
 
-def quantize(source: Path, target: Path, *, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> Path:
+class _Once(logging.Filter):
+    """Let a message through the first time only (the selective search quantizes dozens of times)."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.fragment not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
+
+
+# onnxruntime logs this on the root logger at every quantize_dynamic call.
+_PREPROCESS_HINT = _Once("consider to run pre-processing before quantization")
+
+
+def quantize(
+    source: Path,
+    target: Path,
+    *,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    external: bool = False,
+) -> Path:
     """Dynamic int8, per-channel weights; ``exclude`` nodes stay fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().addFilter(_PREPROCESS_HINT)
+    _fresh(target)
 
     quantize_dynamic(
         str(source),
@@ -54,6 +93,7 @@ def quantize(source: Path, target: Path, *, exclude: Iterable[str] = (), only: I
         # Needed when the source graph was fused by the transformer optimizer:
         # its contrib ops carry no type information for their weights.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        use_external_data_format=external,
     )
     return target
 
@@ -70,13 +110,18 @@ def quantizable_nodes(model_path: Path) -> list[str]:
 
 
 def rank_sensitivity(
-    source: Path, workdir: Path, error_of: Callable[[Path], float], progress: Callable[[str], None] = lambda _: None
+    source: Path,
+    workdir: Path,
+    error_of: Callable[[Path], float],
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    external: bool = False,
 ) -> list[tuple[str, float]]:
     """Quantize each node alone and measure the damage; most harmful first."""
     nodes = quantizable_nodes(source)
     scores = []
     for index, node in enumerate(nodes, 1):
-        path = quantize(source, workdir / "probe.onnx", only=[node])
+        path = quantize(source, workdir / "probe.onnx", only=[node], external=external)
         scores.append((node, error_of(path)))
         progress(f"sensitivity {index}/{len(nodes)}: {node} -> {scores[-1][1]:.4f}")
     return sorted(scores, key=lambda item: item[1], reverse=True)

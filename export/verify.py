@@ -1,7 +1,20 @@
 """The accuracy gate: compare a variant's outputs with the original model's.
 
-Every check is measured and every failure collected, one line each with the
-measured value, and a variant that fails any check is rejected.
+What is compared is what the bundle's users act on, by score function
+(``service.manifest.score_function``):
+
+* softmax (single-label): the top-1 label, on every text and on every text whose
+  top-1/top-2 probability margin is at least ``confident_margin``;
+* sigmoid (multi-label, one logit): the yes/no decision of every output at the
+  bundle's threshold; texts agree when all their decisions do, and every decision
+  whose original probability lies at least ``confident_margin / 2`` from the
+  threshold (the margin a two-class softmax would have) must agree;
+* identity (regression): max |Δvalue| relative to the standard deviation of the
+  original's outputs on the validation set.
+
+fp32 variants must match the logits themselves. Every check is measured and
+every failure collected, one line each with the measured value, and a variant
+that fails any check is rejected.
 """
 
 from __future__ import annotations
@@ -11,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from export.variants import INT8_VARIANTS
-from service.classifier import probabilities
+from service.manifest import DEFAULT_THRESHOLD, IDENTITY, SIGMOID, score_function
+from service.scoring import decisions, probabilities
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,7 @@ class Thresholds:
     int8_min_agreement: float = 0.99
     int8_confident_margin: float = 0.1
     int8_max_prob_diff: float = 0.05
+    int8_max_value_diff: float = 0.05
 
 
 @dataclass
@@ -34,6 +49,10 @@ class VariantReport:
     failures: list[str] = field(default_factory=list)
     size_bytes: int = 0
     kept_fp32: list[str] = field(default_factory=list)
+    # "top-1", "decisions@THRESHOLD" or "value/std": what agreement and max_prob_diff measure.
+    measure: str = "top-1"
+    # Regression only: max |Δvalue| / std of the original's outputs (max_prob_diff holds the same).
+    max_value_diff: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -56,12 +75,33 @@ def compare(
     candidate: np.ndarray,
     problem_type: str,
     thresholds: Thresholds = Thresholds(),
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> VariantReport:
+    function = score_function(problem_type, reference.shape[1])
+    if function == IDENTITY:
+        report = _compare_values(variant, reference, candidate)
+    elif function == SIGMOID:
+        report = _compare_decisions(variant, reference, candidate, problem_type, thresholds, threshold)
+    else:
+        report = _compare_top1(variant, reference, candidate, problem_type, thresholds)
+    if variant in INT8_VARIANTS:
+        report.failures.extend(_int8_failures(report, thresholds, threshold))
+    elif report.max_logit_diff > thresholds.fp32_max_logit_diff:
+        report.failures.append(
+            f"max |logit difference| {report.max_logit_diff:.2e} > {thresholds.fp32_max_logit_diff:.0e}"
+        )
+    return report
+
+
+def _compare_top1(
+    variant: str, reference: np.ndarray, candidate: np.ndarray, problem_type: str, thresholds: Thresholds
 ) -> VariantReport:
     ref_probs = probabilities(reference.astype(np.float64), problem_type)
     cand_probs = probabilities(candidate.astype(np.float64), problem_type)
     agree = ref_probs.argmax(axis=1) == cand_probs.argmax(axis=1)
     confident = top1_margin(ref_probs) >= thresholds.int8_confident_margin
-    report = VariantReport(
+    return VariantReport(
         variant=variant,
         texts=len(reference),
         max_logit_diff=float(np.abs(candidate - reference).max()),
@@ -70,22 +110,75 @@ def compare(
         confident_texts=int(confident.sum()),
         confident_agreement=float(agree[confident].mean()) if confident.any() else 1.0,
     )
-    if variant in INT8_VARIANTS:
-        if report.agreement < thresholds.int8_min_agreement:
-            report.failures.append(
-                f"top-1 agreement {report.agreement:.2%} < {thresholds.int8_min_agreement:.2%}"
+
+
+def _compare_decisions(
+    variant: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    problem_type: str,
+    thresholds: Thresholds,
+    threshold: float,
+) -> VariantReport:
+    ref_probs = probabilities(reference.astype(np.float64), problem_type)
+    cand_probs = probabilities(candidate.astype(np.float64), problem_type)
+    same = decisions(ref_probs, threshold) == decisions(cand_probs, threshold)
+    confident = np.abs(ref_probs - threshold) >= thresholds.int8_confident_margin / 2
+    return VariantReport(
+        variant=variant,
+        texts=len(reference),
+        max_logit_diff=float(np.abs(candidate - reference).max()),
+        max_prob_diff=float(np.abs(cand_probs - ref_probs).max()),
+        agreement=float(same.all(axis=1).mean()),
+        confident_texts=int(confident.sum()),
+        confident_agreement=float(same[confident].mean()) if confident.any() else 1.0,
+        measure=f"decisions@{threshold:g}",
+    )
+
+
+def _compare_values(variant: str, reference: np.ndarray, candidate: np.ndarray) -> VariantReport:
+    difference = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    # A constant output (std 0) leaves nothing to scale by: any difference then counts in full.
+    spread = reference.astype(np.float64).std(axis=0)
+    relative = float((difference / np.where(spread > 0, spread, 1.0)).max())
+    return VariantReport(
+        variant=variant,
+        texts=len(reference),
+        max_logit_diff=float(difference.max()),
+        max_prob_diff=relative,
+        agreement=1.0,
+        confident_texts=0,
+        confident_agreement=1.0,
+        measure="value/std",
+        max_value_diff=relative,
+    )
+
+
+def _int8_failures(report: VariantReport, thresholds: Thresholds, threshold: float) -> list[str]:
+    if report.max_value_diff is not None:
+        if report.max_value_diff > thresholds.int8_max_value_diff:
+            return [
+                f"max |value difference| is {report.max_value_diff:.4f} of the outputs' standard deviation "
+                f"> {thresholds.int8_max_value_diff}"
+            ]
+        return []
+    failures = []
+    decided = report.measure != "top-1"
+    what = f"decision agreement at threshold {threshold:g}" if decided else "top-1 agreement"
+    if report.agreement < thresholds.int8_min_agreement:
+        failures.append(f"{what} {report.agreement:.2%} < {thresholds.int8_min_agreement:.2%}")
+    if report.confident_agreement < 1.0:
+        flipped = round((1.0 - report.confident_agreement) * report.confident_texts)
+        if decided:
+            failures.append(
+                f"{flipped} of {report.confident_texts} decisions at least "
+                f"{thresholds.int8_confident_margin / 2:g} from the threshold changed"
             )
-        if report.confident_agreement < 1.0:
-            flipped = int((~agree & confident).sum())
-            report.failures.append(
-                f"{flipped} of {report.confident_texts} texts with margin >= {thresholds.int8_confident_margin} changed label"
+        else:
+            failures.append(
+                f"{flipped} of {report.confident_texts} texts with margin >= {thresholds.int8_confident_margin} "
+                "changed label"
             )
-        if report.max_prob_diff > thresholds.int8_max_prob_diff:
-            report.failures.append(
-                f"max |probability difference| {report.max_prob_diff:.4f} > {thresholds.int8_max_prob_diff}"
-            )
-    elif report.max_logit_diff > thresholds.fp32_max_logit_diff:
-        report.failures.append(
-            f"max |logit difference| {report.max_logit_diff:.2e} > {thresholds.fp32_max_logit_diff:.0e}"
-        )
-    return report
+    if report.max_prob_diff > thresholds.int8_max_prob_diff:
+        failures.append(f"max |probability difference| {report.max_prob_diff:.4f} > {thresholds.int8_max_prob_diff}")
+    return failures

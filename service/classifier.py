@@ -1,7 +1,10 @@
 """Tokenize texts and run the bundle's ONNX graph: the model behind the service.
 
-Knows nothing about HTTP. The export stage uses it too, so verification runs the
-exact code path that serves traffic.
+An input is a text (``str``) for a ``task: text`` bundle, or a pair of texts
+(``tuple[str, str]``) for a ``task: pair`` bundle; pairs go through the
+tokenizer's own pair template, type ids included. Knows nothing about HTTP. The
+export stage uses it too, so verification runs the exact code path that serves
+traffic.
 """
 
 from __future__ import annotations
@@ -10,29 +13,26 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
+from service.scoring import probabilities, sigmoid, softmax
+
+__all__ = ["EmptyInput", "Encoded", "InputKindError", "OnnxClassifier", "TextInput", "probabilities", "sigmoid", "softmax"]
+
+TextInput = Union[str, tuple[str, str]]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+class InputKindError(ValueError):
+    """A single text given to a pair model, or a pair given to a text model."""
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
-    if problem_type == "multi_label_classification":
-        return sigmoid(logits)
-    return softmax(logits)
+class EmptyInput(ValueError):
+    """An input that tokenizes to no tokens at all (a decoder model without BOS given "")."""
 
 
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
@@ -61,13 +61,6 @@ class Encoded:
     @property
     def length(self) -> int:
         return len(self.encoding.ids)
-
-
-TextOrPair = str | tuple[str, str]
-
-
-def _as_args(item: TextOrPair) -> tuple[str, ...]:
-    return (item,) if isinstance(item, str) else item
 
 
 class OnnxClassifier:
@@ -105,10 +98,18 @@ class OnnxClassifier:
     def max_length(self) -> int:
         return self.manifest.max_length
 
-    def _prepare(self, items: Sequence[TextOrPair]) -> list[TextOrPair]:
+    def _prepare(self, inputs: Sequence[TextInput]) -> list[TextInput]:
+        pair = self.manifest.is_pair
+        for index, item in enumerate(inputs):
+            if pair and not _is_pair(item):
+                raise InputKindError(f"input {index}: this model classifies text pairs; each input must be two texts")
+            if not pair and not isinstance(item, str):
+                raise InputKindError(f"input {index}: this model classifies single texts, not pairs")
         if not self.manifest.strip_whitespace:
-            return list(items)
-        return [item.strip() if isinstance(item, str) else (item[0].strip(), item[1].strip()) for item in items]
+            return [tuple(item) if pair else item for item in inputs]
+        if pair:
+            return [(item[0].strip(), item[1].strip()) for item in inputs]
+        return [item.strip() for item in inputs]  # type: ignore[union-attr]
 
     def _truncating(self, direction: str) -> Tokenizer:
         if direction == "right":
@@ -119,20 +120,28 @@ class OnnxClassifier:
         return self._left
 
     def encode(
-        self, items: Sequence[TextOrPair], *, count_full: bool = False, direction: str = "right"
+        self, texts: Sequence[TextInput], *, count_full: bool = False, direction: str = "right"
     ) -> list[Encoded]:
-        """Tokenize texts or (text, text_pair) pairs and truncate them at ``direction``'s end.
-        ``count_full`` also counts the tokens of inputs that were cut (a second,
-        untruncated pass, paid only by those inputs)."""
-        prepared = self._prepare(items)
+        """Tokenize and truncate at ``direction``'s end (a pair: longest-first, as
+        transformers' ``truncation=True``). ``count_full`` also counts the tokens of
+        inputs that were cut (a second, untruncated pass, paid only by those inputs).
+        Raises InputKindError when an input is not of the bundle's ``task``."""
+        prepared = self._prepare(texts)
         encodings = self._truncating(direction).encode_batch(prepared, add_special_tokens=True)
         results = []
-        for item, encoding in zip(prepared, encodings):
+        for index, (item, encoding) in enumerate(zip(prepared, encodings)):
+            if not encoding.ids:
+                raise EmptyInput(f"input {index} has no tokens for this model; send a non-empty text")
             full: int | None = len(encoding.ids)
             if encoding.overflowing:
-                full = len(self._counter.encode(*_as_args(item)).ids) if count_full else None
+                full = len(self._count(item)) if count_full else None
             results.append(Encoded(encoding, full))
         return results
+
+    def _count(self, item: TextInput) -> list[int]:
+        if isinstance(item, tuple):
+            return self._counter.encode(item[0], item[1]).ids
+        return self._counter.encode(item).ids
 
     def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
         """Untruncated tokens with UTF-8 byte offsets into each text (TEI's ``/tokenize``)."""
@@ -169,7 +178,7 @@ class OnnxClassifier:
         (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names})
         return logits.astype(np.float32, copy=False)
 
-    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def logits(self, texts: Sequence[TextInput], batch_size: int = 32) -> np.ndarray:
         encoded = self.encode(texts)
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
         out = np.empty((len(encoded), len(self.manifest.id2label)), dtype=np.float32)
@@ -177,6 +186,15 @@ class OnnxClassifier:
             chunk = order[start : start + batch_size]
             out[chunk] = self.run([encoded[i] for i in chunk])
         return out
+
+
+def _is_pair(item: object) -> bool:
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
+    )
 
 
 def _pad_id(tokenizer: Tokenizer) -> int:

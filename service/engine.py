@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from service.batcher import MicroBatcher
-from service.classifier import OnnxClassifier, TextOrPair, probabilities
+from service.classifier import EmptyInput, Encoded, InputKindError, OnnxClassifier, TextInput, probabilities
 from service.cache import LogitsCache
-from service.failures import InputTooLong, NotLoaded
+from service.failures import InputTooLong, InvalidInput, NotLoaded
 from service.manifest import MODEL_FILE, Manifest
 from service.metrics import Metrics
 from service.settings import Settings
@@ -30,8 +30,15 @@ WARMUP_TEXTS = ("warm up", "warm up with a somewhat longer text " * 8)
 INLINE_TOKENIZE_CHARS = 1024
 
 
-def _chars(item: TextOrPair) -> int:
+def _chars(item: TextInput) -> int:
     return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+
+
+def _encode(classifier: OnnxClassifier, items: Sequence[TextInput], **options: Any) -> list[Encoded]:
+    try:
+        return classifier.encode(items, **options)
+    except (InputKindError, EmptyInput) as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -58,12 +65,12 @@ class Engine:
 
     @property
     def takes_pairs(self) -> bool:
-        return self.manifest.task == "pair"
+        return self.manifest.is_pair
 
     @property
     def is_reranker(self) -> bool:
         """A text-pair model with one output, as text-embeddings-inference defines a reranker."""
-        return self.takes_pairs and len(self.manifest.id2label) == 1
+        return self.manifest.can_rerank
 
     @property
     def ready(self) -> bool:
@@ -102,7 +109,8 @@ class Engine:
             intra_op_threads=self.settings.intra_op_threads,
             inter_op_threads=self.settings.inter_op_threads,
         )
-        encoded = classifier.encode(list(WARMUP_TEXTS))
+        warmup = [(text, text) for text in WARMUP_TEXTS] if self.manifest.is_pair else list(WARMUP_TEXTS)
+        encoded = classifier.encode(warmup)
         for size in (1, 8):  # first runs allocate arenas; do it before taking traffic
             classifier.run([encoded[i % len(encoded)] for i in range(size)])
         return classifier
@@ -117,7 +125,7 @@ class Engine:
         return self.classifier
 
     async def classify(
-        self, texts: Sequence[TextOrPair], *, truncate: bool, direction: str = "right"
+        self, texts: Sequence[TextInput], *, truncate: bool, direction: str = "right"
     ) -> Classified:
         """Logits for texts or (text, text_pair) pairs: admitted (or refused) before any work, then batched."""
         batcher, classifier = self.batcher, self.classifier
@@ -132,7 +140,7 @@ class Engine:
             with batcher.admit(len(missing)) as admission:
                 started = time.perf_counter()
                 todo = [texts[i] for i in missing]
-                encode = partial(classifier.encode, todo, count_full=not truncate, direction=direction)
+                encode = partial(_encode, classifier, todo, count_full=not truncate, direction=direction)
                 if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
                     encoded = encode()  # cheaper than a hop to a thread (~30 us against ~0.5 ms for a short query)
                 else:
@@ -155,11 +163,11 @@ class Engine:
         self.metrics.inputs.inc(len(texts))
         return Classified(np.stack(cached), tokenize_seconds, queue, inference)
 
-    def _key(self, item: TextOrPair, truncate: bool, direction: str) -> tuple:
+    def _key(self, item: TextInput, truncate: bool, direction: str) -> tuple:
         # Whatever changes the logits: the model, the exact input, and how it is cut.
         return (self._model_hash, item, truncate, direction)
 
-    def _cached(self, texts: Sequence[TextOrPair], truncate: bool, direction: str) -> list[np.ndarray | None]:
+    def _cached(self, texts: Sequence[TextInput], truncate: bool, direction: str) -> list[np.ndarray | None]:
         if self.cache is None:
             return [None] * len(texts)
         found = [self.cache.get(self._key(text, truncate, direction)) for text in texts]

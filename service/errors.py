@@ -127,7 +127,7 @@ def from_failure(failure: failures.EngineFailure) -> ServiceError:
     """The HTTP error for a refusal of the engine or batcher."""
     if isinstance(failure, failures.QueueFull):
         return Overloaded(failure.message, headers={"Retry-After": "1"})
-    if isinstance(failure, failures.InputTooLong):
+    if isinstance(failure, (failures.InputTooLong, failures.InvalidInput)):
         return ValidationFailed(failure.message)
     if isinstance(failure, failures.ShuttingDown):
         return Unavailable(failure.message)

@@ -3,6 +3,7 @@
 EngineFailure
 ├── QueueFull        admitted inputs would exceed the queue bound
 ├── InputTooLong     a text over the max length with truncation off
+├── InvalidInput     an input the model cannot take (a single text to a pair model, no tokens)
 ├── NotLoaded        the model is loading or failed to load
 └── ShuttingDown     the process is draining
 
@@ -33,6 +34,10 @@ class InputTooLong(EngineFailure):
             f"input {index} has {tokens} tokens, more than the model's limit of {limit}; "
             "send shorter text or set truncate to true"
         )
+
+
+class InvalidInput(EngineFailure):
+    pass
 
 
 class NotLoaded(EngineFailure):

@@ -30,13 +30,18 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def parse_json(request: Request, model: type[Model], limit: int, context: Mapping[str, Any]) -> Model:
+async def json_body(request: Request, limit: int) -> bytes:
+    """The raw body of a JSON request, refused for any other content type or over ``limit`` bytes."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType(
             f"content type {media_type or 'missing'!r} is not supported; send application/json"
         )
-    return parse(model, await read_body(request, limit), context)
+    return await read_body(request, limit)
+
+
+async def parse_json(request: Request, model: type[Model], limit: int, context: Mapping[str, Any]) -> Model:
+    return parse(model, await json_body(request, limit), context)
 
 
 def parse(model: type[Model], body: bytes, context: Mapping[str, Any] | None = None) -> Model:

@@ -19,10 +19,12 @@ from service.classifier import sigmoid, softmax
 from service.endpoints import Endpoint
 from service.engine import Classified, Engine
 from service.errors import EmptyInput, NotReady, ValidationFailed
-from service.http import parse_json, unless_disconnected
+from service.http import json_body, parse, parse_json, unless_disconnected
 from service.metrics import CONTENT_TYPE
-from service.schemas import DecodeRequest, PredictRequest, RerankRequest, TokenizeRequest
-from service.wire import Info, Prediction, RerankResult, Status, Token
+from service.schemas import DecodeRequest, PredictRequest, RerankRequest, TokenizeRequest, ZeroShotRequest
+from service.manifest import ZeroShotIds
+from service.scoring import zero_shot_scores
+from service.wire import Info, Prediction, RerankResult, Status, Token, ZeroShotResult
 
 _FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "softmax": softmax, "sigmoid": sigmoid, "none": lambda logits: logits,
@@ -54,9 +56,13 @@ def _ranked(labels: Sequence[str], scores: np.ndarray, top_k: int | None) -> lis
 
 
 async def predict(request: Request) -> Response:
+    return await _predict(request, await json_body(request, engine_of(request).settings.max_body_bytes))
+
+
+async def _predict(request: Request, raw: bytes) -> Response:
     started = time.perf_counter()
     engine = engine_of(request)
-    body = await parse_json(request, PredictRequest, engine.settings.max_body_bytes, context(engine))
+    body = parse(PredictRequest, raw, context(engine))
     result = await unless_disconnected(
         request, engine.classify(body.items, truncate=body.should_truncate, direction=body.direction))
     function = body.parameters.function_to_apply if body.parameters else None
@@ -71,11 +77,16 @@ async def predict(request: Request) -> Response:
 
 
 async def rerank(request: Request) -> Response:
-    started = time.perf_counter()
     engine = engine_of(request)
     if not engine.is_reranker:
         raise ValidationFailed("this model is not a reranker: /rerank needs a text-pair model with one output")
-    body = await parse_json(request, RerankRequest, engine.settings.max_body_bytes, context(engine))
+    return await _rerank(request, await json_body(request, engine.settings.max_body_bytes))
+
+
+async def _rerank(request: Request, raw: bytes) -> Response:
+    started = time.perf_counter()
+    engine = engine_of(request)
+    body = parse(RerankRequest, raw, context(engine))
     if not body.texts:
         raise EmptyInput("`texts` cannot be empty")
     pairs = [(body.query, text) for text in body.texts]
@@ -92,9 +103,44 @@ async def rerank(request: Request) -> Response:
     return JSONResponse(ranked, headers=timing_headers(result, started))
 
 
+def _zero_shot_ids(engine: Engine) -> ZeroShotIds:
+    ids = engine.manifest.zero_shot
+    if ids is None:
+        raise ValidationFailed("this model cannot classify zero-shot: that needs a text-pair NLI model with "
+                               "entailment and contradiction labels")
+    return ids
+
+
+async def zero_shot(request: Request) -> Response:
+    engine = engine_of(request)
+    _zero_shot_ids(engine)
+    return await _zero_shot(request, await json_body(request, engine.settings.max_body_bytes))
+
+
+async def _zero_shot(request: Request, raw: bytes) -> Response:
+    started = time.perf_counter()
+    engine = engine_of(request)
+    ids = _zero_shot_ids(engine)
+    body = parse(ZeroShotRequest, raw, context(engine))
+    # The pairs of one request (text, hypothesis for each label) go through the batcher together.
+    result = await unless_disconnected(request, engine.classify(body.pairs, truncate=body.truncate is not False))
+    scores = zero_shot_scores(result.logits[np.newaxis], ids, multi_label=body.parameters.multi_label)[0]
+    order = np.argsort(-scores, kind="stable")
+    labels = body.parameters.candidate_labels
+    return JSONResponse({"sequence": body.inputs, "labels": [labels[i] for i in order],
+                         "scores": [float(scores[i]) for i in order]}, headers=timing_headers(result, started))
+
+
 async def root(request: Request) -> Response:
-    """TEI serves the model's task at ``POST /``: rerank for a reranker, predict otherwise."""
-    return await (rerank(request) if engine_of(request).is_reranker else predict(request))
+    """The model's task at ``POST /``, as TEI and Hugging Face's inference API serve it: rerank
+    for a reranker, zero-shot for an NLI model asked with ``candidate_labels``, else predict."""
+    engine = engine_of(request)
+    raw = await json_body(request, engine.settings.max_body_bytes)
+    if engine.is_reranker:
+        return await _rerank(request, raw)
+    if engine.manifest.zero_shot is not None and ZeroShotRequest.is_one(raw):
+        return await _zero_shot(request, raw)
+    return await _predict(request, raw)
 
 
 async def tokenize(request: Request) -> Response:
@@ -195,6 +241,11 @@ ENDPOINTS = [
              "For reranker bundles: each (query, text) pair is scored (sigmoid of the logit unless raw_scores); "
              "the answer is sorted by score.",
              request=RerankRequest, response=list[RerankResult], errors=_INPUT_ERRORS, dialect="tei", tag="tei"),
+    Endpoint("/zero-shot", "POST", zero_shot, "Zero-shot classification with an NLI model",
+             "Hugging Face's zero-shot-classification: each candidate label is put into the hypothesis template and "
+             "scored as a (text, hypothesis) pair; the candidates of one request are batched together. Scores sum "
+             "to 1 across labels unless multi_label.",
+             request=ZeroShotRequest, response=ZeroShotResult, errors=_INPUT_ERRORS, dialect="tei", tag="tei"),
     Endpoint("/tokenize", "POST", tokenize, "Tokenize texts (text-embeddings-inference compatible)",
              "Untruncated tokens of each text, with UTF-8 byte offsets; always a list per input.",
              request=TokenizeRequest, response=list[list[Token]], errors=(400, 401, 413, 415, 422, 503),

@@ -133,6 +133,60 @@ def check_kinds(items: list[TextOrPair], pairs: bool) -> None:
             raise ValueError(f"this model classifies single texts, but input {index} is a text pair")
 
 
+class ZeroShotParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    candidate_labels: Annotated[list[StrictStr], Field(min_length=1)]
+    hypothesis_template: StrictStr = Field(
+        "This example is {}.", description="the hypothesis each label is put into; must contain {}")
+    multi_label: StrictBool = Field(False, description="score each label on its own instead of across labels")
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _count(cls, labels: list[str], info: ValidationInfo) -> list[str]:
+        _within_limit(len(labels), info)
+        return labels
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _has_slot(cls, template: str) -> str:
+        if "{}" not in template:
+            raise ValueError("must contain {} where the label goes, as in 'This example is {}.'")
+        return template
+
+
+class _PeekParameters(BaseModel):
+    candidate_labels: Any = None
+
+
+class _ZeroShotPeek(BaseModel):
+    parameters: _PeekParameters | None = None
+
+
+class ZeroShotRequest(BaseModel):
+    """Hugging Face's zero-shot-classification body (what ``InferenceClient.zero_shot_classification`` sends)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: StrictStr
+    parameters: ZeroShotParameters
+    truncate: StrictBool | None = None
+
+    @staticmethod
+    def is_one(raw: bytes) -> bool:
+        """Whether a body asks for zero-shot classification (``POST /`` serves both tasks)."""
+        try:
+            peek = _ZeroShotPeek.model_validate_json(raw)
+        except ValidationError:
+            return False
+        return peek.parameters is not None and peek.parameters.candidate_labels is not None
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        template = self.parameters.hypothesis_template
+        return [(self.inputs, template.replace("{}", label, 1)) for label in self.parameters.candidate_labels]
+
+
 class RerankRequest(BaseModel):
     """Text-embeddings-inference's ``/rerank``."""
 

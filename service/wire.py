@@ -23,6 +23,14 @@ class RerankResult(BaseModel):
     score: float
 
 
+class ZeroShotResult(BaseModel):
+    """The zero-shot-classification pipeline's answer: labels sorted by score."""
+
+    sequence: str
+    labels: list[str]
+    scores: list[float]
+
+
 class Token(BaseModel):
     id: int
     text: str = Field(description="the input's own characters for this token, or the special token itself")

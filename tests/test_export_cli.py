@@ -41,10 +41,11 @@ def broken(tiny_checkpoint, tmp_path_factory):
     config.architectures = ["BertModel"]
     config.save_pretrained(body_only)
 
-    gpt2 = root / "gpt2"
-    transformers.GPT2ForSequenceClassification(
-        transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32)
-    ).save_pretrained(gpt2)
+    opt = root / "opt"
+    transformers.OPTForSequenceClassification(
+        transformers.OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                               num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16)
+    ).save_pretrained(opt)
 
     corrupt = root / "corrupt"
     shutil.copytree(good, corrupt)
@@ -60,7 +61,7 @@ def broken(tiny_checkpoint, tmp_path_factory):
 
     body = tiny_models.build_sentence_body(root / "st")
     narrow_head = tiny_models.train_head(root / "narrow.joblib", width=16, classes=["a", "b"])
-    return {"body-only": body_only, "gpt2": gpt2, "corrupt": corrupt, "no-weights": no_weights,
+    return {"body-only": body_only, "opt": opt, "corrupt": corrupt, "no-weights": no_weights,
             "not-hf": not_hf, "st": body, "narrow": narrow_head}
 
 
@@ -77,9 +78,10 @@ def broken(tiny_checkpoint, tmp_path_factory):
         pytest.param(lambda b, t: ["--model", str(b["st"])], ExitCode.NOT_A_CLASSIFIER,
                      "error: {model} is a sentence-transformers body without a classification head; "
                      "pass --head HEAD.joblib (a scikit-learn linear model)", id="body-without-head"),
-        pytest.param(lambda b, t: ["--model", str(b["gpt2"])], ExitCode.UNSUPPORTED_ARCHITECTURE,
-                     "error: model type 'gpt2' is not supported; supported: albert, bert, deberta-v2, "
-                     "distilbert, electra, mpnet, roberta, xlm-roberta", id="unsupported-architecture"),
+        pytest.param(lambda b, t: ["--model", str(b["opt"])], ExitCode.UNSUPPORTED_ARCHITECTURE,
+                     "error: model type 'opt' is not supported; supported: albert, bert, deberta-v2, "
+                     "distilbert, electra, gemma, gpt2, llama, mistral, modernbert, mpnet, qwen2, qwen3, roberta, "
+                     "xlm-roberta", id="unsupported-architecture"),
         pytest.param(lambda b, t: ["--model", str(b["corrupt"])], ExitCode.CORRUPT_WEIGHTS,
                      "error: weights of {model} are", id="corrupt-weights"),
         pytest.param(lambda b, t: ["--model", str(b["no-weights"])], ExitCode.CORRUPT_WEIGHTS,
@@ -136,7 +138,7 @@ def test_empty_validation_file(tiny_checkpoint, tmp_path, capsys, content):
     code, _, err = run(["--model", str(tiny_checkpoint("bert")), "--out", str(tmp_path / "b"),
                         "--validation-file", str(texts)], capsys)
     assert code == ExitCode.BAD_VALIDATION_FILE
-    assert last_line(err) == f"error: validation file {texts} holds no texts (expected one text per line)"
+    assert last_line(err) == f"error: validation file {texts} holds no texts (expected one text, or one tab-separated pair, per line)"
 
 
 def test_user_validation_texts_are_used(tiny_checkpoint, tmp_path, capsys):
@@ -157,9 +159,9 @@ def test_gate_failure_prints_the_table_and_writes_nothing(tiny_checkpoint, tmp_p
     assert code == ExitCode.VERIFICATION_FAILED
     lines = err.strip().splitlines()
     assert lines[0] == "error: no requested variant passed verification:"
-    assert lines[1].split() == ["variant", "size", "MB", "agreement", "confident", "max", "|Δlogit|",
-                                "max", "|Δprob|", "batch1", "ms", "batch32", "ms", "result"]
-    assert lines[2].startswith("int8 ")
+    assert lines[1].split() == ["variant", "size", "MB", "measure", "agreement", "confident", "max", "|Δlogit|",
+                                "max", "|Δscore|", "batch1", "ms", "batch32", "ms", "result"]
+    assert lines[2].startswith("int8 ") and lines[2].split()[2] == "top-1"
     assert "FAILED: max |probability difference|" in lines[2] and lines[2].endswith("> 0.0")
     assert list(tmp_path.iterdir()) == []
 
@@ -208,7 +210,7 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path, capsys):
     code, _, err = run(["--model", "no-such-org/no-such-model", "--out", str(tmp_path / "b")], capsys)
     assert code == ExitCode.INPUT_NOT_FOUND
     assert last_line(err).startswith(
-        "error: no-such-org/no-such-model is neither a local path nor a reachable hub model (")
+        "error: no-such-org/no-such-model is neither a local path nor a reachable hub model: ")
     assert "Traceback" not in err
 
 

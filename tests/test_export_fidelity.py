@@ -75,3 +75,14 @@ def test_inputs_follow_the_architecture(tiny_bundle):
 
     assert read_manifest(tiny_bundle("distilbert")).input_names == ["input_ids", "attention_mask"]
     assert read_manifest(tiny_bundle("bert")).input_names == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def test_modernbert_passes_the_gate_in_every_variant(tiny_checkpoint, tmp_path, capsys):
+    from export.cli import main
+
+    out = tmp_path / "b"
+    assert main(["--model", str(tiny_checkpoint("modernbert")), "--out", str(out), "--quiet"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert [(row[0], "passed" in row) for row in rows] == [
+        ("fp32", True), ("fp32-optimized", True), ("int8", True), ("int8-selective", True)]
+    assert main(["verify", str(out)]) == 0

@@ -91,3 +91,71 @@ def test_multi_label_uses_sigmoid():
 def test_top1_margin():
     probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.45, 0.05]])
     assert top1_margin(probs) == pytest.approx([0.5, 0.05])
+
+
+ONE = "single_label_classification"
+REGRESSION = "regression"
+
+
+def test_one_logit_gate_is_on_decisions_not_a_trivial_softmax():
+    """Softmax over one logit is always 1.0: a gate on it could never fail."""
+    ref = np.array([[3.0], [-3.0], [0.05], [2.0]], dtype=np.float32)
+    cand = np.array([[-3.0], [-3.0], [-0.05], [2.0]], dtype=np.float32)
+    report = compare("int8", ref, cand, ONE)
+    assert report.measure == "decisions@0.5"
+    assert report.agreement == pytest.approx(0.5)
+    assert report.confident_texts == 3  # sigmoid(0.05) = 0.512 is within 0.05 of the threshold
+    assert report.failures == [
+        "decision agreement at threshold 0.5 50.00% < 99.00%",
+        "1 of 3 decisions at least 0.05 from the threshold changed",
+        "max |probability difference| 0.9051 > 0.05",
+    ]
+
+
+def test_multi_label_decision_set_must_not_change():
+    """One label of one text crossing the threshold, confidently: the label set changed."""
+    ref = np.tile(np.array([[3.0, -3.0, 0.0]], dtype=np.float32), (200, 1))
+    ref[:, 2] = -2.0
+    cand = ref.copy()
+    cand[7, 1] = 0.2  # sigmoid(-3) = 0.047 -> sigmoid(0.2) = 0.55: the label set of text 7 changed
+    report = compare("int8", ref, cand, MULTI)
+    assert report.agreement == pytest.approx(0.995)  # argmax agreement would be 100%
+    assert report.confident_texts == 600
+    assert "1 of 600 decisions at least 0.05 from the threshold changed" in report.failures
+
+
+def test_multi_label_near_threshold_flips_are_within_budget():
+    ref = np.tile(np.array([[3.0, -3.0]], dtype=np.float32), (200, 1))
+    ref[0, 1] = 0.01  # 0.5025: not confidently on either side
+    cand = ref.copy()
+    cand[0, 1] = -0.01
+    report = compare("int8", ref, cand, MULTI)
+    assert report.agreement == pytest.approx(0.995) and report.confident_agreement == 1.0
+    assert report.passed, report.failures
+
+
+def test_the_bundles_own_threshold_is_used():
+    ref = np.array([[0.8], [-3.0]], dtype=np.float32)  # sigmoid 0.69 and 0.047
+    cand = np.array([[0.5], [-3.0]], dtype=np.float32)  # sigmoid 0.62
+    assert compare("int8", ref, cand, ONE, Thresholds(int8_max_prob_diff=1)).passed
+    report = compare("int8", ref, cand, ONE, Thresholds(int8_max_prob_diff=1), threshold=0.65)
+    assert report.measure == "decisions@0.65"
+    assert report.failures == ["decision agreement at threshold 0.65 50.00% < 99.00%"]
+
+
+def test_regression_gate_is_relative_to_the_output_spread():
+    ref = np.array([[0.0], [1.0], [2.0], [3.0]], dtype=np.float32)  # std 1.118
+    cand = ref + np.array([[0.0], [0.0], [0.1], [0.0]], dtype=np.float32)
+    report = compare("int8", ref, cand, REGRESSION)
+    assert report.measure == "value/std"
+    assert report.max_value_diff == pytest.approx(0.1 / np.std([0, 1, 2, 3]), rel=1e-5)
+    assert report.failures == ["max |value difference| is 0.0894 of the outputs' standard deviation > 0.05"]
+    assert compare("int8", ref, cand, REGRESSION, Thresholds(int8_max_value_diff=0.1)).passed
+    # The same absolute error on outputs spread 100 times wider is negligible.
+    assert compare("int8", ref * 100, ref * 100 + (cand - ref), REGRESSION).passed
+
+
+def test_regression_fp32_is_still_on_raw_values():
+    ref = np.array([[0.0], [1.0]], dtype=np.float32)
+    report = compare("fp32", ref, ref + 2e-4, REGRESSION)
+    assert report.failures == ["max |logit difference| 2.00e-04 > 1e-04"]

@@ -27,6 +27,7 @@ FAMILIES = {
     "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", "unigram", ROBERTA_SPECIALS),
     "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", "unigram", BERT_SPECIALS),
     "albert": ("AlbertConfig", "AlbertForSequenceClassification", "unigram", BERT_SPECIALS),
+    "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification", "bpe", BERT_SPECIALS),
 }
 
 
@@ -58,13 +59,28 @@ def train_tokenizer(kind: str, specials: dict[str, str]) -> Tokenizer:
     return tokenizer
 
 
-def build(family: str, directory: Path, *, num_labels: int = 3, multi_label: bool = False, seed: int = 0) -> Path:
+def build(
+    family: str,
+    directory: Path,
+    *,
+    num_labels: int = 3,
+    multi_label: bool = False,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    problem_type: str | None = None,
+    **config_overrides: object,
+) -> Path:
+    """A tiny random checkpoint; ``labels`` names the classes, ``config_overrides`` go
+    to the config (``type_vocab_size=0`` makes a DeBERTa-v3 style model)."""
     import torch
     import transformers
     from transformers import PreTrainedTokenizerFast
 
     config_name, model_name, kind, specials = FAMILIES[family]
     tokenizer = train_tokenizer(kind, specials)
+    names = labels or [f"label_{i}" for i in range(num_labels)]
+    if problem_type is None:
+        problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         model_max_length=MAX_LENGTH,
@@ -78,12 +94,15 @@ def build(family: str, directory: Path, *, num_labels: int = 3, multi_label: boo
         intermediate_size=64,
         max_position_embeddings=64,
         pad_token_id=tokenizer.token_to_id(specials["pad"]),
-        num_labels=num_labels,
-        id2label={i: f"label_{i}" for i in range(num_labels)},
-        label2id={f"label_{i}": i for i in range(num_labels)},
-        problem_type="multi_label_classification" if multi_label else "single_label_classification",
-        # DistilBERT and ALBERT name their sizes differently.
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={name: i for i, name in enumerate(names)},
+        problem_type=problem_type,
+        # DistilBERT and ALBERT name their sizes differently; ModernBERT needs its special ids.
         dim=32, n_layers=2, n_heads=2, hidden_dim=64, embedding_size=16,
+        cls_token_id=tokenizer.token_to_id(specials["cls"]), sep_token_id=tokenizer.token_to_id(specials["sep"]),
+        bos_token_id=tokenizer.token_to_id(specials["cls"]), eos_token_id=tokenizer.token_to_id(specials["sep"]),
+        **config_overrides,
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()
@@ -125,3 +144,58 @@ def train_head(path: Path, *, width: int, classes: list[str], seed: int = 0) -> 
     labels = [classes[i % len(classes)] for i in range(60)]
     joblib.dump(LogisticRegression(max_iter=500).fit(features, labels), path)
     return path
+
+
+# family -> (config class, model class, bos, eos, pad, extra config): decoder-LLM classifiers.
+# Llama, Mistral and GPT-2 tokenizers ship without a pad token; Mistral gets a short
+# sliding window so that texts longer than it exercise the windowed mask.
+DECODERS = {
+    "qwen2": ("Qwen2Config", "Qwen2ForSequenceClassification", None, "<|endoftext|>", "<|endoftext|>", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForSequenceClassification", None, "<|im_end|>", "<|endoftext|>", {"head_dim": 8}),
+    "llama": ("LlamaConfig", "LlamaForSequenceClassification", "<s>", "</s>", None, {}),
+    "mistral": ("MistralConfig", "MistralForSequenceClassification", "<s>", "</s>", None, {"sliding_window": 6}),
+    "gemma": ("GemmaConfig", "GemmaForSequenceClassification", "<bos>", "<eos>", "<pad>", {"head_dim": 8}),
+    "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", None, "<|endoftext|>", None,
+             {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}),
+}
+
+
+def build_decoder(family: str, directory: Path, *, num_labels: int = 3, seed: int = 0) -> Path:
+    import torch
+    import transformers
+    from transformers import PreTrainedTokenizerFast
+
+    config_name, model_name, bos, eos, pad, extra = DECODERS[family]
+    specials = [t for t in dict.fromkeys([pad, bos, eos, "<|im_end|>"]) if t]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = __import__("tokenizers").decoders.ByteLevel()
+    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:  # Llama-style tokenizers put BOS in front of every text.
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    else:
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, model_max_length=MAX_LENGTH, bos_token=bos, eos_token=eos, pad_token=pad,
+        model_input_names=["input_ids", "attention_mask"],  # as every decoder tokenizer declares
+    )
+    ids = {name: tokenizer.token_to_id(token) if token else None for name, token in
+           (("bos", bos), ("eos", eos), ("pad", pad))}
+    config = getattr(transformers, config_name)(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=ids["bos"] if ids["bos"] is not None else ids["eos"], eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"], num_labels=num_labels,
+        id2label={i: f"label_{i}" for i in range(num_labels)}, label2id={f"label_{i}": i for i in range(num_labels)},
+        **extra,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    # Random heads give near-identical logits for every text; spread them as a trained head would.
+    with torch.no_grad():
+        model.score.weight.mul_(20.0)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
