@@ -293,7 +293,7 @@ def test_metrics(client):
 def test_openapi_lists_every_endpoint(client):
     spec = client.get("/openapi.json").json()
     assert sorted(spec["paths"]) == sorted([
-        "/", "/predict", "/rerank", "/tokenize", "/decode", "/info", "/health", "/live", "/metrics",
+        "/", "/predict", "/rerank", "/zero-shot", "/tokenize", "/decode", "/info", "/health", "/live", "/metrics",
         "/v2", "/v2/health/live", "/v2/health/ready",
         "/v2/models/{model_name}", "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}", "/v2/models/{model_name}/versions/{model_version}/ready",
