@@ -161,10 +161,14 @@ def test_real_clients_against_the_grpc_image(grpc_image, monkeypatch):
         text = np.array(["connect me to a human agent"], dtype=object)
         http = httpclient.InferenceServerClient(addresses["8000"])
         tensor = httpclient.InferInput("text", [1], "BYTES")
-        tensor.set_data_from_numpy(text)  # binary tensor data, the client's default
-        assert http.infer("classifier", [tensor]).as_numpy("label").tolist() == [b"connect_to_human"]
+        assert http.is_server_ready() and http.is_model_ready("classifier")
+        assert [i["name"] for i in http.get_model_metadata("classifier")["inputs"]] == ["text"]
+        for binary in (True, False):  # binary tensor data (the client's default) and JSON
+            tensor.set_data_from_numpy(text, binary_data=binary)
+            assert http.infer("classifier", [tensor]).as_numpy("label").tolist() == [b"connect_to_human"]
         grpc = grpcclient.InferenceServerClient(addresses["8001"])
         assert grpc.is_server_ready() and grpc.is_model_ready("classifier")
+        assert [i.name for i in grpc.get_model_metadata("classifier").inputs] == ["text"]
         tensor = grpcclient.InferInput("text", [1], "BYTES")
         tensor.set_data_from_numpy(text)
         assert grpc.infer("classifier", [tensor]).as_numpy("label").tolist() == [b"connect_to_human"]
