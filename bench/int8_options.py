@@ -18,7 +18,7 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from export import variants as V
-from export.convert import export_onnx
+from export.convert import export_onnx, graph_inputs
 from export.pipeline import _draft_manifest
 from export.sources import load_source
 from export.texts import builtin_texts
@@ -33,12 +33,13 @@ def main() -> None:
     source = load_source(args.model)
     texts = builtin_texts()
     reference = source.reference(texts)
-    draft = _draft_manifest(source)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         tokenizer = work / "tokenizer.json"
         source.tokenizer.save(str(tokenizer))
-        fused = V.optimize(export_onnx(source, work / "fp32.onnx"), work / "fused.onnx")
+        base = export_onnx(source, work / "fp32.onnx")
+        draft = _draft_manifest(source, graph_inputs(base))
+        fused = V.optimize(base, work / "fused.onnx")
 
         def report(label: str, path: Path) -> None:
             logits = OnnxClassifier(path, tokenizer, draft).logits(texts)
