@@ -56,9 +56,13 @@ def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort
     return options
 
 
-def _shrinking() -> ort.RunOptions:
+def run_options(*, shrink_arena: bool) -> ort.RunOptions:
     options = ort.RunOptions()
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    # A failed run raises, and the service logs that once with the request's id; ONNX
+    # Runtime's own stderr line would say it a second time, without the id.
+    options.log_severity_level = 4
+    if shrink_arena:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
 
 
@@ -106,7 +110,8 @@ class OnnxClassifier:
         # One long tokenization at a time: each holds every token of its texts until it is
         # cut (about 100 bytes a token), and encode_batch already spreads over the cores.
         self._exclusive = threading.Lock()
-        self._shrink = _shrinking()
+        self._run_options = run_options(shrink_arena=False)
+        self._shrinking_run_options = run_options(shrink_arena=True)
         self.pad_id = _pad_id(self.tokenizer)
         self.session = ort.InferenceSession(
             str(model_path),
@@ -210,7 +215,7 @@ class OnnxClassifier:
             mask[row, :n] = 1
             types[row, :n] = item.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        options = self._shrink if ids.size > SHRINK_ABOVE_TOKENS else None
+        options = self._shrinking_run_options if ids.size > SHRINK_ABOVE_TOKENS else self._run_options
         (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names}, options)
         return logits.astype(np.float32, copy=False)
 
