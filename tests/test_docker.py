@@ -7,6 +7,8 @@ RUN_DOCKER_TESTS=1, where a missing engine is a failure.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import shutil
@@ -70,9 +72,15 @@ def image(default_bundle):
 
 @pytest.fixture
 def container(image):
+    yield from _running(image)
+
+
+def _running(image: str, *options: str):
+    """(name, url) of the image running with ``options``, once healthy; removed afterwards."""
     port = free_port()
     name = f"classifier-test-{port}"
-    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8000", image)
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8000", *options,
+           image)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -116,6 +124,27 @@ def test_runs_as_non_root_and_sigterm_exits_cleanly(container):
     assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
     docker("stop", "-t", "30", name)
     assert docker("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"
+
+
+@pytest.fixture
+def limited_container(image):
+    """The image under the memory limit docker-compose.yml and deploy/k8s set: 1 GiB, no swap."""
+    yield from _running(image, "--memory", "1g", "--memory-swap", "1g")
+
+
+def test_worst_valid_mix_stays_under_half_the_memory_limit(limited_container):
+    """README "Memory": full queue of maximum requests, then bodies at MAX_BODY_BYTES; no OOM kill."""
+    from bench.memory import worst_mix
+
+    name, url = limited_container
+    statuses = asyncio.run(worst_mix(url, rounds=1)) + asyncio.run(worst_mix(url, rounds=1, fill_body=True))
+    state = json.loads(docker("inspect", name, "--format", "{{json .State}}").stdout)
+    assert state["Running"] and not state["OOMKilled"], state
+    assert set(statuses) <= {200, 429}, statuses
+    status = docker("exec", name, "cat", "/proc/1/status").stdout
+    peak_mib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    print(f"peak resident memory under the worst valid mix: {peak_mib:.0f} MiB")
+    assert peak_mib < 512
 
 
 def test_image_has_no_heavy_packages(image):
