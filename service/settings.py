@@ -76,7 +76,7 @@ HELP = {
     "latency of one large batch but contend with tokenization and the event loop",
     "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",
     "max_batch_tokens": "padded tokens per batch (batch size x longest input). Peak memory grows with it "
-    "(about 35 KiB a token for a MiniLM at 256 tokens: README, Memory); larger batches of long texts "
+    "(about 55 KiB a token for the default MiniLM at 256 tokens: README, Memory); larger batches of long texts "
     "gain little throughput on CPU and each one takes longer",
     "max_batch_size": "inputs per batch, whatever their length",
     "max_wait_ms": "how long the first queued input waits for others to join its batch. "
