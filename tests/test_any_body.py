@@ -187,3 +187,13 @@ def test_known_hostile_bodies(servers, body):
     for path in PATHS:
         for client in servers:
             check(client.post(path, content=body, headers={"content-type": "application/json"}), path)
+
+
+def test_v2_binary_request_with_a_lone_surrogate_id(servers):
+    """The id comes back in the answer: refused before any inference, not when the answer is written."""
+    head = b'{"id": "\xed\xa0\x80", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", ' \
+           b'"parameters": {"binary_data_size": 5}}]}'
+    response = servers[0].post(V2_INFER, content=head + b"\x01\x00\x00\x00a",
+                               headers={"inference-header-content-length": str(len(head))})
+    check(response, V2_INFER)
+    assert response.status_code == 400 and response.json()["error_type"] == "malformed_json"
