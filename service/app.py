@@ -18,7 +18,7 @@ from service import docs, openapi, routes, v2
 from service.endpoints import dialect_of, open_paths
 from service.endpoints import routes as route_table
 from service.engine import Engine
-from service.errors import InternalError, MethodNotAllowed, NotFound, ServiceError, from_failure
+from service.errors import MethodNotAllowed, NotFound, ServiceError, from_failure
 from service.failures import EngineFailure
 from service.manifest import Manifest, load_verified
 from service.metrics import Metrics
@@ -44,11 +44,6 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code == 404:
         return await _service_error(request, NotFound(f"no route {request.url.path}"))
     return JSONResponse({"error": str(exc.detail), "error_type": "http"}, status_code=exc.status_code)
-
-
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s", request.url.path, exc_info=exc)
-    return await _service_error(request, InternalError("internal error; see the server log"))
 
 
 def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlette:
@@ -87,7 +82,7 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
             ServiceError: _service_error,
             EngineFailure: _engine_failure,
             HTTPException: _http_error,
-            Exception: _unexpected,
+            # Any other exception is logged and answered by RequestContext (service.middleware).
         },
         lifespan=lifespan,
     )

@@ -144,7 +144,7 @@ class Engine:
                 if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
                     encoded = encode()  # cheaper than a hop to a thread (~30 us against ~0.5 ms for a short query)
                 else:
-                    encoded = await asyncio.to_thread(encode)
+                    encoded = await asyncio.to_thread(encode, exclusive=True)  # bounds tokenizer memory
                 tokenize_seconds = time.perf_counter() - started
                 if not truncate:
                     for index, item in zip(missing, encoded):

@@ -1,8 +1,16 @@
-"""One pure-ASGI layer around every request: request id, API keys, metrics, access log."""
+"""One pure-ASGI layer around every request: request id, API keys, metrics, access log.
+
+It is also where an unexpected exception ends: logged once, with its traceback and the
+request id, and answered with a 500 that carries ``x-request-id`` like every other
+response. Starlette's ServerErrorMiddleware, outside this layer, would answer without
+the header and re-raise, so that uvicorn logged the traceback again and dropped the
+connection. Every log line written while a request runs carries its id (``REQUEST_ID``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import logging
@@ -14,9 +22,13 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Unauthorized, Unavailable
+from service.endpoints import dialect_of
+from service.errors import InternalError, Unauthorized, Unavailable
 
 access_log = logging.getLogger("service.access")
+log = logging.getLogger("service.app")
+# The id of the request being served, for every log line written on its behalf.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _VALID_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
 
 
@@ -37,6 +49,7 @@ class RequestContext:
         request_id = sent if _VALID_REQUEST_ID.match(sent) else uuid.uuid4().hex
         status = 500
         responding = False
+        context = REQUEST_ID.set(request_id)
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, responding
@@ -57,6 +70,11 @@ class RequestContext:
             if responding:  # too late for a status; uvicorn closes the connection
                 raise
             await _send_error(Unavailable("the server is shutting down; retry the request"), send_with_headers)
+        except Exception as exc:
+            log.error("unhandled error on %s", scope["path"], exc_info=exc)
+            if not responding:  # otherwise uvicorn closes the connection on the unfinished response
+                await _send_error(InternalError("internal error; see the server log"), send_with_headers,
+                                  dialect_of(scope))
         finally:
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)
@@ -67,6 +85,7 @@ class RequestContext:
                 extra={"fields": {"request_id": request_id, "method": scope["method"], "path": scope["path"],
                                   "status": status, "duration_ms": round(elapsed * 1000, 3)}},
             )
+            REQUEST_ID.reset(context)
 
     def _authorized(self, path: str, headers: Headers) -> bool:
         if not self.api_keys or path in self.open_paths or path.startswith("/docs/"):
@@ -91,8 +110,8 @@ def _endpoint(scope: Scope) -> str:
     return getattr(route, "path", "unmatched")
 
 
-async def _send_error(error: Any, send: Send) -> None:
-    body = json.dumps(error.body()).encode()
+async def _send_error(error: Any, send: Send, dialect: str = "service") -> None:
+    body = json.dumps(error.body(dialect)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -110,6 +129,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **getattr(record, "fields", {}),
         }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            entry.setdefault("request_id", request_id)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -237,12 +237,16 @@ class TokenizeRequest(BaseModel):
         return [self.inputs] if isinstance(self.inputs, str) else self.inputs
 
 
+# Token ids are unsigned 32-bit numbers in tokenizers (and in TEI's API); a larger one is the client's error.
+TokenId = Annotated[int, Field(ge=0, lt=2**32)]
+
+
 class DecodeRequest(BaseModel):
     """Text-embeddings-inference's ``/decode``."""
 
     model_config = ConfigDict(extra="ignore")
 
-    ids: list[Annotated[int, Field(ge=0)]] | Annotated[list[list[Annotated[int, Field(ge=0)]]], Field(min_length=1)]
+    ids: list[TokenId] | Annotated[list[list[TokenId]], Field(min_length=1)]
     skip_special_tokens: StrictBool = True
 
     @field_validator("ids")

@@ -25,14 +25,14 @@ class Settings:
     model_name: str = "classifier"
     intra_op_threads: int = 0
     inter_op_threads: int = 1
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 4096
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
     max_queue_size: int = 1024
     cache_size: int = 0
     cache_bytes: int = 64 * 1024 * 1024
     max_inputs: int = 64
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = 524_288
     api_keys: tuple[str, ...] = ()
     cors_allow_origins: tuple[str, ...] = ()
     drain_timeout: float = 20.0
@@ -75,8 +75,9 @@ HELP = {
     "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and cgroup quota). More threads cut the "
     "latency of one large batch but contend with tokenization and the event loop",
     "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",
-    "max_batch_tokens": "padded tokens per batch (batch size x longest input). Larger batches raise "
-    "throughput under load but each one takes longer",
+    "max_batch_tokens": "padded tokens per batch (batch size x longest input). Peak memory grows with it "
+    "(about 55 KiB a token for the default MiniLM at 256 tokens: README, Memory); larger batches of long texts "
+    "gain little throughput on CPU and each one takes longer",
     "max_batch_size": "inputs per batch, whatever their length",
     "max_wait_ms": "how long the first queued input waits for others to join its batch. "
     "Higher values batch more under load and add that much latency when idle",
@@ -86,7 +87,9 @@ HELP = {
     "texts then skip the queue and the model, at the cost of memory",
     "cache_bytes": "byte bound of the response cache (texts and logits)",
     "max_inputs": "inputs per request",
-    "max_body_bytes": "request body limit, counted as the body streams in",
+    "max_body_bytes": "request body limit, counted as the body streams in. Every connection may hold about "
+    "twice this (the bytes and the parsed texts), so MAX_CONNECTIONS x 2 x MAX_BODY_BYTES bounds the memory of "
+    "bodies in flight",
     "api_keys": "comma-separated bearer keys; empty disables authentication. Health, metrics and docs stay open",
     "cors_allow_origins": "comma-separated origins allowed by CORS; empty disables CORS",
     "drain_timeout": "seconds to finish in-flight requests after SIGTERM before exiting; requests still running "

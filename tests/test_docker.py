@@ -7,6 +7,9 @@ RUN_DOCKER_TESTS=1, where a missing engine is a failure.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -78,12 +81,13 @@ def grpc_image(default_bundle):
     docker("rmi", "-f", tag, check=False)
 
 
-def run_container(image: str, *publish: str):
-    """A started container of ``image``, healthy, with its published ports as {container port: host:port}."""
+def run_container(image: str, *publish: str, options: tuple[str, ...] = ()):
+    """A started container of ``image`` (extra ``docker run`` options), healthy, with its
+    published ports as {container port: host:port}."""
     ports = {inner: free_port() for inner in ("8000", *publish)}
     name = f"classifier-test-{ports['8000']}"
     mapping = [arg for inner, outer in ports.items() for arg in ("-p", f"127.0.0.1:{outer}:{inner}")]
-    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", *mapping, image)
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", *mapping, *options, image)
     url = f"http://127.0.0.1:{ports['8000']}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -98,13 +102,20 @@ def run_container(image: str, *publish: str):
     pytest.fail("container never became healthy: " + logs)
 
 
-@pytest.fixture
-def container(image):
-    name, addresses = run_container(image)
+@contextlib.contextmanager
+def serving(image: str, *options: str):
+    """(name, url) of a healthy container of ``image``; removed afterwards."""
+    name, addresses = run_container(image, options=options)
     try:
         yield name, "http://" + addresses["8000"]
     finally:
         docker("rm", "-f", name, check=False)
+
+
+@pytest.fixture
+def container(image):
+    with serving(image) as running:
+        yield running
 
 
 def test_container_serves_predict_and_v2(container):
@@ -133,6 +144,28 @@ def test_runs_as_non_root_and_sigterm_exits_cleanly(container):
     assert docker("exec", name, "id", "-u").stdout.strip() == "10001"
     docker("stop", "-t", "30", name)
     assert docker("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"
+
+
+@pytest.fixture
+def limited_container(image):
+    """The image under the memory limit docker-compose.yml and deploy/k8s set: 1 GiB, no swap."""
+    with serving(image, "--memory", "1g", "--memory-swap", "1g") as running:
+        yield running
+
+
+def test_worst_valid_mix_stays_under_half_the_memory_limit(limited_container):
+    """README "Memory": full queue of maximum requests, then bodies at MAX_BODY_BYTES; no OOM kill."""
+    from bench.memory import worst_mix
+
+    name, url = limited_container
+    statuses = asyncio.run(worst_mix(url, rounds=1)) + asyncio.run(worst_mix(url, rounds=1, fill_body=True))
+    state = json.loads(docker("inspect", name, "--format", "{{json .State}}").stdout)
+    assert state["Running"] and not state["OOMKilled"], state
+    assert set(statuses) <= {200, 429}, statuses
+    status = docker("exec", name, "cat", "/proc/1/status").stdout
+    peak_mib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    print(f"peak resident memory under the worst valid mix: {peak_mib:.0f} MiB")
+    assert peak_mib < 512
 
 
 def test_image_has_no_heavy_packages(image):

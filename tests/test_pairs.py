@@ -115,7 +115,7 @@ def test_task_flag_makes_any_checkpoint_a_pair_model(tiny_checkpoint, tmp_path, 
     manifest = read_manifest(out)
     assert manifest.task == "pair" and manifest.source["task_from"] == "--task"
     (encoded,) = OnnxClassifier.from_bundle(out).encode([("first", "second")])
-    assert encoded.encoding.type_ids[-1] == 1
+    assert encoded.type_ids[-1] == 1
     assert main(["verify", str(out)]) == 0
 
 

@@ -98,7 +98,7 @@ def test_info(client, bundle):
     assert body["variant"] == "fp32"
     assert body["verification"]["passed"] is True and body["verification"]["agreement"] == 1.0
     assert set(body["versions"]["serve"]) == {"service", "onnxruntime", "tokenizers", "starlette", "uvicorn"}
-    assert body["limits"] == {"max_inputs": 4, "max_body_bytes": 4096, "max_batch_tokens": 16384}
+    assert body["limits"] == {"max_inputs": 4, "max_body_bytes": 4096, "max_batch_tokens": 4096}
 
 
 def test_health_and_liveness(client):

@@ -133,8 +133,8 @@ def test_truncation_direction_keeps_the_chosen_end(server, tiny_bundle):
         expected = classifier.run(classifier.encode([LONG], direction=direction))[0]
         response = post(server, "/predict", {"inputs": LONG, "raw_scores": True, "truncation_direction": body})
         assert response.json() == ranking(expected)
-    kept = classifier.encode([LONG], direction="left")[0].encoding.tokens
-    assert kept[-4:-1] == classifier.encode(["my balance"])[0].encoding.tokens[1:-1][-3:]
+    kept = classifier.encode([LONG], direction="left")[0].ids.tolist()
+    assert kept[-4:-1] == classifier.encode(["my balance"])[0].ids.tolist()[1:-1][-3:]
     left = post(server, "/predict", {"inputs": LONG, "raw_scores": True, "truncation_direction": "Left"}).json()
     right = post(server, "/predict", {"inputs": LONG, "raw_scores": True}).json()
     assert left != right
@@ -155,7 +155,7 @@ def test_info_has_tei_fields(server, tiny_bundle):
         "model_id": "bert0", "model_sha": None, "model_dtype": "float32", "served_model_name": "classifier",
         "model_type": {"classifier": {"id2label": {"0": "label_0", "1": "label_1", "2": "label_2"},
                                       "label2id": {"label_0": 0, "label_1": 1, "label_2": 2}}},
-        "max_concurrent_requests": 1024, "max_input_length": 24, "max_batch_tokens": 16384,
+        "max_concurrent_requests": 1024, "max_input_length": 24, "max_batch_tokens": 4096,
         "max_batch_requests": 64, "max_client_batch_size": 8, "auto_truncate": True, "tokenization_workers": 1,
         "version": __version__, "sha": None, "docker_label": None,
     }
