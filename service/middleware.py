@@ -1,4 +1,9 @@
-"""One pure-ASGI layer around every request: request id, API keys, metrics, access log."""
+"""One pure-ASGI layer around every request: request id, API keys, metrics, access log.
+
+Handlers record the model a request resolved in its scope (``service.registry``);
+this layer releases it once the response is out and names it in the request's
+metrics and access log line.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unauthorized, Unavailable
+from service.registry import HELD, MODEL, release
 
 access_log = logging.getLogger("service.access")
 _VALID_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
@@ -58,15 +64,20 @@ class RequestContext:
                 raise
             await _send_error(Unavailable("the server is shutting down; retry the request"), send_with_headers)
         finally:
+            held = scope.get(HELD)
+            release(scope)  # the response is out: the model's engine may now be retired
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(elapsed)
-            access_log.info(
-                "request",
-                extra={"fields": {"request_id": request_id, "method": scope["method"], "path": scope["path"],
-                                  "status": status, "duration_ms": round(elapsed * 1000, 3)}},
-            )
+            model = scope.get(MODEL, "")
+            self.metrics.requests.labels(endpoint, str(status), model).inc()
+            self.metrics.request_seconds.labels(endpoint, model).observe(elapsed)
+            fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                      "status": status, "duration_ms": round(elapsed * 1000, 3)}
+            if model:
+                fields["model"] = model
+            if held is not None:
+                fields["model_version"] = held.version
+            access_log.info("request", extra={"fields": fields})
 
     def _authorized(self, path: str, headers: Headers) -> bool:
         if not self.api_keys or path in self.open_paths or path.startswith("/docs/"):
