@@ -140,7 +140,9 @@ def test_versions_replaced_models_added_and_removed_under_load_without_a_failed_
     repository = tmp_path / "repository"
     place(tiny_bundle("bert"), repository / "alpha" / "1")
     place(tiny_bundle("roberta"), repository / "beta")  # a bundle right in the model's directory: version 1
-    server = serve(repository, "--model-control", "poll", "--poll-interval", str(POLL), "--default-model", "alpha")
+    # A batching window keeps every request queued for a while, so a swap always finds some in flight.
+    server = serve(repository, "--model-control", "poll", "--poll-interval", str(POLL), "--default-model", "alpha",
+                   "--max-wait-ms", "40")
     load = Load(server.url)
     try:
         assert index(server) == [{"name": "alpha", "version": "1", "state": "READY", "reason": ""},
