@@ -86,8 +86,8 @@ HELP = {
     "bundle": "bundle directory written by 'python -m export'",
     "repository": "model repository directory: each subdirectory NAME holds a bundle, or numbered version "
     "directories NAME/1, NAME/2, ... (newest serves); serves every model in it instead of --bundle",
-    "default_model": "model the unprefixed routes (/, /predict, ...) serve in a repository; empty = the only model, "
-    "or --model-name if there are several",
+    "default_model": "model the unprefixed routes (/, /predict, ...) serve in a repository; empty = the only model "
+    "(with several, those routes then answer 404: set it when the repository may hold more than one)",
     "model_control": "none (serve what the repository holds at start), poll (rescan every --poll-interval seconds: "
     "load new or changed bundles, unload removed ones) or explicit (the repository API /v2/repository/... loads and "
     "unloads models; it needs API_KEYS)",

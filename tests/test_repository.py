@@ -385,3 +385,65 @@ def test_readiness_waits_for_a_first_model(tmp_path, tiny_bundle):
         assert labels(httpx.post(server.url + "/predict", json=TEI)) == V1  # the only model is the default
     finally:
         server.stop()
+
+
+def test_every_version_over_http_and_grpc_with_the_all_policy(tmp_path, tiny_bundle, second_bundle):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from tests.service_helpers import free_port
+
+    repository = tmp_path / "repository"
+    place(tiny_bundle("bert"), repository / "alpha" / "1")
+    place(second_bundle, repository / "alpha" / "2")
+    place(tiny_bundle("roberta"), repository / "beta")
+    grpc_port = free_port()
+    server = serve(repository, "--version-policy", "all", "--default-model", "alpha", "--grpc-port", str(grpc_port))
+    try:
+        assert index(server) == [{"name": "alpha", "version": "2", "state": "READY", "reason": ""},
+                                 {"name": "alpha", "version": "1", "state": "READY", "reason": ""},
+                                 {"name": "beta", "version": "1", "state": "READY", "reason": ""}]
+        http = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert http.get_model_metadata("alpha")["versions"] == ["1", "2"]
+        assert list(grpc.get_model_metadata("alpha").versions) == ["1", "2"]
+        for client, module in ((http, httpclient), (grpc, grpcclient)):
+            text = module.InferInput("text", [1], "BYTES")
+            text.set_data_from_numpy(np.array(["what is my balance"], dtype=object))
+            for version, names in (("1", V1), ("2", V2), ("", V2)):  # no version: the newest
+                result = client.infer("alpha", [text], model_version=version)
+                assert result.as_numpy("label")[0].decode() in names
+            assert client.infer("beta", [text]).as_numpy("label")[0].decode() in V1
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer("alpha", [text], model_version="3")
+            assert raised.value.message().endswith("model 'alpha' has no version '3'; it has versions '1', '2'")
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer("gamma", [text])
+            assert raised.value.message().endswith("model 'gamma' is not served here; this server serves 'alpha', 'beta'")
+        assert grpc.is_model_ready("beta") and grpc.is_server_ready()
+        assert labels(httpx.post(server.url + "/predict", json=TEI)) == V2
+        metrics = httpx.get(server.url + "/metrics").text.splitlines()
+    finally:
+        server.stop()
+    assert ('classifier_requests_total{endpoint="/inference.GRPCInferenceService/ModelInfer",model="alpha",'
+            'status="OK"} 3.0') in metrics
+    assert 'classifier_inputs_total{model="beta"} 2.0' in metrics
+    # Both versions of alpha are loaded: their batchers' gauges add up under one label.
+    assert 'classifier_admitted_inputs{model="alpha"} 0.0' in metrics
+    infers = [e for e in log_events(server, "request")
+              if e["path"] == "/inference.GRPCInferenceService/ModelInfer" and e.get("model") == "alpha"]
+    assert [(e["status"], e.get("model_version")) for e in infers] == [
+        ("OK", "1"), ("OK", "2"), ("OK", "2"), ("NOT_FOUND", None)]
+
+
+def test_a_repository_that_is_not_a_directory_exits_2(tmp_path):
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.service_helpers import SERVE_PYTHON
+
+    require_serve_env()
+    missing = tmp_path / "missing"
+    proc = subprocess.run([str(SERVE_PYTHON), "-m", "service", "--repository", str(missing)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (2, f"error: --repository {missing} is not a directory\n")
