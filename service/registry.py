@@ -87,9 +87,6 @@ class Model:
             return READY
         return LOADING if self.pending or self.loading else UNAVAILABLE
 
-    def newest(self) -> Loaded:
-        return self.loaded[max(self.loaded, key=int)]
-
 
 def release(scope: MutableMapping[str, Any]) -> None:
     """Let go of the engine a request held (the middleware calls this once the response is sent)."""
