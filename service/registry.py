@@ -179,6 +179,12 @@ class ModelRegistry:
             await self._sync_model(model, found)
             if not model.loaded:
                 raise BadRequest(f"failed to load {name!r}: {model.reason}")
+            wanted = found if self.settings.version_policy == "all" else found[:1]
+            refused = [item.version for item in wanted if item.version in model.refused]
+            if refused:
+                serving = sorted(model.loaded, key=int)
+                raise BadRequest(f"failed to load {name!r} version {refused[0]!r}: {model.refused[refused[0]][1]}; "
+                                 f"version {_quoted(serving)} keeps serving")
             return model
 
     async def unload(self, name: str) -> None:

@@ -283,6 +283,15 @@ def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle,
         client.load_model("alpha", headers=AUTH)
         assert labels(predict()) == V2
         assert client.get_model_metadata("alpha", headers=AUTH)["versions"] == ["2"]
+        half = repository / "alpha" / "3"
+        half.mkdir()
+        shutil.copyfile(second_bundle / "model.onnx", half / "model.onnx")
+        with pytest.raises(InferenceServerException) as raised:
+            client.load_model("alpha", headers=AUTH)
+        assert (raised.value.status(), raised.value.message()) == (
+            "400", f"failed to load 'alpha' version '3': {half / 'bundle.json'} is missing: not a bundle; "
+                   "version '2' keeps serving")
+        assert labels(predict()) == V2
 
         client.unload_model("beta", headers=AUTH)
         assert not client.is_model_ready("beta", headers=AUTH)
