@@ -245,6 +245,8 @@ def _selective(
 
     def attempt(count: int) -> Path | None:
         path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count], external=external)
+        if not external:  # graphs over 2 GB keep their weights as they are, in the external-data file
+            V.store_half(path)
         passed = evaluate(path).passed
         progress(f"selective int8 with {count} node(s) kept in fp32: {'passed' if passed else 'failed'}")
         return path if passed else None

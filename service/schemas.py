@@ -42,7 +42,24 @@ class InferenceParameters(BaseModel):
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
 
 
-class PredictRequest(BaseModel):
+class _Truncation(BaseModel):
+    """TEI's truncation options, shared by the routes that take them."""
+
+    truncate: StrictBool | None = Field(
+        None, description="cut inputs longer than the model's max length (null or absent: true) instead of refusing them")
+    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
+        "Right", description="which end of a long input is cut")
+
+    @property
+    def should_truncate(self) -> bool:
+        return self.truncate is not False
+
+    @property
+    def direction(self) -> Literal["left", "right"]:
+        return "left" if self.truncation_direction.lower() == "left" else "right"
+
+
+class PredictRequest(_Truncation):
     """Text-embeddings-inference's ``/predict`` body, plus ``top_k`` and Hugging Face ``parameters``.
 
     ``inputs`` forms: a text; ``[[text], [text, text_pair], ...]`` (a batch); and a flat list,
@@ -58,10 +75,6 @@ class PredictRequest(BaseModel):
         | Annotated[list[Annotated[list[StrictStr], Field(min_length=1, max_length=2)]], Field(min_length=1)]
     ) = Field(description="a text, a list of texts, [text, text_pair], or a batch [[text], [text, text_pair], ...]; "
               "an empty string is classified like any other text")
-    truncate: StrictBool | None = Field(
-        None, description="cut texts longer than the model's max length (null or absent: true) instead of refusing them")
-    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
-        "Right", description="which end of a long text is cut")
     raw_scores: StrictBool = Field(False, description="return logits instead of probabilities")
     top_k: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="return only the k best labels")
     parameters: InferenceParameters | None = Field(
@@ -110,14 +123,6 @@ class PredictRequest(BaseModel):
     def nested(self) -> bool:
         """Whether the answer is a list of rankings (a batch) rather than one ranking."""
         return self._nested
-
-    @property
-    def should_truncate(self) -> bool:
-        return self.truncate is not False
-
-    @property
-    def direction(self) -> Literal["left", "right"]:
-        return "left" if self.truncation_direction.lower() == "left" else "right"
 
     @property
     def k(self) -> int | None:
@@ -187,15 +192,13 @@ class ZeroShotRequest(BaseModel):
         return [(self.inputs, template.replace("{}", label, 1)) for label in self.parameters.candidate_labels]
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(_Truncation):
     """Text-embeddings-inference's ``/rerank``."""
 
     model_config = ConfigDict(extra="ignore")
 
     query: StrictStr
     texts: list[StrictStr]
-    truncate: StrictBool | None = Field(None, description="cut pairs longer than the max length (null or absent: true)")
-    truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
     raw_scores: StrictBool = Field(False, description="return logits instead of sigmoid scores")
     return_text: StrictBool = Field(False, description="include each text in the answer")
 
@@ -204,14 +207,6 @@ class RerankRequest(BaseModel):
     def _count(cls, texts: list[str], info: ValidationInfo) -> list[str]:
         _within_limit(len(texts), info)
         return texts
-
-    @property
-    def should_truncate(self) -> bool:
-        return self.truncate is not False
-
-    @property
-    def direction(self) -> Literal["left", "right"]:
-        return "left" if self.truncation_direction.lower() == "left" else "right"
 
 
 class TokenizeRequest(BaseModel):

@@ -193,7 +193,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     for field in fields(Settings):
         raw = getattr(args, field.name)
         origin = _flag(field.name)
-        if raw is None and _env(field.name) in environ:
+        # An empty env var means "not set", as GRPC_PORT is in an image built without gRPC.
+        if raw is None and environ.get(_env(field.name), "") != "":
             raw, origin = environ[_env(field.name)], _env(field.name)
         if raw is None:
             continue

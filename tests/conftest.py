@@ -76,3 +76,22 @@ def default_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("default") / "bundle"
     assert main(["--out", str(out), "--quiet"]) == 0
     return out
+
+
+@pytest.fixture
+def tiny_server(tiny_bundle):
+    """Start ``python -m service`` on the tiny BERT bundle with extra flags; stopped after the test."""
+    from tests.service_helpers import ServerProcess, require_serve_env
+
+    require_serve_env()
+    servers = []
+
+    def start(*args: str):
+        process = ServerProcess(tiny_bundle("bert"), *args)
+        servers.append(process)
+        process.wait_ready()
+        return process
+
+    yield start
+    for process in servers:
+        process.stop()

@@ -75,3 +75,11 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log_handle.close()
+
+
+def readme_snippet(marker: str) -> str:
+    """The README's one Python block containing ``marker``: the tests run what users copy."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    (snippet,) = [block for block in blocks if marker in block]
+    return snippet

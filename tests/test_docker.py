@@ -51,41 +51,58 @@ def docker(*args: str, check: bool = True, timeout: float = 900) -> subprocess.C
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def image(default_bundle):
+def build(tag: str, default_bundle, *build_args: str) -> str:
     assert shutil.which("docker"), "docker client missing"
     assert docker("info", check=False).returncode == 0, "no Docker engine running (.ci/docker-engine.sh)"
     target = ROOT / "bundles" / "default"
     if not (target / "bundle.json").exists():
         shutil.copytree(default_bundle, target, dirs_exist_ok=True)
     subprocess.run(["bash", "scripts/wheelhouse.sh"], cwd=ROOT, check=True, timeout=600)
-    build = subprocess.run(
-        ["docker", "build", "-f", "Dockerfile.slim", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", IMAGE, "."],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    yield IMAGE
+    args = ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", *build_args]
+    result = subprocess.run(["docker", "build", "-f", "Dockerfile.slim", *args, "-t", tag, "."],
+                            cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image(default_bundle):
+    yield build(IMAGE, default_bundle)
     docker("rmi", "-f", IMAGE, check=False)
+
+
+@pytest.fixture(scope="module")
+def grpc_image(default_bundle):
+    tag = IMAGE + "-grpc"
+    yield build(tag, default_bundle, "--build-arg", "WITH_GRPC=1")
+    docker("rmi", "-f", tag, check=False)
+
+
+def run_container(image: str, *publish: str):
+    """A started container of ``image``, healthy, with its published ports as {container port: host:port}."""
+    ports = {inner: free_port() for inner in ("8000", *publish)}
+    name = f"classifier-test-{ports['8000']}"
+    mapping = [arg for inner, outer in ports.items() for arg in ("-p", f"127.0.0.1:{outer}:{inner}")]
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", *mapping, image)
+    url = f"http://127.0.0.1:{ports['8000']}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return name, {inner: f"127.0.0.1:{outer}" for inner, outer in ports.items()}
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    logs = docker("logs", name, check=False).stderr[-2000:]
+    docker("rm", "-f", name, check=False)
+    pytest.fail("container never became healthy: " + logs)
 
 
 @pytest.fixture
 def container(image):
-    port = free_port()
-    name = f"classifier-test-{port}"
-    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "-p", f"127.0.0.1:{port}:8000", image)
-    url = f"http://127.0.0.1:{port}"
+    name, addresses = run_container(image)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("container never became healthy: " + docker("logs", name, check=False).stderr[-2000:])
-        yield name, url
+        yield name, "http://" + addresses["8000"]
     finally:
         docker("rm", "-f", name, check=False)
 
@@ -129,6 +146,38 @@ def test_size_above_base(image):
     above_mb = (size - base) / 1e6
     print(f"image: {above_mb:.0f} MB above the base image")
     assert above_mb <= SIZE_BUDGET_MB, f"{above_mb:.0f} MB above the base image"
+
+
+def test_real_clients_against_the_grpc_image(grpc_image, monkeypatch):
+    """tritonclient (HTTP with binary tensors, and gRPC) and Hugging Face's InferenceClient, unchanged."""
+    import huggingface_hub.constants
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from huggingface_hub import InferenceClient
+
+    name, addresses = run_container(grpc_image, "8001")
+    try:
+        text = np.array(["connect me to a human agent"], dtype=object)
+        http = httpclient.InferenceServerClient(addresses["8000"])
+        tensor = httpclient.InferInput("text", [1], "BYTES")
+        assert http.is_server_ready() and http.is_model_ready("classifier")
+        assert [i["name"] for i in http.get_model_metadata("classifier")["inputs"]] == ["text"]
+        for binary in (True, False):  # binary tensor data (the client's default) and JSON
+            tensor.set_data_from_numpy(text, binary_data=binary)
+            assert http.infer("classifier", [tensor]).as_numpy("label").tolist() == [b"connect_to_human"]
+        grpc = grpcclient.InferenceServerClient(addresses["8001"])
+        assert grpc.is_server_ready() and grpc.is_model_ready("classifier")
+        assert [i.name for i in grpc.get_model_metadata("classifier").inputs] == ["text"]
+        tensor = grpcclient.InferInput("text", [1], "BYTES")
+        tensor.set_data_from_numpy(text)
+        assert grpc.infer("classifier", [tensor]).as_numpy("label").tolist() == [b"connect_to_human"]
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        top = InferenceClient(base_url="http://" + addresses["8000"]).text_classification(text[0], top_k=1)
+        assert [r.label for r in top] == ["connect_to_human"]
+    finally:
+        docker("rm", "-f", name, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,8 @@ LONG = "tell me everything about the weather in paris " * 8
 
 
 @pytest.fixture
-def server(tiny_bundle):
-    require_serve_env()
-    servers = []
-
-    def start(*args: str) -> ServerProcess:
-        process = ServerProcess(tiny_bundle("bert"), *args)
-        servers.append(process)
-        process.wait_ready()
-        return process
-
-    yield start
-    for process in servers:
-        process.stop()
+def server(tiny_server):
+    return tiny_server
 
 
 def metric(url: str, name: str, labels: str = '{model="classifier"}', missing: float | None = None) -> float:

@@ -24,18 +24,8 @@ def serving_environment():
 
 
 @pytest.fixture
-def server(tiny_bundle):
-    servers = []
-
-    def start(*args: str) -> ServerProcess:
-        process = ServerProcess(tiny_bundle("bert"), *args)
-        servers.append(process)
-        process.wait_ready()
-        return process
-
-    yield start
-    for process in servers:
-        process.stop()
+def server(tiny_server):
+    return tiny_server
 
 
 @dataclass

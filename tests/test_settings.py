@@ -97,3 +97,9 @@ def test_available_cores_honours_the_cgroup_quota(tmp_path, cpu_max, expected):
     affinity = len(os.sched_getaffinity(0))
     assert available_cores(path) == (min(affinity, expected) if expected else affinity)
     assert available_cores(tmp_path / "missing") == affinity
+
+
+def test_an_empty_env_var_means_not_set():
+    # The image sets GRPC_PORT to "" when built without gRPC.
+    settings = load_settings([], {"GRPC_PORT": "", "MAX_INPUTS": "", "API_KEYS": ""})
+    assert (settings.grpc_port, settings.max_inputs, settings.api_keys) == (0, 64, ())

@@ -10,7 +10,7 @@ from huggingface_hub import InferenceClient
 
 from service import __version__
 from tests.conftest import needs_export
-from tests.service_helpers import ServerProcess, require_serve_env
+from tests.service_helpers import ServerProcess, readme_snippet, require_serve_env
 
 pytestmark = needs_export
 LABELS = ["label_0", "label_1", "label_2"]
@@ -69,6 +69,14 @@ def test_inference_client_text_classification(server, reference, online):
     assert [(r.label, r.score) for r in top] == [(item["label"], item["score"]) for item in ranking(sig, 2)]
     raw = client.text_classification(text, function_to_apply="none")
     assert [r.score for r in raw] == pytest.approx(sorted(reference([text])[0].tolist(), reverse=True), abs=1e-5)
+
+
+def test_readme_snippet_runs(server, reference, online):
+    namespace: dict = {}
+    code = readme_snippet("InferenceClient(base_url=").replace("http://localhost:8000", server.url)
+    exec(compile(code, "README.md (InferenceClient)", "exec"), namespace)
+    probs = softmax(reference(["connect me to a human"])[0])
+    assert namespace["labels"] == [(item["label"], item["score"]) for item in ranking(probs, 2)]
 
 
 def test_inference_client_with_an_api_key(tiny_bundle, online):

@@ -11,8 +11,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from service import NAME, __version__
-from tests.conftest import ROOT, needs_export
-from tests.service_helpers import ServerProcess, free_port, require_serve_env
+from tests.conftest import needs_export
+from tests.service_helpers import ServerProcess, free_port, readme_snippet, require_serve_env
 
 pytestmark = needs_export
 TEXTS = ["what is my balance", "book a flight to paris", "héllo wörld"]
@@ -246,18 +246,11 @@ def test_api_keys_over_grpc(secured, expected):
     check(client.infer("classifier", [text], headers={"authorization": f"Bearer {KEY}"}), expected)
 
 
-def readme_snippet(module: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
-    (snippet,) = [block for block in blocks if f"import {module} as" in block]
-    return snippet
-
-
 @pytest.mark.parametrize("module", ["tritonclient.http", "tritonclient.grpc"])
 def test_readme_snippets_run(server, tiny_checkpoint, module):
     from export.sources import load_source
 
-    code = readme_snippet(module).replace("localhost:8000", server.http_address).replace("localhost:8001", server.grpc_address)
+    code = readme_snippet(f"import {module} as").replace("localhost:8000", server.http_address).replace("localhost:8001", server.grpc_address)
     namespace: dict = {}
     exec(compile(code, f"README.md ({module})", "exec"), namespace)
     logits = load_source(str(tiny_checkpoint("bert"))).reference(["what is my balance", "hi"])
