@@ -129,11 +129,12 @@ def scrape_counters(client: httpx.Client) -> dict[str, float]:
         return {}
     if response.status_code != 200:
         return {}
-    values = {}
+    values: dict[str, float] = {}
     for line in response.text.splitlines():
-        name, _, value = line.partition(" ")
+        series, _, value = line.partition(" ")
+        name = series.partition("{")[0]  # summed over the model label
         if name in _COUNTERS:
-            values[name] = float(value)
+            values[name] = values.get(name, 0.0) + float(value)
     return values
 
 

@@ -14,14 +14,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service import docs, openapi, routes, v2
+from service import docs, openapi, repository_routes, routes, v2
+from service.classifier import share_one_thread_pool
 from service.endpoints import dialect_of, open_paths
 from service.endpoints import routes as route_table
-from service.engine import Engine
 from service.errors import MethodNotAllowed, NotFound, ServiceError, from_failure
 from service.failures import EngineFailure
 from service.manifest import Manifest, load_verified
 from service.metrics import Metrics
+from service.registry import ModelRegistry
 from service.middleware import RequestContext
 from service.settings import Settings
 
@@ -47,29 +48,35 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlette:
-    """Build the app. The bundle's hashes are checked here, before any traffic."""
-    manifest = manifest or load_verified(settings.bundle)
+    """Build the app. With ``--bundle`` its hashes are checked here, before any traffic; a
+    repository's bundles are checked as they load (``service.registry``)."""
+    if settings.repository:
+        # Before any session exists: ONNX Runtime creates its environment with the first one.
+        share_one_thread_pool(settings.intra_op_threads, settings.inter_op_threads)
+    else:
+        manifest = manifest or load_verified(settings.bundle)
     metrics = Metrics()
-    engine = Engine(settings, metrics, manifest)
+    registry = ModelRegistry(settings, metrics, manifest)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Serve /live and a 503 /health while the session loads and warms up.
-        loading = asyncio.create_task(engine.start())
+        # Serve /live and a 503 /health while the sessions load and warm up.
+        loading = asyncio.create_task(registry.start())
         grpc_server = None
         if settings.grpc_port:  # grpcio is optional: import it only when asked for
             from service import v2_grpc
 
-            grpc_server = await v2_grpc.start(engine, settings)
+            grpc_server = await v2_grpc.start(registry, settings)
         try:
             yield
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(settings.drain_timeout)
             await loading
-            await engine.stop()
+            await registry.stop()
 
-    endpoints = [*routes.ENDPOINTS, *v2.ENDPOINTS, *openapi.ENDPOINTS, *docs.ENDPOINTS]
+    endpoints = [*routes.ENDPOINTS, *v2.ENDPOINTS, *repository_routes.ENDPOINTS, *openapi.ENDPOINTS,
+                 *docs.ENDPOINTS]
     middleware = [Middleware(RequestContext, api_keys=settings.api_keys, open_paths=open_paths(endpoints),
                              metrics=metrics)]
     if settings.cors_allow_origins:
@@ -86,6 +93,8 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
         },
         lifespan=lifespan,
     )
-    app.state.engine = engine
+    app.state.registry = registry
+    app.state.settings = settings
+    app.state.metrics = metrics
     app.state.endpoints = endpoints
     return app

@@ -36,12 +36,40 @@ class EmptyInput(ValueError):
     """An input that tokenizes to no tokens at all (a decoder model without BOS given "")."""
 
 
+_shared_thread_pool = False
+
+
+def share_one_thread_pool(intra_op_threads: int = 0, inter_op_threads: int = 1) -> None:
+    """Run every session created after this call on one process-wide pair of thread pools
+    and one memory arena.
+
+    ONNX Runtime's environment is process-wide and created with the first session,
+    so this must run before any session exists (later calls change nothing). N
+    models then share ``intra_op_threads`` threads instead of bringing N x cores,
+    and one arena instead of N arenas each grown to its own largest batch. The
+    price: ONNX Runtime stops spinning between runs (``session.force_spinning_stop``)
+    only for per-session pools, so shared threads spin briefly after each batch;
+    and the shared arena keeps what a removed model's batches grew it to (for the
+    other models to reuse) instead of handing it back.
+    """
+    global _shared_thread_pool
+    if not _shared_thread_pool:
+        ort.set_global_thread_pool_sizes(intra_op_threads or available_cores(), inter_op_threads)
+        cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(cpu, None)
+        _shared_thread_pool = True
+
+
 def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Parallelism inside one batch; 0 means every core this process may use.
-    options.intra_op_num_threads = intra_op_threads or available_cores()
-    options.inter_op_num_threads = inter_op_threads
+    if _shared_thread_pool:  # the pools' sizes were set once for the process
+        options.use_per_session_threads = False
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    else:
+        # Parallelism inside one batch; 0 means every core this process may use.
+        options.intra_op_num_threads = intra_op_threads or available_cores()
+        options.inter_op_num_threads = inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Threads spin between the operators of one run (waking sleeping threads for
     # each operator cost ~0.2 ms per short query), then stop as soon as the run

@@ -1,4 +1,4 @@
-"""``python -m service``: check the bundle, then serve it with uvicorn."""
+"""``python -m service``: check the bundle (or find the repository), then serve it with uvicorn."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from service.manifest import BundleError, load_verified
@@ -38,12 +39,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.grpc_port and importlib.util.find_spec("grpc") is None:
         print("error: --grpc-port needs grpcio; install requirements-grpc.txt", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    try:
-        manifest = load_verified(settings.bundle)
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_BUNDLE
+    manifest = None
+    if settings.repository:
+        # Its bundles are checked one by one as they load; a bad one is refused, not fatal.
+        if not Path(settings.repository).is_dir():
+            print(f"error: --repository {settings.repository} is not a directory", file=sys.stderr)
+            return EXIT_BAD_SETTINGS
+    else:
+        try:
+            manifest = load_verified(settings.bundle)
+        except BundleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_BUNDLE
     configure_logging(settings.log_level)
+    if settings.model_control == "explicit" and not settings.api_keys:
+        logging.getLogger("service.cli").warning(
+            "MODEL_CONTROL=explicit without API_KEYS: the repository API refuses every call (403)")
     config = uvicorn.Config(
         create_app(settings, manifest),
         host=settings.host,

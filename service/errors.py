@@ -5,6 +5,7 @@ ServiceError
 ├── MalformedJson          400 malformed_json
 ├── EmptyInput             400 empty              (TEI: Empty)
 ├── Unauthorized           401 unauthorized
+├── Forbidden              403 forbidden         (the repository API when it is off or API_KEYS is empty)
 ├── NotFound               404 not_found
 ├── MethodNotAllowed       405 method_not_allowed
 ├── PayloadTooLarge        413 payload_too_large
@@ -69,6 +70,10 @@ class EmptyInput(ServiceError):
 
 class Unauthorized(ServiceError):
     status_code, error_type = 401, "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status_code, error_type = 403, "forbidden"
 
 
 class NotFound(ServiceError):

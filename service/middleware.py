@@ -5,6 +5,10 @@ request id, and answered with a 500 that carries ``x-request-id`` like every oth
 response. Starlette's ServerErrorMiddleware, outside this layer, would answer without
 the header and re-raise, so that uvicorn logged the traceback again and dropped the
 connection. Every log line written while a request runs carries its id (``REQUEST_ID``).
+
+Handlers record the model a request resolved in its scope (``service.registry``);
+this layer releases it once the response is out and names it in the request's
+metrics and access log line.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.endpoints import dialect_of
 from service.errors import InternalError, Unauthorized, Unavailable
+from service.registry import HELD, MODEL, release
 
 access_log = logging.getLogger("service.access")
 log = logging.getLogger("service.app")
@@ -76,15 +81,20 @@ class RequestContext:
                 await _send_error(InternalError("internal error; see the server log"), send_with_headers,
                                   dialect_of(scope))
         finally:
+            held = scope.get(HELD)
+            release(scope)  # the response is out: the model's engine may now be retired
             elapsed = time.perf_counter() - started
             endpoint = _endpoint(scope)
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(elapsed)
-            access_log.info(
-                "request",
-                extra={"fields": {"request_id": request_id, "method": scope["method"], "path": scope["path"],
-                                  "status": status, "duration_ms": round(elapsed * 1000, 3)}},
-            )
+            model = scope.get(MODEL, "")
+            self.metrics.requests.labels(endpoint, str(status), model).inc()
+            self.metrics.request_seconds.labels(endpoint, model).observe(elapsed)
+            fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"],
+                      "status": status, "duration_ms": round(elapsed * 1000, 3)}
+            if model:
+                fields["model"] = model
+            if held is not None:
+                fields["model_version"] = held.version
+            access_log.info("request", extra={"fields": fields})
             REQUEST_ID.reset(context)
 
     def _authorized(self, path: str, headers: Headers) -> bool:

@@ -83,7 +83,7 @@ def build_spec(endpoints: tuple[Endpoint, ...], secured: bool) -> dict[str, Any]
 
 
 async def openapi(request: Request) -> Response:
-    settings = request.app.state.engine.settings
+    settings = request.app.state.settings
     return JSONResponse(build_spec(tuple(request.app.state.endpoints), bool(settings.api_keys)))
 
 

@@ -32,7 +32,9 @@ _FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def engine_of(request: Request) -> Engine:
-    return request.app.state.engine
+    """The engine of the request's model (``/models/{model_name}/...``, else the default model), held
+    for the request's duration so a version swap cannot stop it mid-request."""
+    return request.app.state.registry.hold(request.scope, request.path_params.get("model_name")).engine
 
 
 def context(engine: Engine) -> dict[str, Any]:
@@ -202,6 +204,7 @@ async def info(request: Request) -> Response:
             "max_body_bytes": settings.max_body_bytes,
             "max_batch_tokens": settings.max_batch_tokens,
         },
+        "models": request.app.state.registry.index(),
     })
 
 
@@ -212,9 +215,9 @@ def serve_versions() -> dict[str, str]:
 
 
 async def health(request: Request) -> Response:
-    engine = engine_of(request)
-    if not engine.ready:
-        raise NotReady(engine.not_ready_reason)
+    registry = request.app.state.registry
+    if not registry.ready:
+        raise NotReady(registry.not_ready_reason)
     return JSONResponse({"status": "ok"})
 
 
@@ -223,7 +226,7 @@ async def live(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(engine_of(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 _INPUT_ERRORS = (400, 401, 413, 415, 422, 429, 503)
@@ -254,10 +257,12 @@ ENDPOINTS = [
              request=DecodeRequest, response=list[str], errors=(400, 401, 413, 415, 422, 503),
              dialect="tei", tag="tei"),
     Endpoint("/info", "GET", info, "Model and bundle information",
-             "Text-embeddings-inference's fields, then labels, problem type, variant, verification and versions.",
+             "Text-embeddings-inference's fields, then labels, problem type, variant, verification and versions, "
+             "and every model this server has with its state.",
              response=Info, errors=(401,), dialect="tei", tag="tei"),
     Endpoint("/health", "GET", health, "Readiness",
-             "200 once the model is loaded and warmed up, 503 with the reason before.",
+             "200 once the models found at start are loaded and warmed up (and while one serves), 503 with the "
+             "reason before.",
              response=Status, errors=(503,), open=True),
     Endpoint("/live", "GET", live, "Liveness", "200 while the process serves HTTP.", response=Status, open=True),
     Endpoint("/metrics", "GET", metrics, "Prometheus metrics",

@@ -16,9 +16,18 @@ class SettingsError(ValueError):
     """A setting with a value it cannot take; the message names the setting."""
 
 
+MODEL_CONTROLS = ("none", "poll", "explicit")
+VERSION_POLICIES = ("latest", "all")
+
+
 @dataclass(frozen=True)
 class Settings:
     bundle: str = "bundles/default"
+    repository: str = ""
+    default_model: str = ""
+    model_control: str = "none"
+    poll_interval: float = 5.0
+    version_policy: str = "latest"
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 0
@@ -61,17 +70,37 @@ class Settings:
             raise SettingsError(f"--grpc-port must be between 0 (off) and 65535, got {self.grpc_port}")
         if self.grpc_port == self.port:
             raise SettingsError(f"--grpc-port must differ from --port, both are {self.port}")
+        if self.model_control not in MODEL_CONTROLS:
+            raise SettingsError(f"--model-control must be none, poll or explicit, got {self.model_control!r}")
+        if self.model_control != "none" and not self.repository:
+            raise SettingsError(f"--model-control {self.model_control} needs --repository")
+        if self.poll_interval <= 0:
+            raise SettingsError(f"--poll-interval must be greater than 0, got {self.poll_interval}")
+        if self.version_policy not in VERSION_POLICIES:
+            raise SettingsError(f"--version-policy must be latest or all, got {self.version_policy!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"--log-level must be debug, info, warning or error, got {self.log_level!r}")
 
 
 HELP = {
     "bundle": "bundle directory written by 'python -m export'",
+    "repository": "model repository directory: each subdirectory NAME holds a bundle, or numbered version "
+    "directories NAME/1, NAME/2, ... (newest serves); serves every model in it instead of --bundle",
+    "default_model": "model the unprefixed routes (/, /predict, ...) serve in a repository; empty = the only model "
+    "(with several, those routes then answer 404: set it when the repository may hold more than one)",
+    "model_control": "none (serve what the repository holds at start), poll (rescan every --poll-interval seconds: "
+    "load new or changed bundles, unload removed ones) or explicit (the repository API /v2/repository/... loads and "
+    "unloads models; it needs API_KEYS)",
+    "poll_interval": "seconds between repository scans with --model-control poll. Each scan reads every bundle.json "
+    "and stats the files; a changed bundle is hash-checked in full before it loads",
+    "version_policy": "latest (serve the newest version that verifies) or all (serve every version that verifies, "
+    "each at /v2/models/NAME/versions/N; unversioned routes get the newest)",
     "host": "interface to bind; 127.0.0.1 keeps the service local, 0.0.0.0 exposes it (the image uses 0.0.0.0)",
     "port": "TCP port",
     "grpc_port": "TCP port of the Open Inference Protocol gRPC service (KServe's GRPCInferenceService, as "
     "tritonclient.grpc speaks it); 0 turns it off. Needs grpcio (requirements-grpc.txt)",
-    "model_name": "model name in Open Inference Protocol URLs (/v2/models/NAME)",
+    "model_name": "model name of --bundle in Open Inference Protocol URLs (/v2/models/NAME) and metrics; in a "
+    "repository each model is named after its directory",
     "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and cgroup quota). More threads cut the "
     "latency of one large batch but contend with tokenization and the event loop",
     "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",

@@ -11,25 +11,17 @@ from starlette.responses import JSONResponse, Response
 
 from service import NAME, __version__, v2_codec
 from service.endpoints import Endpoint
-from service.engine import Engine
-from service.errors import NotFound, NotReady
+from service.errors import NotReady
 from service.http import read_body, unless_disconnected
-from service.routes import engine_of, timing_headers
+from service.registry import Loaded
+from service.routes import timing_headers
 from service.v2_codec import InferRequest, InferResponse
-from service.wire import Live, ModelMetadata, Ready, ServerMetadata
+from service.wire import Live, ModelMetadata, ModelState, Ready, ServerMetadata
 
-MODEL_VERSION = v2_codec.MODEL_VERSION
-
-
-def _model(request: Request) -> Engine:
-    engine = engine_of(request)
-    name = request.path_params["model_name"]
-    if name != engine.settings.model_name:
-        raise NotFound(f"model {name!r} is not served here; this server serves {engine.settings.model_name!r}")
-    version = request.path_params.get("model_version", MODEL_VERSION)
-    if version != MODEL_VERSION:
-        raise NotFound(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}")
-    return engine
+def _model(request: Request) -> Loaded:
+    """The model version the path names (the newest without /versions/N), held for the request."""
+    return request.app.state.registry.hold(
+        request.scope, request.path_params["model_name"], request.path_params.get("model_version"))
 
 
 async def server_metadata(request: Request) -> Response:
@@ -41,36 +33,40 @@ async def server_live(request: Request) -> Response:
 
 
 async def server_ready(request: Request) -> Response:
-    engine = engine_of(request)
-    if not engine.ready:
-        raise NotReady(engine.not_ready_reason)
+    registry = request.app.state.registry
+    if not registry.ready:
+        raise NotReady(registry.not_ready_reason)
     return JSONResponse({"ready": True})
 
 
 async def model_metadata(request: Request) -> Response:
-    engine = _model(request)
-    return JSONResponse(v2_codec.model_metadata(engine.settings.model_name, len(engine.manifest.id2label),
-                                                engine.takes_pairs))
+    held = _model(request)
+    engine = held.engine
+    return JSONResponse(v2_codec.model_metadata(held.name, len(engine.manifest.id2label), engine.takes_pairs,
+                                                versions=request.app.state.registry.versions(held.name)))
 
 
 async def model_ready(request: Request) -> Response:
-    engine = _model(request)
-    if not engine.ready:
-        raise NotReady(engine.not_ready_reason)
-    return JSONResponse({"name": engine.settings.model_name, "ready": True})
+    held = _model(request)
+    return JSONResponse({"name": held.name, "ready": True})
+
+
+async def models(request: Request) -> Response:
+    return JSONResponse(request.app.state.registry.index())
 
 
 async def infer(request: Request) -> Response:
     """JSON or binary tensors in (``service.v2_codec``), JSON or binary outputs back."""
     started = time.perf_counter()
-    engine = _model(request)
+    held = _model(request)
+    engine = held.engine
     settings = engine.settings
     body = await read_body(request, settings.max_body_bytes)
     call = v2_codec.read_request(body, request.headers, max_inputs=settings.max_inputs,
                                  max_body_bytes=settings.max_body_bytes, pairs=engine.takes_pairs)
     result = await unless_disconnected(request, engine.classify(call.texts, truncate=True))
     tensors = v2_codec.output_tensors(result.logits, engine.scores(result.logits, raw=False), engine.manifest.labels)
-    content, headers = v2_codec.write_response(call, tensors, model_name=settings.model_name)
+    content, headers = v2_codec.write_response(call, tensors, model_name=held.name, model_version=held.version)
     return Response(content, headers={**headers, **timing_headers(result, started)})
 
 
@@ -82,6 +78,9 @@ ENDPOINTS = [
     Endpoint("/v2/health/live", "GET", server_live, "Server liveness", response=Live, open=True, dialect="v2", tag="v2"),
     Endpoint("/v2/health/ready", "GET", server_ready, "Server readiness", response=Ready, errors=(503,), open=True,
              dialect="v2", tag="v2"),
+    Endpoint("/v2/models", "GET", models, "Models and their versions, with their state",
+             "The rows of Triton's repository index: one per loaded, loading or refused version.",
+             response=list[ModelState], errors=(401,), dialect="v2", tag="v2"),
 ]
 for _prefix in (_MODEL, _VERSION):
     ENDPOINTS += [

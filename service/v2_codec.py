@@ -48,11 +48,12 @@ def input_names(pairs: bool) -> tuple[str, ...]:
     return (INPUT_NAME, PAIR_INPUT_NAME) if pairs else (INPUT_NAME,)
 
 
-def model_metadata(model_name: str, width: int, pairs: bool = False) -> dict[str, Any]:
+def model_metadata(model_name: str, width: int, pairs: bool = False,
+                   versions: Sequence[str] = (MODEL_VERSION,)) -> dict[str, Any]:
     """The model metadata response; ``width`` is the number of labels."""
     return {
         "name": model_name,
-        "versions": [MODEL_VERSION],
+        "versions": list(versions),
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in input_names(pairs)],
         "outputs": [
@@ -355,9 +356,10 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype="<f4").tobytes()
 
 
-def write_response(call: InferCall, tensors: Mapping[str, np.ndarray], *, model_name: str) -> tuple[bytes, dict[str, str]]:
+def write_response(call: InferCall, tensors: Mapping[str, np.ndarray], *, model_name: str,
+                   model_version: str = MODEL_VERSION) -> tuple[bytes, dict[str, str]]:
     """The response body and its content headers; binary outputs follow the JSON part in output order."""
-    response: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
+    response: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if call.id is not None:
         response["id"] = call.id
     outputs, chunks = [], []

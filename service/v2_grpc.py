@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 over gRPC: KServe's ``GRPCInferenceService``, as tritonclient.grpc calls it.
 
-The server runs in the HTTP server's event loop (grpc.aio) and calls the same
-``Engine``, so both protocols share one batcher, its queue bound, the input limit
+The server runs in the HTTP server's event loop (grpc.aio) and resolves models in
+the same ``ModelRegistry``, so both protocols share each model's batcher, its queue bound, the input limit
 and the API keys (``authorization: Bearer KEY`` metadata; liveness and readiness
 stay open, as their HTTP routes do). Requests are checked by ``service.v2_codec``,
 the same code the HTTP routes use.
@@ -27,9 +27,9 @@ import grpc
 from grpc import aio
 
 from service import NAME, __version__, v2_codec
-from service.engine import Engine
-from service.errors import BadRequest, NotFound, ServiceError, Unauthorized
+from service.errors import BadRequest, NotReady, ServiceError, Unauthorized
 from service.middleware import bearer_key_matches
+from service.registry import HELD, MODEL, ModelRegistry, release
 from service.proto import grpc_predict_v2_pb2 as pb
 from service.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.settings import Settings
@@ -48,7 +48,7 @@ STATUS = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-Handler = Callable[[Any, Any, aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[..., Awaitable[Any]]
 
 
 def _rpc(method: Handler) -> Handler:
@@ -61,12 +61,13 @@ def _rpc(method: Handler) -> Handler:
         started = time.perf_counter()
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         code = grpc.StatusCode.OK
+        call: dict[str, Any] = {}  # what the RPC resolved, as an HTTP request's scope records it
         try:
             if self.api_keys and name not in OPEN_METHODS and not bearer_key_matches(
                 metadata.get("authorization", ""), self.api_keys
             ):
                 raise Unauthorized("missing or invalid API key; send the metadata 'authorization: Bearer KEY'")
-            return await method(self, request, context)
+            return await method(self, request, context, call)
         except ServiceError as exc:
             code = STATUS.get(exc.status_code, grpc.StatusCode.INTERNAL)
             await context.abort(code, exc.message)
@@ -75,52 +76,59 @@ def _rpc(method: Handler) -> Handler:
             code = grpc.StatusCode.INTERNAL
             await context.abort(code, "internal error; see the server log")
         finally:
+            held = call.get(HELD)
+            release(call)
             elapsed = time.perf_counter() - started
-            self.engine.metrics.requests.labels(path, code.name).inc()
-            self.engine.metrics.request_seconds.labels(path).observe(elapsed)
-            access_log.info("request", extra={"fields": {
-                "request_id": metadata.get("x-request-id") or uuid.uuid4().hex, "method": "gRPC", "path": path,
-                "status": code.name, "duration_ms": round(elapsed * 1000, 3)}})
+            model = call.get(MODEL, "")
+            self.registry.metrics.requests.labels(path, code.name, model).inc()
+            self.registry.metrics.request_seconds.labels(path, model).observe(elapsed)
+            fields = {"request_id": metadata.get("x-request-id") or uuid.uuid4().hex, "method": "gRPC", "path": path,
+                      "status": code.name, "duration_ms": round(elapsed * 1000, 3)}
+            if model:
+                fields["model"] = model
+            if held is not None:
+                fields["model_version"] = held.version
+            access_log.info("request", extra={"fields": fields})
 
     return handler
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.api_keys = tuple(key.encode() for key in engine.settings.api_keys)
-
-    def _check_model(self, name: str, version: str) -> None:
-        served = self.engine.settings.model_name
-        if name != served:
-            raise NotFound(f"model {name!r} is not served here; this server serves {served!r}")
-        if version not in ("", v2_codec.MODEL_VERSION):
-            raise NotFound(f"model {name!r} has no version {version!r}; it has version {v2_codec.MODEL_VERSION!r}")
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.api_keys = tuple(key.encode() for key in registry.settings.api_keys)
 
     @_rpc
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: aio.ServicerContext,
+                         call: dict) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @_rpc
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: aio.ServicerContext) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.engine.ready)
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: aio.ServicerContext,
+                          call: dict) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.registry.ready)
 
     @_rpc
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: aio.ServicerContext) -> pb.ModelReadyResponse:
-        self._check_model(request.name, request.version)
-        return pb.ModelReadyResponse(ready=self.engine.ready)
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: aio.ServicerContext,
+                         call: dict) -> pb.ModelReadyResponse:
+        try:
+            self.registry.hold(call, request.name, request.version)
+        except NotReady:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
 
     @_rpc
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
-                             context: aio.ServicerContext) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: aio.ServicerContext,
+                             call: dict) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=NAME, version=__version__, extensions=v2_codec.EXTENSIONS)
 
     @_rpc
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
-                            context: aio.ServicerContext) -> pb.ModelMetadataResponse:
-        self._check_model(request.name, request.version)
-        meta = v2_codec.model_metadata(self.engine.settings.model_name, len(self.engine.manifest.id2label),
-                                       self.engine.takes_pairs)
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: aio.ServicerContext,
+                            call: dict) -> pb.ModelMetadataResponse:
+        held = self.registry.hold(call, request.name, request.version)
+        engine = held.engine
+        meta = v2_codec.model_metadata(held.name, len(engine.manifest.id2label), engine.takes_pairs,
+                                       versions=self.registry.versions(held.name))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -128,15 +136,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @_rpc
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext) -> pb.ModelInferResponse:
-        engine = self.engine
-        self._check_model(request.model_name, request.model_version)
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: aio.ServicerContext,
+                         call: dict) -> pb.ModelInferResponse:
+        held = self.registry.hold(call, request.model_name, request.model_version)
+        engine = held.engine
         texts = v2_codec.texts_from(_inputs(request), max_inputs=engine.settings.max_inputs, pairs=engine.takes_pairs)
         wanted = _outputs(request)
         result = await engine.classify(texts, truncate=True)
         arrays = v2_codec.output_tensors(result.logits, engine.scores(result.logits, raw=False), engine.manifest.labels)
-        response = pb.ModelInferResponse(model_name=engine.settings.model_name,
-                                         model_version=v2_codec.MODEL_VERSION, id=request.id)
+        response = pb.ModelInferResponse(model_name=held.name, model_version=held.version, id=request.id)
         # tritonclient reads every output from raw_output_contents, in output order.
         for name in wanted:
             array = arrays[name]
@@ -174,11 +182,11 @@ def _outputs(request: pb.ModelInferRequest) -> list[str]:
     return names
 
 
-async def start(engine: Engine, settings: Settings) -> aio.Server:
+async def start(registry: ModelRegistry, settings: Settings) -> aio.Server:
     """Listen on ``settings.grpc_port``; call from inside the running event loop."""
     # The HTTP body limit bounds request messages too; gRPC refuses larger ones with RESOURCE_EXHAUSTED.
     server = aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(engine), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(registry), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     server.add_insecure_port(f"{host}:{settings.grpc_port}")
     await server.start()

@@ -67,6 +67,15 @@ class Limits(BaseModel):
     max_batch_tokens: int
 
 
+class ModelState(BaseModel):
+    """One version of one model, as Triton's repository index lists it."""
+
+    name: str
+    version: str = Field(description="empty when the model has no version loaded, loading or refused")
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str = Field(description="why it is not READY: the refusal, 'unloaded', ...; empty when READY")
+
+
 class Info(BaseModel):
     """Text-embeddings-inference's ``/info`` fields first, then this service's own."""
 
@@ -95,6 +104,7 @@ class Info(BaseModel):
     verification: VerificationSummary
     versions: dict[str, dict[str, str]]
     limits: Limits
+    models: list[ModelState]
 
 
 class ServerMetadata(BaseModel):

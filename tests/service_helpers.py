@@ -39,25 +39,27 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m service`` in the serving-only virtual environment, on a real socket."""
 
-    def __init__(self, bundle: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, bundle: Path | None, *args: str, env: dict[str, str] | None = None) -> None:
+        """Serve ``bundle``, or with ``bundle=None`` whatever ``args`` name (``--repository DIR``)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ROOT / ".pytest_cache" / f"server-{self.port}.log"
         self.log.parent.mkdir(exist_ok=True)
         self._log_handle = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [str(SERVE_PYTHON), "-m", "service", "--bundle", str(bundle), "--port", str(self.port), *args],
+            [str(SERVE_PYTHON), "-m", "service", *(["--bundle", str(bundle)] if bundle else []),
+             "--port", str(self.port), *args],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._log_handle,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = 90.0, path: str = "/health") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

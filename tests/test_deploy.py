@@ -48,3 +48,17 @@ def test_deployment_is_wired_to_the_service():
     hpa = load("hpa.yaml")["spec"]
     assert hpa["scaleTargetRef"]["name"] == load("deployment.yaml")["metadata"]["name"]
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_pods_poll_the_repository_volume_the_export_job_writes():
+    config = load("configmap.yaml")["data"]
+    assert (config["MODEL_CONTROL"], config["REPOSITORY"]) == ("poll", "/repository")
+    claim = load("repository-pvc.yaml")["metadata"]["name"]
+    pod = load("deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}} in pod["volumes"]
+    assert {"name": "repository", "mountPath": "/repository", "readOnly": True} in container["volumeMounts"]
+    job = load("export-job.yaml")["spec"]["template"]["spec"]
+    assert {"name": "repository", "persistentVolumeClaim": {"claimName": claim}} in job["volumes"]
+    (export,) = job["containers"]
+    assert export["args"][export["args"].index("--out") + 1].startswith("/repository/" + config["DEFAULT_MODEL"] + "/")

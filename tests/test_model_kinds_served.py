@@ -71,7 +71,7 @@ def post(process: ServerProcess, path: str, body: dict) -> httpx.Response:
 
 def batches(process: ServerProcess) -> float:
     text = httpx.get(process.url + "/metrics").text
-    return float(text.split("classifier_batch_size_count ")[1].split()[0])
+    return float(text.split('classifier_batch_size_count{model="classifier"} ')[1].split()[0])
 
 
 def test_pairs_in_every_tei_form(nli):

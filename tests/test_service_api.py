@@ -283,11 +283,14 @@ def test_cors_is_off_unless_configured(client, bundle):
 def test_metrics(client):
     post(client, "/predict", {"inputs": ["a", "bb"]})
     text = client.get("/metrics").text
-    assert 'classifier_requests_total{endpoint="/predict",status="200"}' in text
+    assert 'classifier_requests_total{endpoint="/predict",model="classifier",status="200"}' in text
+    assert 'classifier_requests_total{endpoint="/health",model="",status="200"}' in text
     for phase in ("tokenize", "queue", "inference"):
-        assert f'classifier_phase_seconds_bucket{{le="+Inf",phase="{phase}"}}' in text
-    assert "classifier_batch_size_bucket" in text and "classifier_batch_tokens_bucket" in text
-    assert "classifier_queue_depth 0.0" in text
+        assert f'classifier_phase_seconds_bucket{{le="+Inf",model="classifier",phase="{phase}"}}' in text
+    assert 'classifier_batch_size_bucket{le="+Inf",model="classifier"}' in text
+    assert 'classifier_batch_tokens_bucket{le="+Inf",model="classifier"}' in text
+    assert 'classifier_queue_depth{model="classifier"} 0.0' in text
+    assert 'classifier_inputs_total{model="classifier"}' in text
 
 
 def test_openapi_lists_every_endpoint(client):
@@ -297,7 +300,11 @@ def test_openapi_lists_every_endpoint(client):
         "/v2", "/v2/health/live", "/v2/health/ready",
         "/v2/models/{model_name}", "/v2/models/{model_name}/ready", "/v2/models/{model_name}/infer",
         "/v2/models/{model_name}/versions/{model_version}", "/v2/models/{model_name}/versions/{model_version}/ready",
-        "/v2/models/{model_name}/versions/{model_version}/infer",
+        "/v2/models/{model_name}/versions/{model_version}/infer", "/v2/models",
+        "/models/{model_name}", "/models/{model_name}/predict", "/models/{model_name}/rerank",
+        "/models/{model_name}/zero-shot", "/models/{model_name}/tokenize", "/models/{model_name}/decode",
+        "/models/{model_name}/info",
+        "/v2/repository/index", "/v2/repository/models/{model_name}/load", "/v2/repository/models/{model_name}/unload",
     ])
     schemas = spec["components"]["schemas"]
     assert {"PredictRequest", "Prediction", "RerankRequest", "RerankResult", "Token", "Info", "InferRequest",

@@ -23,7 +23,7 @@ def server(tiny_server):
     return tiny_server
 
 
-def metric(url: str, name: str, labels: str = "", missing: float | None = None) -> float:
+def metric(url: str, name: str, labels: str = '{model="classifier"}', missing: float | None = None) -> float:
     """One sample from /metrics; a labelled series appears only once observed, hence ``missing``."""
     text = httpx.get(url + "/metrics").text
     match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
@@ -59,7 +59,7 @@ def test_admitted_inputs_never_exceed_the_queue_bound(server):
     assert metric(process.url, "classifier_admitted_inputs_peak") == 8
     assert metric(process.url, "classifier_admitted_inputs") == 0
     # Refused requests were never tokenized: only the admitted ones show up in the tokenize phase.
-    tokenized = metric(process.url, "classifier_phase_seconds_count", '{phase="tokenize"}')
+    tokenized = metric(process.url, "classifier_phase_seconds_count", '{model="classifier",phase="tokenize"}')
     assert tokenized == statuses.count(200)
 
 
@@ -127,7 +127,7 @@ def test_malformed_json_is_400_before_any_work(shared_server, body, message):
     infer = httpx.post(process.url + "/v2/models/classifier/infer", content=body,
                        headers={"content-type": "application/json"})
     assert (infer.status_code, infer.json()) == (400, {"error": message, "error_type": "malformed_json"})
-    assert metric(process.url, "classifier_phase_seconds_count", '{phase="tokenize"}', missing=0) == 0
+    assert metric(process.url, "classifier_phase_seconds_count", '{model="classifier",phase="tokenize"}', missing=0) == 0
 
 
 def test_response_cache_hits_skip_the_model(server):

@@ -116,7 +116,7 @@ def test_concurrent_callers_each_get_their_own_answer(server, tiny_bundle):
         got = [answer[f"label_{k}"] for k in range(3)]
         np.testing.assert_allclose(got, direct[i], atol=1e-4)
     metrics = httpx.get(process.url + "/metrics").text
-    batches = float(metrics.split("classifier_batch_size_count ")[1].split()[0])
+    batches = float(metrics.split('classifier_batch_size_count{model="classifier"} ')[1].split()[0])
     assert batches < len(texts), "concurrent requests were never merged into one batch"
 
 

@@ -22,6 +22,14 @@ def test_env_and_flags_share_names_and_flags_win():
     assert settings.grpc_port == 0 and load_settings([], environ={"GRPC_PORT": "8001"}).grpc_port == 8001
 
 
+def test_repository_settings_come_from_flags_and_env():
+    env = {"REPOSITORY": "/models", "MODEL_CONTROL": "poll", "POLL_INTERVAL": "2.5", "DEFAULT_MODEL": "intent"}
+    settings = load_settings(["--version-policy", "all"], environ=env)
+    assert (settings.repository, settings.model_control, settings.poll_interval) == ("/models", "poll", 2.5)
+    assert (settings.default_model, settings.version_policy) == ("intent", "all")
+    assert (Settings().repository, Settings().model_control, Settings().version_policy) == ("", "none", "latest")
+
+
 def test_client_limits_come_from_flags_and_env():
     env = {"HEADER_TIMEOUT": "2.5", "MAX_HEADER_BYTES": "8192", "MAX_CONNECTIONS": "64"}
     settings = load_settings(["--body-timeout", "3"], environ=env)
@@ -45,6 +53,13 @@ def test_client_limits_come_from_flags_and_env():
         pytest.param([], {"BODY_TIMEOUT": "-2"}, "--body-timeout must be greater than 0, got -2.0", id="body-timeout"),
         pytest.param([], {"MAX_HEADER_BYTES": "0"}, "--max-header-bytes must be at least 1, got 0", id="header-bytes"),
         pytest.param(["--max-connections", "0"], {}, "--max-connections must be at least 1, got 0", id="connections"),
+        pytest.param([], {"MODEL_CONTROL": "auto"}, "--model-control must be none, poll or explicit, got 'auto'",
+                     id="model-control"),
+        pytest.param(["--model-control", "poll"], {}, "--model-control poll needs --repository", id="poll-no-repo"),
+        pytest.param(["--repository", "r", "--poll-interval", "0"], {}, "--poll-interval must be greater than 0, got 0.0",
+                     id="poll-interval"),
+        pytest.param([], {"VERSION_POLICY": "newest"}, "--version-policy must be latest or all, got 'newest'",
+                     id="version-policy"),
     ],
 )
 def test_errors_name_the_setting(argv, env, message):

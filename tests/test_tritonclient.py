@@ -300,8 +300,9 @@ def test_grpc_and_http_share_one_batcher_and_drain_on_sigterm(tiny_bundle, expec
             check(grpc_call.result(timeout=30), expected, slice(0, 1))
             check(http_call.result(timeout=30), expected, slice(1, 3))
         metrics = httpx.get(process.url + "/metrics").text
-        assert "classifier_batch_size_count 1.0" in metrics  # one batch held both requests
-        assert 'classifier_requests_total{endpoint="/inference.GRPCInferenceService/ModelInfer",status="OK"} 1.0' in metrics
+        assert 'classifier_batch_size_count{model="classifier"} 1.0' in metrics  # one batch held both requests
+        assert ('classifier_requests_total{endpoint="/inference.GRPCInferenceService/ModelInfer",model="classifier",'
+                'status="OK"} 1.0') in metrics
 
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(over_grpc)
