@@ -28,6 +28,11 @@ __all__ = ["EmptyInput", "Encoded", "InputKindError", "OnnxClassifier", "TextInp
 TextInput = Union[str, tuple[str, str]]
 
 
+def _as_args(item: TextInput) -> tuple[str, ...]:
+    """A text, or a pair as the tokenizer's (sequence, pair) arguments."""
+    return (item,) if isinstance(item, str) else (item[0], item[1])
+
+
 class InputKindError(ValueError):
     """A single text given to a pair model, or a pair given to a text model."""
 
@@ -192,7 +197,13 @@ class OnnxClassifier:
             with self._exclusive:
                 return self.encode(texts, count_full=count_full, direction=direction)
         prepared = self._prepare(texts)
-        encodings = self._truncating(direction).encode_batch(prepared, add_special_tokens=True)
+        tokenizer = self._truncating(direction)
+        if len(prepared) == 1:
+            # encode_batch hands even one input to its thread pool, whose threads then
+            # compete with the model's for the cores; one input is encoded in place.
+            encodings = [tokenizer.encode(*_as_args(prepared[0]), add_special_tokens=True)]
+        else:
+            encodings = tokenizer.encode_batch(prepared, add_special_tokens=True)
         limit = (self.tokenizer.truncation or {}).get("max_length")
         results = []
         for index, (item, encoding) in enumerate(zip(prepared, encodings)):
@@ -207,9 +218,7 @@ class OnnxClassifier:
         return results
 
     def _count(self, item: TextInput) -> list[int]:
-        if isinstance(item, tuple):
-            return self._counter.encode(item[0], item[1]).ids
-        return self._counter.encode(item).ids
+        return self._counter.encode(*_as_args(item)).ids
 
     def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
         """Untruncated tokens with UTF-8 byte offsets into each text (TEI's ``/tokenize``)."""

@@ -95,3 +95,22 @@ def tiny_server(tiny_bundle):
     yield start
     for process in servers:
         process.stop()
+
+
+@pytest.fixture
+def hf_client_online(monkeypatch):
+    """Let huggingface_hub's InferenceClient reach our own server.
+
+    The suite runs with HF_HUB_OFFLINE=1 (no hub is reachable here); a client given a
+    ``base_url`` talks only to the server under test. huggingface_hub caches one HTTP
+    session per thread, built offline by whichever test came first: reset it both ways.
+    """
+    import huggingface_hub.constants
+    from huggingface_hub.utils import reset_sessions
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    reset_sessions()
+    yield
+    monkeypatch.undo()
+    reset_sessions()

@@ -181,9 +181,8 @@ def test_size_above_base(image):
     assert above_mb <= SIZE_BUDGET_MB, f"{above_mb:.0f} MB above the base image"
 
 
-def test_real_clients_against_the_grpc_image(grpc_image, monkeypatch):
+def test_real_clients_against_the_grpc_image(grpc_image, hf_client_online):
     """tritonclient (HTTP with binary tensors, and gRPC) and Hugging Face's InferenceClient, unchanged."""
-    import huggingface_hub.constants
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -205,8 +204,6 @@ def test_real_clients_against_the_grpc_image(grpc_image, monkeypatch):
         tensor = grpcclient.InferInput("text", [1], "BYTES")
         tensor.set_data_from_numpy(text)
         assert grpc.infer("classifier", [tensor]).as_numpy("label").tolist() == [b"connect_to_human"]
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
         top = InferenceClient(base_url="http://" + addresses["8000"]).text_classification(text[0], top_k=1)
         assert [r.label for r in top] == ["connect_to_human"]
     finally:

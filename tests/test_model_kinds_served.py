@@ -113,8 +113,7 @@ def test_pairs_through_the_open_inference_protocol(nli):
 
 
 @pytest.mark.parametrize("multi_label", [False, True], ids=["single-label", "multi-label"])
-def test_zero_shot_matches_the_transformers_pipeline(nli, multi_label, monkeypatch):
-    import huggingface_hub.constants
+def test_zero_shot_matches_the_transformers_pipeline(nli, multi_label, hf_client_online):
     from huggingface_hub import InferenceClient
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -133,8 +132,6 @@ def test_zero_shot_matches_the_transformers_pipeline(nli, multi_label, monkeypat
     assert dict(zip(answer["labels"], answer["scores"])) == pytest.approx(expected_scores, abs=1e-5)
     assert answer["scores"] == sorted(answer["scores"], reverse=True)
     # Hugging Face's client posts the same body to the base URL.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
     result = InferenceClient(base_url=process.url).zero_shot_classification(text, labels, multi_label=multi_label)
     assert [(r.label, r.score) for r in result] == list(zip(answer["labels"], answer["scores"]))
 

@@ -255,7 +255,7 @@ def test_corrupt_and_half_copied_versions_are_refused_while_the_old_one_answers(
     assert refusals == [("2", ["1"]), ("3", ["1"])]
 
 
-def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle, second_bundle, monkeypatch):
+def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle, second_bundle, hf_client_online):
     repository = tmp_path / "repository"
     place(tiny_bundle("bert"), repository / "alpha" / "1")
     place(tiny_bundle("roberta"), repository / "beta")
@@ -305,11 +305,8 @@ def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle,
         client.load_model("delta", headers=AUTH)
         assert client.is_model_ready("beta", headers=AUTH) and client.is_model_ready("delta", headers=AUTH)
         # Hugging Face's client addresses a named model by its URL, as on its inference API.
-        import huggingface_hub.constants
         from huggingface_hub import InferenceClient
 
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
         answer = InferenceClient(model=server.url + "/models/beta", api_key=KEY).text_classification("hi")
         assert {item.label for item in answer} == V1
 

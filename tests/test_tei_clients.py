@@ -48,16 +48,7 @@ def post(server, path: str, body: dict, **headers: str) -> httpx.Response:
     return httpx.post(server.url + path, json=body, headers=headers, timeout=30)
 
 
-@pytest.fixture
-def online(monkeypatch):
-    """The suite runs with HF_HUB_OFFLINE=1 (no hub here); a base_url client talks only to our server."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-
-
-def test_inference_client_text_classification(server, reference, online):
+def test_inference_client_text_classification(server, reference, hf_client_online):
     client = InferenceClient(base_url=server.url)
     text = "I like you. I love you"
     result = client.text_classification(text)
@@ -71,7 +62,7 @@ def test_inference_client_text_classification(server, reference, online):
     assert [r.score for r in raw] == pytest.approx(sorted(reference([text])[0].tolist(), reverse=True), abs=1e-5)
 
 
-def test_readme_snippet_runs(server, reference, online):
+def test_readme_snippet_runs(server, reference, hf_client_online):
     namespace: dict = {}
     code = readme_snippet("InferenceClient(base_url=").replace("http://localhost:8000", server.url)
     exec(compile(code, "README.md (InferenceClient)", "exec"), namespace)
@@ -79,7 +70,7 @@ def test_readme_snippet_runs(server, reference, online):
     assert namespace["labels"] == [(item["label"], item["score"]) for item in ranking(probs, 2)]
 
 
-def test_inference_client_with_an_api_key(tiny_bundle, online):
+def test_inference_client_with_an_api_key(tiny_bundle, hf_client_online):
     require_serve_env()
     process = ServerProcess(tiny_bundle("bert"), "--api-keys", KEY)
     try:
