@@ -97,6 +97,7 @@ def command(server: str, bundle: Path, port: int) -> list[str]:
         "ours": [_serve_python(), "-m", "service", "--bundle", str(bundle)],
         "naive": [sys.executable, "-m", "bench.naive_server", "--bundle", str(bundle)],
         "pytorch": [sys.executable, "-m", "bench.torch_server"],
+        "wire": [_serve_python(), "-m", "bench.wire_floor"],
     }[server] + ["--port", str(port)]
 
 
@@ -177,6 +178,8 @@ def compare(args) -> int:
     manifest = json.loads((bundle / "bundle.json").read_text())
     _check_pytorch_model(args, manifest)
     floor = measure_floor(bundle, args.duration)
+    wire = run_server("wire", "wire", {}, [Workload("short", [1])], args)
+    floor["wire_p50_ms"] = wire.levels[0].p50_ms
     runs = {name: run_server(name, server, env, workloads, args) for name, server, env, workloads in plan(args)}
     report = Report(machine=machine(), manifest=manifest, settings=_settings(args), floor=floor, runs=runs)
     out = Path(args.out)
