@@ -30,9 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from bench.loadtest import LevelResult, exit_code, levels_arg, measure_levels
+from bench.process import wait_ready
 from bench.report import Report, ServerRun, machine, markdown, to_json
 from bench.workload import Mix
 
@@ -125,17 +124,7 @@ def run_server(name: str, server: str, extra_env: dict[str, str], workloads: lis
                             stderr=subprocess.DEVNULL, env=_env(extra_env))
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"error: {name} server exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > 300:
-                raise SystemExit(f"error: {name} server not ready after 300 s")
-            time.sleep(0.05)
+        wait_ready(proc, url, name=f"{name} server")
         cold = time.perf_counter() - started
         time.sleep(1.0)
         idle = _rss_mb(proc.pid)

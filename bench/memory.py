@@ -34,6 +34,8 @@ from typing import Sequence
 
 import httpx
 
+from bench.process import wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED_REQUESTS = 0, 1
 # Everyday words: they tokenize like real text (about 1.3 tokens a word for a BERT vocabulary).
@@ -144,7 +146,7 @@ def measure(bundle: str, server_args: Sequence[str], rounds: int, fill_body: boo
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        _wait_ready(server, url)
+        wait_ready(server, url)
         with httpx.Client(base_url=url) as client:
             bound = limits(client)
         ready = rss_kib(server.pid)["VmRSS"]
@@ -164,18 +166,6 @@ def measure(bundle: str, server_args: Sequence[str], rounds: int, fill_body: boo
     return EXIT_OK if set(statuses) <= {200, 429} else EXIT_FAILED_REQUESTS
 
 
-def _wait_ready(server: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("server did not become ready")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

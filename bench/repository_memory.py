@@ -21,11 +21,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
 import httpx
+
+from bench.process import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
@@ -57,18 +58,7 @@ def measure(bundle: Path, count: int, python: Path, threads: int) -> dict[str, f
                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the server exited with {process.returncode}")
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not become ready")
-                time.sleep(0.1)
+            wait_ready(process, url)
             for name in names:
                 for _ in range(3):
                     response = httpx.post(f"{url}/models/{name}/predict", json={"inputs": TEXTS}, timeout=60)
