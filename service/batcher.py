@@ -12,15 +12,20 @@ budget, or would leave less than half the batch's padded tokens real (one
 one waits at the front for the next batch. So no input waits
 behind work that arrived after it, and a long text cannot be overtaken forever.
 Inputs whose caller has gone (a cancelled future) are dropped before they run.
-The batch runs on a dedicated thread, never on the event loop.
+
+The worker is a dedicated thread, never the event loop: it forms a batch, runs
+it, and hands the results back to the loop in one call. At low load a request
+then costs the loop one hand-off each way, with no task, executor future or
+extra loop turn in between.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -29,6 +34,7 @@ import numpy as np
 from service.classifier import Encoded
 from service.failures import QueueFull, ShuttingDown
 
+log = logging.getLogger("service.batcher")
 RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
 # Real tokens over padded tokens below which a batch is cut rather than grown.
 MIN_FILL = 0.5
@@ -88,9 +94,12 @@ class MicroBatcher:
         self.max_queue_size = max_queue_size
         self._on_batch = on_batch
         self._pending: deque[_Item] = deque()
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._worker: asyncio.Task | None = None
+        # Guards the queue and the stop flag between the event loop and the worker thread.
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._counts = threading.Lock()  # admitted/dropped change on both threads
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.admitted = 0  # queued + running inputs (and those being tokenized)
         self.admitted_peak = 0
         self.dropped = 0  # inputs whose caller left before they ran
@@ -100,30 +109,35 @@ class MicroBatcher:
         return len(self._pending)
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._loop(), name="micro-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-        for item in self._pending:
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)  # lets a running batch finish and deliver
+        with self._ready:
+            left, self._pending = list(self._pending), deque()
+        for item in left:
             if not item.future.done():
                 item.future.set_exception(ShuttingDown())
-        self._executor.shutdown(wait=True)
 
     def admit(self, count: int) -> Admission:
         """Reserve ``count`` slots or raise QueueFull; use as a context manager."""
-        if self.admitted + count > self.max_queue_size:
-            raise QueueFull(self.admitted, count, self.max_queue_size)
-        self.admitted += count
-        self.admitted_peak = max(self.admitted_peak, self.admitted)
+        with self._counts:
+            if self.admitted + count > self.max_queue_size:
+                raise QueueFull(self.admitted, count, self.max_queue_size)
+            self.admitted += count
+            self.admitted_peak = max(self.admitted_peak, self.admitted)
         return Admission(self, count)
 
-    def _release(self, count: int) -> None:
-        self.admitted -= count
+    def _release(self, count: int, dropped: int = 0) -> None:
+        with self._counts:
+            self.admitted -= count
+            self.dropped += dropped
 
     async def submit(self, inputs: Sequence[Encoded], admission: Admission) -> list[ItemResult]:
         """Queue admitted inputs and wait for their results, in order."""
@@ -133,30 +147,33 @@ class MicroBatcher:
         items = [_Item(encoded, loop.create_future()) for encoded in inputs]
         # From here each queued item owns its slot until it has run or been dropped.
         admission.count -= len(items)
-        self._pending.extend(items)
-        self._wakeup.set()
+        with self._ready:
+            self._pending.extend(items)
+            self._ready.notify()
+        if len(items) == 1:  # the common case, without gather's bookkeeping
+            return [await items[0].future]
         return list(await asyncio.gather(*(item.future for item in items)))
 
-    async def _loop(self) -> None:
+    def _work(self) -> None:
+        """The worker thread: wait for inputs, cut a batch, run it, deliver; until stopped."""
         while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.max_wait:
-                await self._wait_for_company()
-            batch = self.next_batch()
+            with self._ready:
+                while not self._pending and not self._stopping:
+                    self._ready.wait()
+                if self._stopping:
+                    return
+                if self.max_wait:
+                    self._wait_for_company()
+                batch = self.next_batch()
             if batch:
-                await self._run(batch)
+                self._run(batch)
 
-    async def _wait_for_company(self) -> None:
+    def _wait_for_company(self) -> None:
+        """Hold the first input up to ``max_wait`` for others to join it (the lock is held)."""
         deadline = self._pending[0].queued_at + self.max_wait
-        while len(self._pending) < self.max_batch_size and (delay := deadline - time.perf_counter()) > 0:
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
-            except asyncio.TimeoutError:
-                return
+        while (len(self._pending) < self.max_batch_size and not self._stopping
+               and (delay := deadline - time.perf_counter()) > 0):
+            self._ready.wait(delay)
 
     def next_batch(self) -> list[_Item]:
         """Take inputs from the front, in arrival order, while they fit the budgets."""
@@ -164,10 +181,10 @@ class MicroBatcher:
         longest = real = 0
         while self._pending:
             item = self._pending[0]
-            if item.future.done():  # the caller has gone: drop it without running it
+            # The caller has gone (its future was cancelled on the loop): drop it without running it.
+            if item.future.done():
                 self._pending.popleft()
-                self.dropped += 1
-                self._release(1)
+                self._release(1, dropped=1)
                 continue
             width = max(longest, item.encoded.length)
             padded = (len(batch) + 1) * width
@@ -181,22 +198,34 @@ class MicroBatcher:
             longest, real = width, real + item.encoded.length
         return batch
 
-    async def _run(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
         encoded = [i.encoded for i in batch]
         try:
-            logits = await loop.run_in_executor(self._executor, self._run_batch, encoded)
+            outcome: np.ndarray | BaseException = self._run_batch(encoded)
         except Exception as exc:  # one failed batch fails its callers, never the worker
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
+            outcome = exc
         finally:
             self._release(len(batch))
         elapsed = time.perf_counter() - started
-        longest = max(e.length for e in encoded)
-        self._on_batch(BatchStats(len(batch), len(batch) * longest, elapsed))
-        for row, item in enumerate(batch):
-            if not item.future.done():
-                item.future.set_result(ItemResult(logits[row], started - item.queued_at, elapsed))
+        if not isinstance(outcome, BaseException):
+            try:
+                self._on_batch(BatchStats(len(batch), len(batch) * max(e.length for e in encoded), elapsed))
+            except Exception:
+                log.exception("recording a batch's metrics failed")
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_deliver, batch, outcome, started, elapsed)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _deliver(batch: list[_Item], outcome: np.ndarray | BaseException, started: float, elapsed: float) -> None:
+    """On the event loop: hand each caller still waiting its row, or the batch's error."""
+    for row, item in enumerate(batch):
+        if item.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(ItemResult(outcome[row], started - item.queued_at, elapsed))

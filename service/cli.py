@@ -10,19 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 from service.manifest import BundleError, load_verified
-from service.middleware import JsonFormatter
+from service.logs import configure_logging
 from service.settings import SettingsError, load_settings
 
 EXIT_BAD_SETTINGS = 2
 EXIT_BAD_BUNDLE = 3
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BundleError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_BUNDLE
-    configure_logging(settings.log_level)
+    logs = configure_logging(settings.log_level)
     if settings.model_control == "explicit" and not settings.api_keys:
         logging.getLogger("service.cli").warning(
             "MODEL_CONTROL=explicit without API_KEYS: the repository API refuses every call (403)")
@@ -69,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler;
     # making that handler a clean exit turns an orderly shutdown into exit code 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        logs.close()  # writes out what is still kept
     return 0
 
 

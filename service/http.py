@@ -65,25 +65,35 @@ def describe(errors: list[Any]) -> str:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first.
+    """Await ``work`` in this task, cancelling it if the client disconnects first.
 
     Cancelling reaches the batcher's futures, so inputs of a departed client are
     dropped before they run. The body has been read by now, so the next ASGI
-    message can only be the disconnect.
+    message can only be the disconnect. The work runs in the request's own task
+    (no second task, no ``asyncio.wait``): only the watcher is extra.
     """
-    task = asyncio.ensure_future(work)
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    def on_watcher_done(watcher: asyncio.Future) -> None:
+        nonlocal gone
+        if not watcher.cancelled() and watcher.exception() is None:
+            gone = True
+            task.cancel()
+
     watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(on_watcher_done)
     try:
-        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientGone("the client disconnected before its answer was ready") from None
     finally:
+        watcher.remove_done_callback(on_watcher_done)
         watcher.cancel()
-    if task not in done:
-        task.cancel()
-        raise ClientGone("the client disconnected before its answer was ready")
-    return task.result()
 
 
 async def _disconnected(request: Request) -> None:

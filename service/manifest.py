@@ -27,6 +27,7 @@ This module must stay importable without torch: the service depends on it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -98,8 +99,9 @@ class Manifest:
         if problems:
             raise BundleError("invalid manifest: " + "; ".join(problems))
 
-    @property
+    @functools.cached_property
     def labels(self) -> list[str]:
+        """Label names by output index (built once: every answer reads them; do not modify)."""
         return [self.id2label[i] for i in range(len(self.id2label))]
 
     @property

@@ -66,6 +66,8 @@ class Metrics:
                                     registry=self.registry)
         self.inputs = Counter("classifier_inputs", "Texts classified", ["model"], registry=self.registry)
         self._views: list[ModelMetrics] = []
+        # Routes x statuses x models: as many entries as the series prometheus_client keeps anyway.
+        self._request_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_LoadedGauges(self._views))
 
     def for_model(self, model: str) -> ModelMetrics:
@@ -78,6 +80,16 @@ class Metrics:
         if view in self._views:
             self._views.remove(view)
 
+    def record_request(self, endpoint: str, status: str, model: str, seconds: float) -> None:
+        """Count one request and its duration (the series children are looked up once, then reused)."""
+        key = (endpoint, status, model)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(endpoint, status, model), self.request_seconds.labels(endpoint, model))
+        children[0].inc()
+        children[1].observe(seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -88,9 +100,13 @@ class _Labelled:
     def __init__(self, metric: Any, model: str) -> None:
         self._metric = metric
         self._model = model
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def labels(self, *values: str) -> Any:
-        return self._metric.labels(self._model, *values)
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(self._model, *values)
+        return child
 
 
 class _Slot:

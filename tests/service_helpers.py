@@ -66,6 +66,13 @@ class ServerProcess:
             time.sleep(0.05)
         raise AssertionError("server did not become ready")
 
+    def log_with(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it holds ``text``: the service writes its log lines from a thread, in batches."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
