@@ -2,13 +2,17 @@
 
     bash bench/run-loadtest.sh        # everything, into docs/benchmarks/report.{md,json,png}
 
-First the in-process floor (bench/floor.py), with no server running. Then each
-server in turn, started fresh, measured and stopped before the next one starts:
+Every server is started first and stays up; then each level is measured in
+``--rounds`` slices, and every round gives each server (and the in-process floor,
+bench/floor.py) one slice in turn, in a rotating order. A drift of this shared
+machine's speed over the minutes of a run then falls on all of them alike,
+rather than on whichever server happened to run during it. The servers:
 
 - ``ours``: ``python -m service`` with its default settings, response cache off;
 - ``naive``: bench/naive_server.py, FastAPI and one ``session.run`` per request;
 - ``pytorch``: bench/torch_server.py, the original model (the default model only);
-- ``ours-cache``: ours with ``CACHE_SIZE``, for the repeating workload only.
+- ``ours-cache``: ours with ``CACHE_SIZE``, for the repeating workload only;
+- ``wire``: bench/wire_floor.py, which answers at once: the bare round trip, at concurrency 1.
 
 Workloads, each a fresh seeded mix, so every server gets the same texts:
 
@@ -30,8 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.loadtest import LevelResult, exit_code, levels_arg, measure_levels
+from bench.loadtest import LevelResult, Samples, collect, exit_code, levels_arg, summarize
 from bench.process import wait_ready
+from bench.floor import summarize as summarize_floor
 from bench.report import Report, ServerRun, machine, markdown, to_json
 from bench.workload import Mix
 
@@ -72,15 +77,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--distinct", type=int, default=32, help="distinct texts in the repeating workload")
     parser.add_argument("--cache-concurrency", type=levels_arg, default=[1, 32],
                         help="levels of the repeating workload")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="slices each level's --duration is cut into, the servers taking turns")
 
 
 def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
-    """(name, which server, extra environment, workloads), in the order they run."""
+    """(name, which server, extra environment, workloads), in the order they start."""
     common = [Workload("short", args.concurrency)]
     if args.long_fraction:
         common.append(Workload("long-mix", [args.mixed_concurrency], long_fraction=args.long_fraction))
     repeat = [Workload("repeat", args.cache_concurrency, distinct=args.distinct)] if args.cache_size else []
-    runs = [("ours", "ours", {"CACHE_SIZE": "0"}, common + repeat)]
+    runs = [("wire", "wire", {}, [Workload("short", [1])]), ("ours", "ours", {"CACHE_SIZE": "0"}, common + repeat)]
     runs += [(name, name, {}, common) for name in SERVERS[1:] if name in args.servers]
     if repeat:
         runs.append(("ours-cache", "ours", {"CACHE_SIZE": str(args.cache_size)}, repeat))
@@ -117,7 +124,17 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
-def run_server(name: str, server: str, extra_env: dict[str, str], workloads: list[Workload], args) -> ServerRun:
+@dataclass
+class Started:
+    name: str
+    proc: subprocess.Popen
+    url: str
+    cold_start_s: float
+    idle_rss_mb: float
+    workloads: list[Workload]
+
+
+def start_server(name: str, server: str, extra_env: dict[str, str], workloads: list[Workload], args) -> Started:
     port = _free_port()
     started = time.perf_counter()
     proc = subprocess.Popen(command(server, Path(args.bundle), port), cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -125,31 +142,53 @@ def run_server(name: str, server: str, extra_env: dict[str, str], workloads: lis
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, name=f"{name} server")
-        cold = time.perf_counter() - started
-        time.sleep(1.0)
-        idle = _rss_mb(proc.pid)
-        print(f"{name}: ready in {cold:.2f} s, idle RSS {idle:.0f} MB", file=sys.stderr, flush=True)
-        results: dict[str, list[LevelResult]] = {}
-        for workload in workloads:
-            print(f"{name}: {workload.name}", file=sys.stderr, flush=True)
-            results[workload.name] = measure_levels(
-                url, [{"concurrency": c} for c in workload.concurrency], duration=args.duration,
-                max_requests=args.max_requests, mix=workload.mix(), pid=proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    return ServerRun(name, round(cold, 2), round(idle, 1), results)
+    except SystemExit:
+        proc.kill()
+        raise
+    cold = time.perf_counter() - started
+    time.sleep(1.0)
+    idle = _rss_mb(proc.pid)
+    print(f"{name}: ready in {cold:.2f} s, idle RSS {idle:.0f} MB", file=sys.stderr, flush=True)
+    return Started(name, proc, url, round(cold, 2), round(idle, 1), workloads)
 
 
-def measure_floor(bundle: Path, duration: float) -> dict[str, float]:
-    proc = subprocess.run([_serve_python(), "-m", "bench.floor", "--bundle", str(bundle), "--duration", str(duration)],
-                          cwd=ROOT, capture_output=True, text=True, env=_env({}))
+def interleave(servers: list[Started], args) -> tuple[list[dict], dict[str, dict[str, dict[int, Samples]]]]:
+    """Every level of every workload, in ``args.rounds`` rounds of one slice per server (and one floor slice)."""
+    levels = list(dict.fromkeys((w.name, c) for s in servers for w in s.workloads for c in w.concurrency))
+    samples = {s.name: {w.name: {c: Samples() for c in w.concurrency} for w in s.workloads} for s in servers}
+    mixes = {(s.name, w.name): w.mix() for s in servers for w in s.workloads}  # each server: the same texts
+    slice_seconds = args.duration / args.rounds
+    floor = []
+    for index in range(args.rounds):
+        print(f"round {index + 1} of {args.rounds}", file=sys.stderr, flush=True)
+        floor.append(measure_floor(Path(args.bundle), slice_seconds))
+        for workload, concurrency in levels:
+            taking_part = [s for s in servers if concurrency in samples[s.name].get(workload, {})]
+            shift = index % len(taking_part)
+            for server in taking_part[shift:] + taking_part[:shift]:
+                samples[server.name][workload][concurrency].add(collect(
+                    server.url, concurrency=concurrency, duration=slice_seconds, max_requests=args.max_requests,
+                    mix=mixes[server.name, workload], pid=server.proc.pid))
+    return floor, samples
+
+
+def _results(levels: dict[str, dict[int, Samples]]) -> dict[str, list[LevelResult]]:
+    results = {}
+    for workload, by_level in levels.items():
+        results[workload] = [summarize(samples, concurrency=c) for c, samples in by_level.items()]
+        for result in results[workload]:
+            print(f"  {workload} concurrency {result.level:g}: {result.throughput:.1f} req/s, "
+                  f"p50 {result.p50_ms:.2f} ms, errors {result.errors}", file=sys.stderr, flush=True)
+    return results
+
+
+def measure_floor(bundle: Path, duration: float) -> dict:
+    """One slice of the in-process floor (raw samples), in a process of its own."""
+    proc = subprocess.run([_serve_python(), "-m", "bench.floor", "--bundle", str(bundle), "--duration", str(duration),
+                           "--raw"], cwd=ROOT, capture_output=True, text=True, env=_env({}))
     if proc.returncode:
         raise SystemExit(f"error: the in-process floor failed:\n{proc.stderr[-3000:]}")
-    floor = json.loads(proc.stdout)
-    print(f"in-process: p50 {floor['single_p50_ms']} ms, {floor['batch_texts_per_s']} texts/s in batches",
-          file=sys.stderr, flush=True)
-    return floor
+    return json.loads(proc.stdout)
 
 
 def _check_pytorch_model(args, manifest: dict) -> None:
@@ -166,10 +205,24 @@ def compare(args) -> int:
         raise SystemExit(f"error: no bundle at {bundle}; run 'python -m export' first")
     manifest = json.loads((bundle / "bundle.json").read_text())
     _check_pytorch_model(args, manifest)
-    floor = measure_floor(bundle, args.duration)
-    wire = run_server("wire", "wire", {}, [Workload("short", [1])], args)
-    floor["wire_p50_ms"] = wire.levels[0].p50_ms
-    runs = {name: run_server(name, server, env, workloads, args) for name, server, env, workloads in plan(args)}
+    servers: list[Started] = []
+    try:
+        for name, server, env, workloads in plan(args):
+            servers.append(start_server(name, server, env, workloads, args))
+        floor_slices, samples = interleave(servers, args)
+    finally:
+        for server in servers:
+            server.proc.terminate()
+        for server in servers:
+            server.proc.wait(timeout=60)
+    floor = summarize_floor(floor_slices)
+    print(f"in-process: p50 {floor['single_p50_ms']} ms, {floor['batch_texts_per_s']} texts/s in batches",
+          file=sys.stderr, flush=True)
+    runs = {}
+    for server in servers:
+        print(f"{server.name}:", file=sys.stderr, flush=True)
+        runs[server.name] = ServerRun(server.name, server.cold_start_s, server.idle_rss_mb, _results(samples[server.name]))
+    floor["wire_p50_ms"] = runs.pop("wire").levels[0].p50_ms
     report = Report(machine=machine(), manifest=manifest, settings=_settings(args), floor=floor, runs=runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +237,6 @@ def compare(args) -> int:
 
 
 def _settings(args) -> dict:
-    names = ("duration", "concurrency", "long_fraction", "mixed_concurrency", "cache_size", "distinct",
+    names = ("duration", "rounds", "concurrency", "long_fraction", "mixed_concurrency", "cache_size", "distinct",
              "cache_concurrency", "servers")
     return {name: getattr(args, name) for name in names}

@@ -45,8 +45,8 @@ def single_latencies(classifier: OnnxClassifier, duration: float) -> list[float]
     return timings
 
 
-def batched_throughput(classifier: OnnxClassifier, duration: float) -> float:
-    """Texts per second, tokenizing and running batches of ``BATCH`` short queries."""
+def batched_throughput(classifier: OnnxClassifier, duration: float) -> tuple[int, float]:
+    """Texts and seconds, tokenizing and running batches of ``BATCH`` short queries for ``duration`` seconds."""
     texts = _short_texts(BATCH * 32)
     classifier.logits(texts[:BATCH], batch_size=BATCH)
     done = 0
@@ -55,20 +55,27 @@ def batched_throughput(classifier: OnnxClassifier, duration: float) -> float:
         offset = done % len(texts)
         classifier.logits(texts[offset : offset + BATCH], batch_size=BATCH)
         done += BATCH
-    return done / (time.perf_counter() - started)
+    return done, time.perf_counter() - started
 
 
-def measure(bundle: str, duration: float) -> dict[str, float]:
+def measure(bundle: str, duration: float) -> dict:
+    """The raw samples of one slice: ``summarize`` pools the slices of a run."""
     classifier = OnnxClassifier.from_bundle(bundle)
     single_latencies(classifier, WARMUP_SECONDS)
     latencies = single_latencies(classifier, duration)
+    texts, seconds = batched_throughput(classifier, duration)
+    return {"single_ms": latencies, "batch_texts": texts, "batch_seconds": seconds}
+
+
+def summarize(slices: list[dict]) -> dict[str, float]:
+    latencies = [ms for part in slices for ms in part["single_ms"]]
     quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "single_p50_ms": round(quantiles[49], 3),
         "single_p99_ms": round(quantiles[98], 3),
         "single_runs": len(latencies),
         "batch_size": BATCH,
-        "batch_texts_per_s": round(batched_throughput(classifier, duration), 1),
+        "batch_texts_per_s": round(sum(p["batch_texts"] for p in slices) / sum(p["batch_seconds"] for p in slices), 1),
     }
 
 
@@ -76,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="bundles/default")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds for each of the two figures")
+    parser.add_argument("--raw", action="store_true", help="print the samples, not the summary")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.bundle, args.duration)))
+    samples = measure(args.bundle, args.duration)
+    print(json.dumps(samples if args.raw else summarize([samples])))
     return 0
 
 

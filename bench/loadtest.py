@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -108,13 +108,7 @@ class ProcessSampler:
         if self.pid:
             self._stop.set()
             self._thread.join()
-            wall = time.perf_counter() - self._wall_start
-            self.cpu_percent = 100 * (self._cpu_seconds() - self._cpu_start) / wall
-
-    def fill(self, result: LevelResult) -> None:
-        if self.pid:
-            result.cpu_percent = round(self.cpu_percent, 1)
-            result.peak_rss_mb = round(self.peak_rss / 1e6, 1)
+            self.cpu_seconds = self._cpu_seconds() - self._cpu_start
 
 
 _COUNTERS = ("classifier_batch_size_sum", "classifier_batch_size_count",
@@ -138,8 +132,7 @@ def scrape_counters(client: httpx.Client) -> dict[str, float]:
     return values
 
 
-def fill_from_counters(result: LevelResult, before: dict[str, float], after: dict[str, float]) -> None:
-    delta = {name: after[name] - before[name] for name in _COUNTERS if name in before and name in after}
+def fill_from_counters(result: LevelResult, delta: dict[str, float]) -> None:
     if delta.get("classifier_batch_size_count"):
         result.mean_batch_size = round(delta["classifier_batch_size_sum"] / delta["classifier_batch_size_count"], 2)
     hits = delta.get("classifier_cache_hits_total", 0)
@@ -238,46 +231,79 @@ def _percentiles(values: list[float]) -> tuple[float, float, float]:
     return round(quantiles[49], 2), round(quantiles[94], 2), round(quantiles[98], 2)
 
 
-def run_level(
+@dataclass
+class Samples:
+    """What one or more slices of a level measured, before it is summarized; slices add up."""
+
+    latencies: defaultdict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    statuses: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    cpu_seconds: float | None = None  # of the server process, when its pid is known
+    peak_rss: int = 0
+    counters: Counter[str] = field(default_factory=Counter)  # deltas of the server's /metrics counters
+
+    def add(self, other: Samples) -> None:
+        for kind, values in other.latencies.items():
+            self.latencies[kind].extend(values)
+        self.statuses.update(other.statuses)
+        self.seconds += other.seconds
+        if other.cpu_seconds is not None:
+            self.cpu_seconds = (self.cpu_seconds or 0.0) + other.cpu_seconds
+        self.peak_rss = max(self.peak_rss, other.peak_rss)
+        self.counters.update(other.counters)
+
+
+def collect(
     url: str, *, concurrency: int | None = None, rate: float | None = None, duration: float, max_requests: int,
     mix: Mix, pid: int | None = None, headers: dict[str, str] | None = None,
-) -> LevelResult:
-    latencies: defaultdict[str, list[float]] = defaultdict(list)
-    statuses: Counter[str] = Counter()
+) -> Samples:
+    """Load ``url`` for ``duration`` seconds, closed-loop at ``concurrency`` or open-loop at ``rate``."""
+    samples = Samples()
     with httpx.Client(base_url=url, timeout=30, headers=headers) as sync_client:
         before = scrape_counters(sync_client)
 
         async def go() -> None:
             deadline = time.perf_counter() + duration
-            if rate:
-                await _open_loop(url, headers, rate, deadline, max_requests, mix, latencies, statuses)
-            else:
-                await _closed_loop(url, headers, concurrency, deadline, max_requests, mix, latencies, statuses)
+            args = (url, headers, rate or concurrency, deadline, max_requests, mix, samples.latencies, samples.statuses)
+            await (_open_loop if rate else _closed_loop)(*args)
 
         with ProcessSampler(pid) as sampler:
             started = time.perf_counter()
             asyncio.run(go())
-            seconds = time.perf_counter() - started
+            samples.seconds = time.perf_counter() - started
         after = scrape_counters(sync_client)
-    every = [ms for values in latencies.values() for ms in values]
+    if pid:
+        samples.cpu_seconds, samples.peak_rss = sampler.cpu_seconds, sampler.peak_rss
+    samples.counters.update({name: after[name] - before[name] for name in before if name in after})
+    return samples
+
+
+def summarize(samples: Samples, *, concurrency: int | None = None, rate: float | None = None) -> LevelResult:
+    every = [ms for values in samples.latencies.values() for ms in values]
     p50, p95, p99 = _percentiles(every)
     result = LevelResult(
         mode="open" if rate else "closed",
         level=rate or concurrency,
         requests=len(every),
-        seconds=round(seconds, 3),
-        throughput=round(len(every) / seconds, 1),
+        seconds=round(samples.seconds, 3),
+        throughput=round(len(every) / samples.seconds, 1),
         p50_ms=p50,
         p95_ms=p95,
         p99_ms=p99,
-        statuses=dict(statuses),
-        errors=sum(n for status, n in statuses.items() if status != "200"),
+        statuses=dict(samples.statuses),
+        errors=sum(n for status, n in samples.statuses.items() if status != "200"),
     )
-    if "short" in latencies and len(latencies) > 1:
-        result.short_p50_ms, _, result.short_p99_ms = _percentiles(latencies["short"])
-    sampler.fill(result)
-    fill_from_counters(result, before, after)
+    if "short" in samples.latencies and len(samples.latencies) > 1:
+        result.short_p50_ms, _, result.short_p99_ms = _percentiles(samples.latencies["short"])
+    if samples.cpu_seconds is not None:
+        result.cpu_percent = round(100 * samples.cpu_seconds / samples.seconds, 1)
+        result.peak_rss_mb = round(samples.peak_rss / 1e6, 1)
+    fill_from_counters(result, samples.counters)
     return result
+
+
+def run_level(url: str, *, concurrency: int | None = None, rate: float | None = None, **options) -> LevelResult:
+    return summarize(collect(url, concurrency=concurrency, rate=rate, **options), concurrency=concurrency, rate=rate)
 
 
 _COLUMNS = (

@@ -161,7 +161,8 @@ class Engine:
             self.metrics.phase_seconds.labels("queue").observe(queue)
             self.metrics.phase_seconds.labels("inference").observe(inference)
         self.metrics.inputs.inc(len(texts))
-        return Classified(np.stack(cached), tokenize_seconds, queue, inference)
+        logits = cached[0][np.newaxis] if len(cached) == 1 else np.stack(cached)  # a view, not a copy, for one
+        return Classified(logits, tokenize_seconds, queue, inference)
 
     def _key(self, item: TextInput, truncate: bool, direction: str) -> tuple:
         # Whatever changes the logits: the model, the exact input, and how it is cut.

@@ -1,33 +1,45 @@
-"""Reading request bodies safely, and dropping work whose client has gone.
+"""Reading request bodies safely, and the scope keys that let a departed client's work stop.
 
 Bodies are JSON only, their size counted as they stream in, and parsed and
 validated in one pass by pydantic (which also refuses lone surrogates, invalid
 UTF-8 and absurd nesting as malformed JSON rather than failing later).
+
+When a client disconnects before its answer is out, the HTTP protocol
+(``service.protocol``) marks the scope ``CLIENT_GONE`` and cancels the task in
+``REQUEST_TASK``. Cancelling reaches the batcher's futures, so the inputs of a
+departed client are dropped before they run, on every route, and a request
+pays nothing for the watch.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Awaitable, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ClientGone, MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.errors import MalformedJson, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 Model = TypeVar("Model", bound=BaseModel)
-T = TypeVar("T")
+# Scope keys: the task serving the request (set by RequestContext), and the mark of a departed client.
+REQUEST_TASK = "service.request_task"
+CLIENT_GONE = "service.client_gone"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, whatever its content type; refused once more than ``limit`` bytes arrive."""
-    body = bytearray()
-    # Content-Length can lie or be absent (chunked); only the bytes received count.
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+    # Content-Length can lie or be absent (chunked); only the bytes received count. The
+    # ASGI messages are read directly: Request.stream's generator costs every request.
+    received = bytearray()  # grows in place: a body sent in many small chunks stays linear
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        received += message.get("body", b"")
+        if len(received) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(received)
 
 
 async def json_body(request: Request, limit: int) -> bytes:
@@ -62,40 +74,3 @@ def describe(errors: list[Any]) -> str:
         location = ".".join(str(part) for part in error["loc"])
         problems.append(f"{location}: {message}" if location else message)
     return "; ".join(problems)
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` in this task, cancelling it if the client disconnects first.
-
-    Cancelling reaches the batcher's futures, so inputs of a departed client are
-    dropped before they run. The body has been read by now, so the next ASGI
-    message can only be the disconnect. The work runs in the request's own task
-    (no second task, no ``asyncio.wait``): only the watcher is extra.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    gone = False
-
-    def on_watcher_done(watcher: asyncio.Future) -> None:
-        nonlocal gone
-        if not watcher.cancelled() and watcher.exception() is None:
-            gone = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(_disconnected(request))
-    watcher.add_done_callback(on_watcher_done)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-        raise ClientGone("the client disconnected before its answer was ready") from None
-    finally:
-        watcher.remove_done_callback(on_watcher_done)
-        watcher.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

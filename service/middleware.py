@@ -14,7 +14,6 @@ metrics and access log line.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import json
 import logging
@@ -27,13 +26,13 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.endpoints import dialect_of
-from service.errors import InternalError, Unauthorized, Unavailable
+from service.errors import ClientGone, InternalError, Unauthorized, Unavailable
+from service.http import CLIENT_GONE, REQUEST_TASK
+from service.logs import REQUEST_ID, log_access
 from service.registry import HELD, MODEL, release
 
-access_log = logging.getLogger("service.access")
 log = logging.getLogger("service.app")
 # The id of the request being served, for every log line written on its behalf.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _VALID_REQUEST_ID = re.compile(r"^[\w.:/+=-]{1,128}$")
 
 
@@ -55,6 +54,7 @@ class RequestContext:
         status = 500
         responding = False
         context = REQUEST_ID.set(request_id)
+        scope[REQUEST_TASK] = asyncio.current_task()  # what the protocol cancels if the client leaves
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, responding
@@ -70,6 +70,9 @@ class RequestContext:
             else:
                 await self.app(scope, receive, send_with_headers)
         except asyncio.CancelledError:
+            if scope.get(CLIENT_GONE):  # the protocol stopped the work of a departed client
+                status = ClientGone.status_code
+                return
             # uvicorn cancels the requests still running when the drain timeout ends.
             # Answer them, and let the task end: nothing awaits its result.
             if responding:  # too late for a status; uvicorn closes the connection
@@ -93,7 +96,7 @@ class RequestContext:
                 fields["model"] = model
             if held is not None:
                 fields["model_version"] = held.version
-            access_log.info("request", extra={"fields": fields})
+            log_access(fields)
             REQUEST_ID.reset(context)
 
     def _authorized(self, path: str, headers: Headers) -> bool:

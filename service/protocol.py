@@ -10,7 +10,9 @@ httptools accepts a head of any size. This subclass adds, per connection:
 - a body timeout between chunks: the app's ``receive`` then raises
   ``RequestTimeout``, which the app answers like any other error (408, and the
   connection closes), so a stalled upload holds up a drain no longer than this;
-- a connection cap, checked when a request's head is complete.
+- a connection cap, checked when a request's head is complete;
+- a departed client's request stopped: if the connection is lost before the
+  response is complete, the request's task is cancelled (``service.http``).
 
 What this module answers itself (408 for a slow head, 431, 503 over the cap) has
 the service's JSON error shape and closes the connection.
@@ -29,6 +31,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.errors import HeaderTooLarge, RequestTimeout, ServiceError, Unavailable
+from service.http import CLIENT_GONE, REQUEST_TASK
 from service.settings import Settings
 
 log = logging.getLogger("service.protocol")
@@ -86,6 +89,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            task = cycle.scope.get(REQUEST_TASK)
+            if task is not None and not task.done():
+                cycle.scope[CLIENT_GONE] = True
+                task.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

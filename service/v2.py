@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from service import NAME, __version__, v2_codec
 from service.endpoints import Endpoint
 from service.errors import NotReady
-from service.http import read_body, unless_disconnected
+from service.http import read_body
 from service.registry import Loaded
 from service.routes import timing_headers
 from service.v2_codec import InferRequest, InferResponse
@@ -64,7 +64,7 @@ async def infer(request: Request) -> Response:
     body = await read_body(request, settings.max_body_bytes)
     call = v2_codec.read_request(body, request.headers, max_inputs=settings.max_inputs,
                                  max_body_bytes=settings.max_body_bytes, pairs=engine.takes_pairs)
-    result = await unless_disconnected(request, engine.classify(call.texts, truncate=True))
+    result = await engine.classify(call.texts, truncate=True)
     tensors = v2_codec.output_tensors(result.logits, engine.scores(result.logits, raw=False), engine.manifest.labels)
     content, headers = v2_codec.write_response(call, tensors, model_name=held.name, model_version=held.version)
     return Response(content, headers={**headers, **timing_headers(result, started)})

@@ -152,9 +152,12 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
     require_serve_env()
     out = tmp_path / "report"
     proc = _compare(tiny_bundle("bert"), out, "--servers", "ours,naive", "--concurrency", "1,4",
-                    "--mixed-concurrency", "4", "--cache-concurrency", "2", "--distinct", "8")
+                    "--mixed-concurrency", "4", "--cache-concurrency", "2", "--distinct", "8", "--rounds", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # All servers stay up and take turns: every level is measured in both rounds.
+    assert "round 1 of 2" in proc.stderr and "round 2 of 2" in proc.stderr
     data = json.loads((out / "report.json").read_text())
+    assert data["settings"]["rounds"] == 2
     servers = data["servers"]
     assert {name: set(server["workloads"]) for name, server in servers.items()} == {
         "ours": {"short", "long-mix", "repeat"}, "naive": {"short", "long-mix"}, "ours-cache": {"repeat"}}
