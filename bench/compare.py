@@ -41,6 +41,9 @@ from bench.report import Report, ServerRun, machine, markdown, to_json
 from bench.workload import Mix
 
 ROOT = Path(__file__).resolve().parents[1]
+# A pause before each slice: threads of the server measured last (PyTorch's OpenMP pool,
+# ONNX Runtime's) may still spin for a moment and would take the cores from the next one.
+SETTLE_SECONDS = 0.5
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SERVERS = ("ours", "naive", "pytorch")
 
@@ -161,11 +164,13 @@ def interleave(servers: list[Started], args) -> tuple[list[dict], dict[str, dict
     floor = []
     for index in range(args.rounds):
         print(f"round {index + 1} of {args.rounds}", file=sys.stderr, flush=True)
+        time.sleep(SETTLE_SECONDS)
         floor.append(measure_floor(Path(args.bundle), slice_seconds))
         for workload, concurrency in levels:
             taking_part = [s for s in servers if concurrency in samples[s.name].get(workload, {})]
             shift = index % len(taking_part)
             for server in taking_part[shift:] + taking_part[:shift]:
+                time.sleep(SETTLE_SECONDS)
                 samples[server.name][workload][concurrency].add(collect(
                     server.url, concurrency=concurrency, duration=slice_seconds, max_requests=args.max_requests,
                     mix=mixes[server.name, workload], pid=server.proc.pid))

@@ -246,8 +246,10 @@ def markdown(report: Report) -> str:
     lines = [
         "# Benchmark report",
         "",
-        f"Command: `{COMMAND}`, {settings['duration']:g} s per level, closed loop; every server started fresh "
-        "and measured alone, one after another.",
+        f"Command: `{COMMAND}`, {settings['duration']:g} s per level and server, closed loop, in "
+        f"{settings.get('rounds', 1)} rounds: all servers stay up and each level is measured in slices, every "
+        "server (and the in-process floor) taking one slice per round in a rotating order, so a drift of the "
+        "machine's speed during the run falls on all of them alike.",
         f"Machine: {report.machine}; the load generator shares it. These figures are this machine's: compare "
         "ratios within one run, not absolute numbers across machines.",
         f"Bundle: {manifest['model_id']}, variant {manifest['variant']}; top-1 agreement with the original "

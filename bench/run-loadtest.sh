@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# HTTP load report: the in-process floor, then ours, the naive FastAPI + ONNX Runtime
-# server and the PyTorch original back to back, plus the long-text and response-cache
-# runs; writes docs/benchmarks/report.md, report.json and report.png.
+# HTTP load report: ours, the naive FastAPI + ONNX Runtime server, the PyTorch original
+# and the in-process floor taking turns in rounds (bench/compare.py), plus the long-text
+# and response-cache runs; writes docs/benchmarks/report.md, report.json and report.png.
 # Extra arguments go to `python -m bench.loadtest compare` (e.g. --duration 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
