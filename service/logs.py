@@ -121,7 +121,8 @@ def configure_logging(level: str) -> BackgroundWriter:
     writer = _writer = BackgroundWriter(sys.stderr)
     root = logging.getLogger()
     for old in root.handlers:
-        old.close()
+        if isinstance(old, BackgroundWriter):  # configured before: write out what it kept
+            old.close()
     root.handlers[:] = [writer]
     root.setLevel(level.upper())
     return writer

@@ -97,3 +97,20 @@ def test_without_the_writer_access_lines_go_through_logging(monkeypatch, caplog)
         logs.log_access({"request_id": "abc", "status": 404})
     (record,) = [r for r in caplog.records if r.name == "service.access"]
     assert (record.getMessage(), record.fields) == ("request", {"request_id": "abc", "status": 404})
+
+
+def test_configure_logging_routes_the_root_logger_through_one_writer(monkeypatch):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    monkeypatch.setattr(logs, "_writer", None)
+    try:
+        first = logs.configure_logging("warning")
+        second = logs.configure_logging("debug")  # configured again: the first writer is closed
+        assert root.handlers == [second] and logs._writer is second
+        assert root.level == logging.DEBUG and not first._thread.is_alive()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], root.level = saved[0], saved[1]
