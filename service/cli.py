@@ -60,9 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         http=http_protocol(settings),  # header/body timeouts, head size limit, connection cap
         ws="none",
     )
-    # uvicorn drains on SIGTERM, then re-raises the signal to the previous handler;
-    # making that handler a clean exit turns an orderly shutdown into exit code 0.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    # uvicorn drains on SIGTERM or Ctrl-C, then re-raises the signal to the previous
+    # handler; making that handler a clean exit turns an orderly shutdown into exit
+    # code 0, without a KeyboardInterrupt traceback after the last log line.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     try:
         uvicorn.Server(config).run()
     finally:

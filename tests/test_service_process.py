@@ -139,6 +139,18 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server):
         httpx.get(process.url + "/live", timeout=2)
 
 
+def test_ctrl_c_stops_the_server_cleanly(server):
+    process = server()
+    process.wait_ready()
+    assert httpx.post(process.url + "/predict", json={"inputs": "hello"}).status_code == 200
+    process.proc.send_signal(signal.SIGINT)
+    assert process.proc.wait(timeout=30) == 0
+    log = process.log.read_text()
+    # The access line of the last request was written out before the exit, and nothing else followed.
+    assert '"path": "/predict", "status": 200' in log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+
+
 def test_access_log_is_json_without_input_text(server):
     import json
 
