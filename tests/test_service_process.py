@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,29 @@ def test_service_never_imports_heavy_packages():
     )
     proc = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_onnx_runtime_telemetry_is_off_unless_asked_for(tiny_bundle):
+    """ONNX Runtime uploads usage telemetry from a thread of its own unless told not to;
+    the service tells it not to, and ORT_DISABLE_TELEMETRY=0 opts back in."""
+    code = (
+        "import os, sys, time, service; from service.classifier import OnnxClassifier;"
+        f"c = OnnxClassifier.from_bundle({str(tiny_bundle('bert'))!r});"
+        "[c.run(c.encode(['hello there'])) for _ in range(20)]; time.sleep(1);"
+        "print(os.environ['ORT_DISABLE_TELEMETRY'], len(os.listdir('/proc/self/task')))"
+    )
+
+    def threads(**env: str) -> tuple[str, int]:
+        environment = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"} | env
+        proc = subprocess.run([str(SERVE_PYTHON), "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              env=environment)
+        assert proc.returncode == 0, proc.stderr
+        setting, count = proc.stdout.split()
+        return setting, int(count)
+
+    (default, off), (opted_in, on) = threads(), threads(ORT_DISABLE_TELEMETRY="0")
+    assert (default, opted_in) == ("1", "0")
+    assert on == off + 1  # the uploader thread exists only when telemetry is on
 
 
 @pytest.fixture
