@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,6 +29,15 @@ def _within_limit(count: int, info: ValidationInfo) -> None:
     limit = (info.context or {}).get("max_inputs")
     if limit is not None and count > limit:
         raise ValueError(f"{count} inputs is more than the limit of {limit} per request")
+
+
+def _at_most_max_inputs(items: list[Any], info: ValidationInfo) -> list[Any]:
+    _within_limit(len(items), info)
+    return items
+
+
+# A list field that counts against MAX_INPUTS (in a union, a field validator must pick the branch instead).
+Limited = AfterValidator(_at_most_max_inputs)
 
 
 TextOrPair = str | tuple[str, str]
@@ -141,16 +151,10 @@ def check_kinds(items: list[TextOrPair], pairs: bool) -> None:
 class ZeroShotParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    candidate_labels: Annotated[list[StrictStr], Field(min_length=1)]
+    candidate_labels: Annotated[list[StrictStr], Field(min_length=1), Limited]
     hypothesis_template: StrictStr = Field(
         "This example is {}.", description="the hypothesis each label is put into; must contain {}")
     multi_label: StrictBool = Field(False, description="score each label on its own instead of across labels")
-
-    @field_validator("candidate_labels")
-    @classmethod
-    def _count(cls, labels: list[str], info: ValidationInfo) -> list[str]:
-        _within_limit(len(labels), info)
-        return labels
 
     @field_validator("hypothesis_template")
     @classmethod
@@ -198,15 +202,9 @@ class RerankRequest(_Truncation):
     model_config = ConfigDict(extra="ignore")
 
     query: StrictStr
-    texts: list[StrictStr]
+    texts: Annotated[list[StrictStr], Limited]
     raw_scores: StrictBool = Field(False, description="return logits instead of sigmoid scores")
     return_text: StrictBool = Field(False, description="include each text in the answer")
-
-    @field_validator("texts")
-    @classmethod
-    def _count(cls, texts: list[str], info: ValidationInfo) -> list[str]:
-        _within_limit(len(texts), info)
-        return texts
 
 
 class TokenizeRequest(BaseModel):
