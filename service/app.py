@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from service import docs, openapi, repository_routes, routes, v2
 from service.classifier import share_one_thread_pool
+from service.dispatch import FixedPathRoutes
 from service.endpoints import dialect_of, open_paths
 from service.endpoints import routes as route_table
 from service.errors import MethodNotAllowed, NotFound, ServiceError, from_failure
@@ -82,17 +83,11 @@ def create_app(settings: Settings, manifest: Manifest | None = None) -> Starlett
     if settings.cors_allow_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_allow_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"]))
-    app = Starlette(
-        routes=[*route_table(endpoints), *docs.MOUNTS],
-        middleware=middleware,
-        exception_handlers={
-            ServiceError: _service_error,
-            EngineFailure: _engine_failure,
-            HTTPException: _http_error,
-            # Any other exception is logged and answered by RequestContext (service.middleware).
-        },
-        lifespan=lifespan,
-    )
+    table = [*route_table(endpoints), *docs.MOUNTS]
+    # Any other exception is logged and answered by RequestContext (service.middleware).
+    error_handlers = {ServiceError: _service_error, EngineFailure: _engine_failure, HTTPException: _http_error}
+    middleware.append(Middleware(FixedPathRoutes, routes=table, handlers=error_handlers))
+    app = Starlette(routes=table, middleware=middleware, exception_handlers=error_handlers, lifespan=lifespan)
     app.state.registry = registry
     app.state.settings = settings
     app.state.metrics = metrics

@@ -104,6 +104,9 @@ def test_info(client, bundle):
 def test_health_and_liveness(client):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/live").json() == {"status": "alive"}
+    # HEAD is left to Starlette's router (service.dispatch serves the declared method alone).
+    head = client.head("/health")
+    assert (head.status_code, head.content, head.headers["content-type"]) == (200, b"", "application/json")
 
 
 def test_not_ready_is_503_with_reason(bundle, tmp_path):
