@@ -115,10 +115,15 @@ _COUNTERS = ("classifier_batch_size_sum", "classifier_batch_size_count",
              "classifier_cache_hits_total", "classifier_cache_misses_total")
 
 
-def scrape_counters(client: httpx.Client) -> dict[str, float]:
-    """The server's /metrics counters the report derives figures from; empty without /metrics."""
+def scrape_counters(url: str, headers: dict[str, str] | None) -> dict[str, float]:
+    """The server's /metrics counters the report derives figures from; empty without /metrics.
+
+    Each scrape has its own connection, closed before the load starts: an idle
+    keep-alive connection left open would make concurrency 1 two clients to the server.
+    """
     try:
-        response = client.get("/metrics")
+        with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
+            response = client.get("/metrics")
     except httpx.TransportError:
         return {}
     if response.status_code != 200:
@@ -259,19 +264,18 @@ def collect(
 ) -> Samples:
     """Load ``url`` for ``duration`` seconds, closed-loop at ``concurrency`` or open-loop at ``rate``."""
     samples = Samples()
-    with httpx.Client(base_url=url, timeout=30, headers=headers) as sync_client:
-        before = scrape_counters(sync_client)
+    before = scrape_counters(url, headers)
 
-        async def go() -> None:
-            deadline = time.perf_counter() + duration
-            args = (url, headers, rate or concurrency, deadline, max_requests, mix, samples.latencies, samples.statuses)
-            await (_open_loop if rate else _closed_loop)(*args)
+    async def go() -> None:
+        deadline = time.perf_counter() + duration
+        args = (url, headers, rate or concurrency, deadline, max_requests, mix, samples.latencies, samples.statuses)
+        await (_open_loop if rate else _closed_loop)(*args)
 
-        with ProcessSampler(pid) as sampler:
-            started = time.perf_counter()
-            asyncio.run(go())
-            samples.seconds = time.perf_counter() - started
-        after = scrape_counters(sync_client)
+    with ProcessSampler(pid) as sampler:
+        started = time.perf_counter()
+        asyncio.run(go())
+        samples.seconds = time.perf_counter() - started
+    after = scrape_counters(url, headers)
     if pid:
         samples.cpu_seconds, samples.peak_rss = sampler.cpu_seconds, sampler.peak_rss
     samples.counters.update({name: after[name] - before[name] for name in before if name in after})

@@ -13,10 +13,13 @@ one waits at the front for the next batch. So no input waits
 behind work that arrived after it, and a long text cannot be overtaken forever.
 Inputs whose caller has gone (a cancelled future) are dropped before they run.
 
-The worker is a dedicated thread, never the event loop: it forms a batch, runs
-it, and hands the results back to the loop in one call. At low load a request
-then costs the loop one hand-off each way, with no task, executor future or
-extra loop turn in between.
+The worker is a dedicated thread: it forms a batch, runs it, and hands the
+results back to the loop in one call, with no task, executor future or extra
+loop turn in between. One case skips even that hand-off each way: when the
+server says nobody else can be waiting on the event loop (``ALONE_ON_LOOP``: one
+open connection, nothing else served), the batcher holds no other input and no
+batching window is set, a single input runs on the loop itself. Nothing could have joined its batch, and
+the two thread wake-ups cost more than blocking a loop nobody else uses.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -38,6 +42,9 @@ log = logging.getLogger("service.batcher")
 RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
 # Real tokens over padded tokens below which a batch is cut rather than grown.
 MIN_FILL = 0.5
+# Set by the server for each request it serves: a check, made when an input is submitted,
+# that no other client can be waiting on the event loop. Unset means someone might be.
+ALONE_ON_LOOP: ContextVar[Callable[[], bool] | None] = ContextVar("alone_on_loop", default=None)
 
 
 @dataclass
@@ -147,12 +154,22 @@ class MicroBatcher:
         items = [_Item(encoded, loop.create_future()) for encoded in inputs]
         # From here each queued item owns its slot until it has run or been dropped.
         admission.count -= len(items)
+        if len(items) == 1 and self._alone(items):
+            self._run(items, on_loop=True)
+            return [items[0].future.result()]
         with self._ready:
             self._pending.extend(items)
             self._ready.notify()
         if len(items) == 1:  # the common case, without gather's bookkeeping
             return [await items[0].future]
         return list(await asyncio.gather(*(item.future for item in items)))
+
+    def _alone(self, items: list[_Item]) -> bool:
+        """Whether these inputs are all the batcher holds and no other client can be waiting."""
+        # A batching window (max_wait) asks to wait for company, which may yet connect.
+        alone_on_loop = ALONE_ON_LOOP.get()
+        return (not self.max_wait and alone_on_loop is not None and self.admitted == len(items)
+                and alone_on_loop())
 
     def _work(self) -> None:
         """The worker thread: wait for inputs, cut a batch, run it, deliver; until stopped."""
@@ -198,7 +215,7 @@ class MicroBatcher:
             longest, real = width, real + item.encoded.length
         return batch
 
-    def _run(self, batch: list[_Item]) -> None:
+    def _run(self, batch: list[_Item], on_loop: bool = False) -> None:
         started = time.perf_counter()
         encoded = [i.encoded for i in batch]
         try:
@@ -213,6 +230,9 @@ class MicroBatcher:
                 self._on_batch(BatchStats(len(batch), len(batch) * max(e.length for e in encoded), elapsed))
             except Exception:
                 log.exception("recording a batch's metrics failed")
+        if on_loop:
+            _deliver(batch, outcome, started, elapsed)
+            return
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(_deliver, batch, outcome, started, elapsed)

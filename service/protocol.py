@@ -12,7 +12,9 @@ httptools accepts a head of any size. This subclass adds, per connection:
   connection closes), so a stalled upload holds up a drain no longer than this;
 - a connection cap, checked when a request's head is complete;
 - a departed client's request stopped: if the connection is lost before the
-  response is complete, the request's task is cancelled (``service.http``).
+  response is complete, the request's task is cancelled (``service.http``);
+- the batcher told whether this is the only connection (``ALONE_ON_LOOP``), so a
+  lone client's input may run on the event loop without thread hand-offs.
 
 What this module answers itself (408 for a slow head, 431, 503 over the cap) has
 the service's JSON error shape and closes the connection.
@@ -30,6 +32,7 @@ from typing import Any, Awaitable, Callable
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service.batcher import ALONE_ON_LOOP
 from service.errors import HeaderTooLarge, RequestTimeout, ServiceError, Unavailable
 from service.http import CLIENT_GONE, REQUEST_TASK
 from service.settings import Settings
@@ -147,7 +150,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                                      headers={"Retry-After": "1"}))
             raise _Answered
         previous = self.cycle
-        super().on_headers_complete()
+        # The request's task copies the context current when it is created, here.
+        alone = ALONE_ON_LOOP.set(self._only_connection) if not self.settings.grpc_port else None
+        try:
+            super().on_headers_complete()
+        finally:
+            if alone is not None:
+                ALONE_ON_LOOP.reset(alone)
         if self.cycle is not previous:
             # run_asgi looks up cycle.receive when its task first runs, which is after this returns.
             self._deadline = _BodyDeadline(self.cycle.receive, self.settings.body_timeout, self._touch_body)
@@ -164,6 +173,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_begun = False
         self._raw_head_bytes = 0
         super().on_message_complete()
+
+    def _only_connection(self) -> bool:
+        # With gRPC also served (grpc_port), its calls share the loop unseen here, so the check is not offered.
+        return len(self.connections) == 1
 
     # Limits ----------------------------------------------------------------------
 

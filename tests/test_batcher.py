@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher, _Item
+from service.batcher import ALONE_ON_LOOP, MicroBatcher, _Item
 from service.failures import QueueFull
 
 
@@ -60,5 +61,68 @@ def test_admission_counts_queued_and_running_inputs():
             with batcher.admit(2):
                 assert batcher.admitted == 5
         assert (batcher.admitted, batcher.admitted_peak) == (0, 5)
+
+    asyncio.run(run())
+
+
+def threads_that_ran(alone_on_loop, inputs_per_request: list[int], hold_one_back: bool = False,
+                     max_wait_ms: float = 0) -> list[str]:
+    """Submit requests at once and return the name of the thread each batch ran on."""
+    ran = []
+
+    def run_batch(batch):
+        ran.append(threading.current_thread().name)
+        return np.arange(len(batch), dtype=np.float32).reshape(-1, 1)
+
+    async def run() -> None:
+        batcher = MicroBatcher(run_batch, max_batch_tokens=100, max_batch_size=8, max_wait_ms=max_wait_ms,
+                               max_queue_size=10)
+        batcher.start()
+        ALONE_ON_LOOP.set(alone_on_loop)
+
+        async def request(count: int) -> list[float]:
+            with batcher.admit(count) as admission:
+                results = await batcher.submit([FakeEncoded(3)] * count, admission)
+            return [float(result.logits[0]) for result in results]
+
+        other = batcher.admit(1) if hold_one_back else None  # another request, still tokenizing
+        answers = await asyncio.gather(*(request(count) for count in inputs_per_request))
+        assert answers == [[float(i) for i in range(count)] for count in inputs_per_request]
+        if other is not None:
+            other.__exit__()
+        assert batcher.admitted == 0
+        await batcher.stop()
+
+    asyncio.run(run())
+    return ran
+
+
+@pytest.mark.parametrize("alone_on_loop, inputs_per_request, hold_one_back, max_wait_ms, threads", [
+    pytest.param(lambda: True, [1], False, 0, ["MainThread"], id="alone"),
+    pytest.param(lambda: True, [1, 1], False, 0, ["MainThread", "MainThread"], id="alone-one-after-another"),
+    pytest.param(lambda: False, [1], False, 0, ["inference"], id="other-clients"),
+    pytest.param(None, [1], False, 0, ["inference"], id="no-check-offered"),
+    pytest.param(lambda: True, [2], False, 0, ["inference"], id="two-inputs"),
+    pytest.param(lambda: True, [1], True, 0, ["inference"], id="another-request-admitted"),
+    pytest.param(lambda: True, [1], False, 5, ["inference"], id="batching-window-set"),
+])
+def test_a_lone_input_runs_on_the_loop_only_when_nobody_else_can_wait(alone_on_loop, inputs_per_request,
+                                                                      hold_one_back, max_wait_ms, threads):
+    assert threads_that_ran(alone_on_loop, inputs_per_request, hold_one_back, max_wait_ms) == threads
+
+
+def test_a_failed_run_on_the_loop_reaches_its_caller():
+    def run_batch(batch):
+        raise RuntimeError("session failed")
+
+    async def run() -> None:
+        batcher = MicroBatcher(run_batch, max_batch_tokens=100, max_batch_size=8, max_wait_ms=0, max_queue_size=10)
+        batcher.start()
+        ALONE_ON_LOOP.set(lambda: True)
+        with batcher.admit(1) as admission:
+            with pytest.raises(RuntimeError, match="session failed"):
+                await batcher.submit([FakeEncoded(3)], admission)
+        assert batcher.admitted == 0
+        await batcher.stop()
 
     asyncio.run(run())

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.app import _service_error
+from service.batcher import ALONE_ON_LOOP
 from service.errors import ServiceError
 from service.protocol import http_protocol
 from service.settings import Settings
@@ -39,12 +40,18 @@ async def slow(request: Request) -> JSONResponse:
     return JSONResponse({"status": "slow"})
 
 
+async def alone(request: Request) -> JSONResponse:
+    check = ALONE_ON_LOOP.get()
+    return JSONResponse({"alone": None if check is None else check()})
+
+
 @pytest.fixture
 def serve():
     running = []
 
     def start(**limits) -> int:
-        app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/live", live), Route("/slow", slow)],
+        app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/live", live), Route("/slow", slow),
+                                Route("/alone", alone)],
                         exception_handlers={ServiceError: _service_error})
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http_protocol(Settings(**limits)), ws="none",
@@ -202,3 +209,25 @@ def test_connection_cap(serve):
     assert b"retry-after: 1\r\n" in raw
     assert error_of(raw) == {"error": "the server is at its limit of 1 connections; retry later",
                              "error_type": "unavailable"}
+
+
+def ask_alone(sock: socket.socket) -> bool | None:
+    sock.sendall(b"GET /alone HTTP/1.1\r\nHost: t\r\n\r\n")
+    return error_of(sock.recv(65536))["alone"]
+
+
+@pytest.mark.parametrize("grpc_port, with_one, with_two", [
+    pytest.param(0, True, False, id="http-only"),
+    pytest.param(50051, None, None, id="grpc-shares-the-loop"),  # not started here; the setting alone counts
+])
+def test_the_batcher_learns_whether_this_is_the_only_connection(serve, grpc_port, with_one, with_two):
+    port = serve(grpc_port=grpc_port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as first:
+        assert ask_alone(first) is with_one
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+            assert ask_alone(second) is with_two  # answered, so the server has taken the connection
+            assert ask_alone(first) is with_two
+        deadline = time.monotonic() + 5  # the server sees the close a moment later
+        while ask_alone(first) is not with_one and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ask_alone(first) is with_one
