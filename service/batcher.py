@@ -150,8 +150,10 @@ class MicroBatcher:
         """Queue admitted inputs and wait for their results, in order."""
         if len(inputs) > admission.count:
             raise ValueError("more inputs than admitted slots")
-        loop = asyncio.get_running_loop()
-        items = [_Item(encoded, loop.create_future()) for encoded in inputs]
+        if self._loop is None:
+            raise RuntimeError("the batcher has not been started")
+        # The loop start() kept: get_running_loop would check the process id on every call.
+        items = [_Item(encoded, self._loop.create_future()) for encoded in inputs]
         # From here each queued item owns its slot until it has run or been dropped.
         admission.count -= len(items)
         if len(items) == 1 and self._alone(items):

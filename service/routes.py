@@ -42,13 +42,16 @@ def context(engine: Engine) -> dict[str, Any]:
     return {"max_inputs": engine.settings.max_inputs, "pairs": engine.takes_pairs}
 
 
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000, 3))
+
+
 def timing_headers(result: Classified, started: float) -> dict[str, str]:
-    ms = lambda seconds: str(round(seconds * 1000, 3))  # noqa: E731
     return {
-        "x-tokenization-time": ms(result.tokenize_seconds),
-        "x-queue-time": ms(result.queue_seconds),
-        "x-inference-time": ms(result.inference_seconds),
-        "x-total-time": ms(time.perf_counter() - started),
+        "x-tokenization-time": _ms(result.tokenize_seconds),
+        "x-queue-time": _ms(result.queue_seconds),
+        "x-inference-time": _ms(result.inference_seconds),
+        "x-total-time": _ms(time.perf_counter() - started),
     }
 
 
