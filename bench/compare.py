@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # A pause before each slice: threads of the server measured last (PyTorch's OpenMP pool,
 # ONNX Runtime's) may still spin for a moment and would take the cores from the next one.
 SETTLE_SECONDS = 0.5
+# ONNX Runtime's usage telemetry is off in ours (service/__init__.py) and read when onnxruntime
+# is imported; the naive server gets the same, so its uploader thread is not part of the comparison.
+BASELINE_ENV = {"naive": {"ORT_DISABLE_TELEMETRY": "1"}}
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SERVERS = ("ours", "naive", "pytorch")
 
@@ -91,7 +94,7 @@ def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
         common.append(Workload("long-mix", [args.mixed_concurrency], long_fraction=args.long_fraction))
     repeat = [Workload("repeat", args.cache_concurrency, distinct=args.distinct)] if args.cache_size else []
     runs = [("wire", "wire", {}, [Workload("short", [1])]), ("ours", "ours", {"CACHE_SIZE": "0"}, common + repeat)]
-    runs += [(name, name, {}, common) for name in SERVERS[1:] if name in args.servers]
+    runs += [(name, name, BASELINE_ENV.get(name, {}), common) for name in SERVERS[1:] if name in args.servers]
     if repeat:
         runs.append(("ours-cache", "ours", {"CACHE_SIZE": str(args.cache_size)}, repeat))
     return runs

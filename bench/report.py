@@ -256,7 +256,8 @@ def markdown(report: Report) -> str:
         f"model {chosen['agreement']:.2%} on {manifest['verification']['texts']} validation texts.",
         "Servers: **ours** (`python -m service`, default settings, response cache off); **naive** FastAPI + ONNX "
         "Runtime (`bench/naive_server.py`: same bundle, one `session.run` per request, default session options, "
-        "top label only); **PyTorch**, the original model (`bench/torch_server.py`).",
+        "top label only, ONNX Runtime's telemetry off as in ours); **PyTorch**, the original model "
+        "(`bench/torch_server.py`).",
         "Every answer but 200 counts as a failed request, 429 included, and fails the run.",
         "",
     ]

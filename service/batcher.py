@@ -18,8 +18,9 @@ results back to the loop in one call, with no task, executor future or extra
 loop turn in between. One case skips even that hand-off each way: when the
 server says nobody else can be waiting on the event loop (``ALONE_ON_LOOP``: one
 open connection, nothing else served), the batcher holds no other input and no
-batching window is set, a single input runs on the loop itself. Nothing could have joined its batch, and
-the two thread wake-ups cost more than blocking a loop nobody else uses.
+batching window is set, a single input runs on the loop itself. Nothing could
+have joined its batch, and the two thread wake-ups cost more than blocking a
+loop nobody else uses.
 """
 
 from __future__ import annotations
