@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.loadtest import LevelResult, Samples, collect, exit_code, levels_arg, summarize
-from bench.process import wait_ready
 from bench.floor import summarize as summarize_floor
+from bench.loadtest import LevelResult, Samples, collect, exit_code, levels_arg, summarize
+from bench.process import free_port, wait_ready
 from bench.report import Report, ServerRun, machine, markdown, to_json
 from bench.workload import Mix
 
@@ -73,18 +72,27 @@ def server_names(text: str) -> list[str]:
 def add_arguments(parser) -> None:
     parser.add_argument("--bundle", default="bundles/default")
     parser.add_argument("--out", default="docs/benchmarks", help="directory for report.md, report.json and report.png")
-    parser.add_argument("--servers", type=server_names, default=list(SERVERS),
-                        help="comma-separated, ours always included: ours,naive,pytorch")
-    parser.add_argument("--concurrency", type=levels_arg, default=[1, 8, 32, 128], help="closed-loop levels, e.g. 1,8,32")
-    parser.add_argument("--long-fraction", type=float, default=0.1,
-                        help="share of long texts in the long-mix level; 0 skips it")
+    parser.add_argument(
+        "--servers",
+        type=server_names,
+        default=list(SERVERS),
+        help="comma-separated, ours always included: ours,naive,pytorch",
+    )
+    parser.add_argument(
+        "--concurrency", type=levels_arg, default=[1, 8, 32, 128], help="closed-loop levels, e.g. 1,8,32"
+    )
+    parser.add_argument(
+        "--long-fraction", type=float, default=0.1, help="share of long texts in the long-mix level; 0 skips it"
+    )
     parser.add_argument("--mixed-concurrency", type=int, default=32, help="concurrency of the long-mix level")
     parser.add_argument("--cache-size", type=int, default=1024, help="CACHE_SIZE of the labelled cache run; 0 skips it")
     parser.add_argument("--distinct", type=int, default=32, help="distinct texts in the repeating workload")
-    parser.add_argument("--cache-concurrency", type=levels_arg, default=[1, 32],
-                        help="levels of the repeating workload")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="slices each level's --duration is cut into, the servers taking turns")
+    parser.add_argument(
+        "--cache-concurrency", type=levels_arg, default=[1, 32], help="levels of the repeating workload"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
+    )
 
 
 def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
@@ -113,12 +121,6 @@ def command(server: str, bundle: Path, port: int) -> list[str]:
     }[server] + ["--port", str(port)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rss_mb(pid: int) -> float:
     import psutil
 
@@ -141,10 +143,15 @@ class Started:
 
 
 def start_server(name: str, server: str, extra_env: dict[str, str], workloads: list[Workload], args) -> Started:
-    port = _free_port()
+    port = free_port()
     started = time.perf_counter()
-    proc = subprocess.Popen(command(server, Path(args.bundle), port), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env(extra_env))
+    proc = subprocess.Popen(
+        command(server, Path(args.bundle), port),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(extra_env),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, name=f"{name} server")
@@ -174,9 +181,16 @@ def interleave(servers: list[Started], args) -> tuple[list[dict], dict[str, dict
             shift = index % len(taking_part)
             for server in taking_part[shift:] + taking_part[:shift]:
                 time.sleep(SETTLE_SECONDS)
-                samples[server.name][workload][concurrency].add(collect(
-                    server.url, concurrency=concurrency, duration=slice_seconds, max_requests=args.max_requests,
-                    mix=mixes[server.name, workload], pid=server.proc.pid))
+                samples[server.name][workload][concurrency].add(
+                    collect(
+                        server.url,
+                        concurrency=concurrency,
+                        duration=slice_seconds,
+                        max_requests=args.max_requests,
+                        mix=mixes[server.name, workload],
+                        pid=server.proc.pid,
+                    )
+                )
     return floor, samples
 
 
@@ -185,15 +199,24 @@ def _results(levels: dict[str, dict[int, Samples]]) -> dict[str, list[LevelResul
     for workload, by_level in levels.items():
         results[workload] = [summarize(samples, concurrency=c) for c, samples in by_level.items()]
         for result in results[workload]:
-            print(f"  {workload} concurrency {result.level:g}: {result.throughput:.1f} req/s, "
-                  f"p50 {result.p50_ms:.2f} ms, errors {result.errors}", file=sys.stderr, flush=True)
+            print(
+                f"  {workload} concurrency {result.level:g}: {result.throughput:.1f} req/s, "
+                f"p50 {result.p50_ms:.2f} ms, errors {result.errors}",
+                file=sys.stderr,
+                flush=True,
+            )
     return results
 
 
 def measure_floor(bundle: Path, duration: float) -> dict:
     """One slice of the in-process floor (raw samples), in a process of its own."""
-    proc = subprocess.run([_serve_python(), "-m", "bench.floor", "--bundle", str(bundle), "--duration", str(duration),
-                           "--raw"], cwd=ROOT, capture_output=True, text=True, env=_env({}))
+    proc = subprocess.run(
+        [_serve_python(), "-m", "bench.floor", "--bundle", str(bundle), "--duration", str(duration), "--raw"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env({}),
+    )
     if proc.returncode:
         raise SystemExit(f"error: the in-process floor failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout)
@@ -203,8 +226,10 @@ def _check_pytorch_model(args, manifest: dict) -> None:
     from export.default_model import MODEL_ID
 
     if "pytorch" in args.servers and manifest["model_id"] != MODEL_ID:
-        raise SystemExit(f"error: the PyTorch baseline serves the built-in default model only, and {args.bundle} "
-                         f"holds {manifest['model_id']}; pass --servers ours,naive")
+        raise SystemExit(
+            f"error: the PyTorch baseline serves the built-in default model only, and {args.bundle} "
+            f"holds {manifest['model_id']}; pass --servers ours,naive"
+        )
 
 
 def compare(args) -> int:
@@ -215,8 +240,8 @@ def compare(args) -> int:
     _check_pytorch_model(args, manifest)
     servers: list[Started] = []
     try:
-        for name, server, env, workloads in plan(args):
-            servers.append(start_server(name, server, env, workloads, args))
+        for name, kind, env, workloads in plan(args):
+            servers.append(start_server(name, kind, env, workloads, args))
         floor_slices, samples = interleave(servers, args)
     finally:
         for server in servers:
@@ -224,12 +249,17 @@ def compare(args) -> int:
         for server in servers:
             server.proc.wait(timeout=60)
     floor = summarize_floor(floor_slices)
-    print(f"in-process: p50 {floor['single_p50_ms']} ms, {floor['batch_texts_per_s']} texts/s in batches",
-          file=sys.stderr, flush=True)
+    print(
+        f"in-process: p50 {floor['single_p50_ms']} ms, {floor['batch_texts_per_s']} texts/s in batches",
+        file=sys.stderr,
+        flush=True,
+    )
     runs = {}
     for server in servers:
         print(f"{server.name}:", file=sys.stderr, flush=True)
-        runs[server.name] = ServerRun(server.name, server.cold_start_s, server.idle_rss_mb, _results(samples[server.name]))
+        runs[server.name] = ServerRun(
+            server.name, server.cold_start_s, server.idle_rss_mb, _results(samples[server.name])
+        )
     floor["wire_p50_ms"] = runs.pop("wire").levels[0].p50_ms
     report = Report(machine=machine(), manifest=manifest, settings=_settings(args), floor=floor, runs=runs)
     out = Path(args.out)
@@ -245,6 +275,15 @@ def compare(args) -> int:
 
 
 def _settings(args) -> dict:
-    names = ("duration", "rounds", "concurrency", "long_fraction", "mixed_concurrency", "cache_size", "distinct",
-             "cache_concurrency", "servers")
+    names = (
+        "duration",
+        "rounds",
+        "concurrency",
+        "long_fraction",
+        "mixed_concurrency",
+        "cache_size",
+        "distinct",
+        "cache_concurrency",
+        "servers",
+    )
     return {name: getattr(args, name) for name in names}

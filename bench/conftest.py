@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from service.classifier import OnnxClassifier
-from service.manifest import read_manifest
+from service.core.classifier import OnnxClassifier
+from service.core.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(os.environ.get("BENCH_DIR", ROOT / "bench" / ".cache" / "default"))

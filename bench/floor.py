@@ -1,7 +1,7 @@
 """The in-process floor: what the bundle costs with no server around it.
 
 Same bundle, same texts as the load tool (bench/workload.py, same seed), the
-service's own session options (service.classifier.session_options via
+service's own session options (service.core.classifier.session_options via
 OnnxClassifier). Two figures:
 
 - p50/p99 of tokenize + ``session.run`` for one short query: what a request at
@@ -18,10 +18,10 @@ import argparse
 import json
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from bench.workload import Mix
-from service.classifier import OnnxClassifier
+from service.core.classifier import OnnxClassifier
 
 BATCH = 32
 WARMUP_SECONDS = 0.5
@@ -29,13 +29,18 @@ WARMUP_SECONDS = 0.5
 
 def _short_texts(count: int) -> list[str]:
     mix = Mix()
-    return [mix.draw()[1] for _ in range(count)]
+    texts = []
+    for _ in range(count):
+        _, inputs = mix.draw()
+        assert isinstance(inputs, str), "a Mix with no batch fraction draws single texts"
+        texts.append(inputs)
+    return texts
 
 
 def single_latencies(classifier: OnnxClassifier, duration: float) -> list[float]:
     """Milliseconds of tokenize + run for one short query, one after another for ``duration`` seconds."""
     texts = _short_texts(1000)
-    timings = []
+    timings: list[float] = []
     deadline = time.perf_counter() + duration
     while time.perf_counter() < deadline:
         text = texts[len(timings) % len(texts)]

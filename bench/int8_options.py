@@ -23,7 +23,7 @@ from export.pipeline import _draft_manifest
 from export.sources import load_source
 from export.texts import builtin_texts
 from export.verify import compare
-from service.classifier import OnnxClassifier
+from service.core.classifier import OnnxClassifier
 
 
 def main() -> None:
@@ -44,16 +44,25 @@ def main() -> None:
         def report(label: str, path: Path) -> None:
             logits = OnnxClassifier(path, tokenizer, draft).logits(texts)
             r = compare(V.INT8, reference, logits, source.problem_type)
-            print(f"{label:60s} agreement {r.agreement:.2%}  max|Δprob| {r.max_prob_diff:.4f}  "
-                  f"{'passes' if r.passed else 'fails'}", flush=True)
+            print(
+                f"{label:60s} agreement {r.agreement:.2%}  max|Δprob| {r.max_prob_diff:.4f}  "
+                f"{'passes' if r.passed else 'fails'}",
+                flush=True,
+            )
 
         for per_channel, reduce_range, weights in itertools.product(
             (True, False), (True, False), (QuantType.QInt8, QuantType.QUInt8)
         ):
             out = work / "options.onnx"
-            quantize_dynamic(str(fused), str(out), per_channel=per_channel, reduce_range=reduce_range,
-                             weight_type=weights, op_types_to_quantize=list(V.QUANTIZED_OPS),
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_dynamic(
+                str(fused),
+                str(out),
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                weight_type=weights,
+                op_types_to_quantize=list(V.QUANTIZED_OPS),
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
             report(f"per_channel={per_channel} reduce_range={reduce_range} {weights.name}", out)
         nodes = V.quantizable_nodes(fused)
         report("only the embeddings int8", V.quantize(fused, work / "embeddings.onnx", exclude=nodes))

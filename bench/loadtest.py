@@ -25,15 +25,16 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import httpx
 
 from bench.workload import Mix
 
-EXIT_OK, EXIT_FAILED_REQUESTS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED_REQUESTS = 0, 1
 
 
 @dataclass
@@ -97,7 +98,6 @@ class ProcessSampler:
     def __enter__(self) -> ProcessSampler:
         if self.pid:
             self._cpu_start = self._cpu_seconds()
-            self._wall_start = time.perf_counter()
             self._thread.start()
         return self
 
@@ -111,8 +111,12 @@ class ProcessSampler:
             self.cpu_seconds = self._cpu_seconds() - self._cpu_start
 
 
-_COUNTERS = ("classifier_batch_size_sum", "classifier_batch_size_count",
-             "classifier_cache_hits_total", "classifier_cache_misses_total")
+_COUNTERS = (
+    "classifier_batch_size_sum",
+    "classifier_batch_size_count",
+    "classifier_cache_hits_total",
+    "classifier_cache_misses_total",
+)
 
 
 def scrape_counters(url: str, headers: dict[str, str] | None) -> dict[str, float]:
@@ -137,7 +141,7 @@ def scrape_counters(url: str, headers: dict[str, str] | None) -> dict[str, float
     return values
 
 
-def fill_from_counters(result: LevelResult, delta: dict[str, float]) -> None:
+def fill_from_counters(result: LevelResult, delta: Mapping[str, float]) -> None:
     if delta.get("classifier_batch_size_count"):
         result.mean_batch_size = round(delta["classifier_batch_size_sum"] / delta["classifier_batch_size_count"], 2)
     hits = delta.get("classifier_cache_hits_total", 0)
@@ -162,7 +166,7 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, payload: dict) -> int:
-        if self.writer is None:
+        if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         body = json.dumps(payload).encode()
         self.writer.write(f"{self.head}content-length: {len(body)}\r\n\r\n".encode() + body)
@@ -181,7 +185,7 @@ class Connection:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            self.writer = None
+            self.reader = self.writer = None
 
 
 async def _one(connection, mix, started, latencies, statuses) -> None:
@@ -259,8 +263,15 @@ class Samples:
 
 
 def collect(
-    url: str, *, concurrency: int | None = None, rate: float | None = None, duration: float, max_requests: int,
-    mix: Mix, pid: int | None = None, headers: dict[str, str] | None = None,
+    url: str,
+    *,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    duration: float,
+    max_requests: int,
+    mix: Mix,
+    pid: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Samples:
     """Load ``url`` for ``duration`` seconds, closed-loop at ``concurrency`` or open-loop at ``rate``."""
     samples = Samples()
@@ -283,11 +294,14 @@ def collect(
 
 
 def summarize(samples: Samples, *, concurrency: int | None = None, rate: float | None = None) -> LevelResult:
+    level = rate or concurrency
+    if level is None:
+        raise ValueError("summarize needs the level: a concurrency or a rate")
     every = [ms for values in samples.latencies.values() for ms in values]
     p50, p95, p99 = _percentiles(every)
     result = LevelResult(
         mode="open" if rate else "closed",
-        level=rate or concurrency,
+        level=level,
         requests=len(every),
         seconds=round(samples.seconds, 3),
         throughput=round(len(every) / samples.seconds, 1),
@@ -306,17 +320,31 @@ def summarize(samples: Samples, *, concurrency: int | None = None, rate: float |
     return result
 
 
+class Level(TypedDict, total=False):
+    """One level of ``measure_levels``: ``{"concurrency": 8}`` or ``{"rate": 200.0}``, one key only."""
+
+    concurrency: int
+    rate: float
+
+
 def run_level(url: str, *, concurrency: int | None = None, rate: float | None = None, **options) -> LevelResult:
     return summarize(collect(url, concurrency=concurrency, rate=rate, **options), concurrency=concurrency, rate=rate)
 
 
 _COLUMNS = (
-    ("mode", lambda r: r.mode), ("level", lambda r: f"{r.level:g}"), ("requests", lambda r: str(r.requests)),
-    ("req/s", lambda r: f"{r.throughput:.1f}"), ("p50 ms", lambda r: f"{r.p50_ms:.1f}"),
-    ("p95 ms", lambda r: f"{r.p95_ms:.1f}"), ("p99 ms", lambda r: f"{r.p99_ms:.1f}"),
-    ("short p50", lambda r: _opt(r.short_p50_ms, ".1f")), ("short p99", lambda r: _opt(r.short_p99_ms, ".1f")),
-    ("errors", lambda r: str(r.errors)), ("cpu %", lambda r: _opt(r.cpu_percent)),
-    ("peak RSS MB", lambda r: _opt(r.peak_rss_mb)), ("mean batch", lambda r: _opt(r.mean_batch_size)),
+    ("mode", lambda r: r.mode),
+    ("level", lambda r: f"{r.level:g}"),
+    ("requests", lambda r: str(r.requests)),
+    ("req/s", lambda r: f"{r.throughput:.1f}"),
+    ("p50 ms", lambda r: f"{r.p50_ms:.1f}"),
+    ("p95 ms", lambda r: f"{r.p95_ms:.1f}"),
+    ("p99 ms", lambda r: f"{r.p99_ms:.1f}"),
+    ("short p50", lambda r: _opt(r.short_p50_ms, ".1f")),
+    ("short p99", lambda r: _opt(r.short_p99_ms, ".1f")),
+    ("errors", lambda r: str(r.errors)),
+    ("cpu %", lambda r: _opt(r.cpu_percent)),
+    ("peak RSS MB", lambda r: _opt(r.peak_rss_mb)),
+    ("mean batch", lambda r: _opt(r.mean_batch_size)),
     ("cache hits", lambda r: _opt(r.cache_hit_rate)),
 )
 
@@ -368,9 +396,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_target(args.url)
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else None
     mix = Mix(args.long_fraction, args.batch_fraction, args.distinct)
-    levels = [{"rate": args.rate}] if args.rate else [{"concurrency": c} for c in args.concurrency]
-    results = measure_levels(args.url, levels, duration=args.duration, max_requests=args.max_requests, mix=mix,
-                             pid=args.server_pid, headers=headers)
+    levels: list[Level] = [{"rate": args.rate}] if args.rate else [{"concurrency": c} for c in args.concurrency]
+    results = measure_levels(
+        args.url,
+        levels,
+        duration=args.duration,
+        max_requests=args.max_requests,
+        mix=mix,
+        pid=args.server_pid,
+        headers=headers,
+    )
     print(format_table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
@@ -378,14 +413,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exit_code(results)
 
 
-def measure_levels(url: str, levels: Sequence[dict[str, float]], **options) -> list[LevelResult]:
+def measure_levels(url: str, levels: Sequence[Level], **options) -> list[LevelResult]:
     """One ``run_level`` per level (``{"concurrency": 8}`` or ``{"rate": 200}``), progress on stderr."""
     results = []
     for level in levels:
         results.append(run_level(url, **level, **options))
-        (kind, value), = level.items()
-        print(f"{kind} {value:g}: {results[-1].throughput:.1f} req/s, p50 {results[-1].p50_ms:.1f} ms, "
-              f"errors {results[-1].errors}", file=sys.stderr, flush=True)
+        ((kind, value),) = level.items()
+        print(
+            f"{kind} {value:g}: {results[-1].throughput:.1f} req/s, p50 {results[-1].p50_ms:.1f} ms, "
+            f"errors {results[-1].errors}",
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 

@@ -28,27 +28,112 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 
-from bench.process import wait_ready
+from bench.process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED_REQUESTS = 0, 1
 # Everyday words: they tokenize like real text (about 1.3 tokens a word for a BERT vocabulary).
-WORDS = (
-    "account balance transfer money card payment travel flight hotel booking weather "
-    "tomorrow morning evening calendar meeting reminder alarm music playlist restaurant "
-    "reservation dinner recipe ingredients nutrition calories shopping list order delivery "
-    "address phone number insurance policy claim credit score interest rate loan mortgage "
-    "vacation request schedule appointment doctor pharmacy prescription translate language "
-    "directions traffic distance car rental gas station oil change tire pressure battery "
-    "timezone currency exchange airport luggage passport visa international roaming "
-    "please could would you tell me about my the a an of to in for with on at by from"
-).split()
+WORDS = [
+    "account",
+    "balance",
+    "transfer",
+    "money",
+    "card",
+    "payment",
+    "travel",
+    "flight",
+    "hotel",
+    "booking",
+    "weather",
+    "tomorrow",
+    "morning",
+    "evening",
+    "calendar",
+    "meeting",
+    "reminder",
+    "alarm",
+    "music",
+    "playlist",
+    "restaurant",
+    "reservation",
+    "dinner",
+    "recipe",
+    "ingredients",
+    "nutrition",
+    "calories",
+    "shopping",
+    "list",
+    "order",
+    "delivery",
+    "address",
+    "phone",
+    "number",
+    "insurance",
+    "policy",
+    "claim",
+    "credit",
+    "score",
+    "interest",
+    "rate",
+    "loan",
+    "mortgage",
+    "vacation",
+    "request",
+    "schedule",
+    "appointment",
+    "doctor",
+    "pharmacy",
+    "prescription",
+    "translate",
+    "language",
+    "directions",
+    "traffic",
+    "distance",
+    "car",
+    "rental",
+    "gas",
+    "station",
+    "oil",
+    "change",
+    "tire",
+    "pressure",
+    "battery",
+    "timezone",
+    "currency",
+    "exchange",
+    "airport",
+    "luggage",
+    "passport",
+    "visa",
+    "international",
+    "roaming",
+    "please",
+    "could",
+    "would",
+    "you",
+    "tell",
+    "me",
+    "about",
+    "my",
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "for",
+    "with",
+    "on",
+    "at",
+    "by",
+    "from",
+]
 
 
 @dataclass(frozen=True)
@@ -66,8 +151,12 @@ class Limits:
 
 def limits(client: httpx.Client) -> Limits:
     info = client.get("/info").raise_for_status().json()
-    return Limits(info["max_client_batch_size"], info["max_concurrent_requests"], info["max_length"],
-                  info["limits"]["max_body_bytes"])
+    return Limits(
+        info["max_client_batch_size"],
+        info["max_concurrent_requests"],
+        info["max_length"],
+        info["limits"]["max_body_bytes"],
+    )
 
 
 def words_for(client: httpx.Client, bound: Limits, fill_body: bool) -> int:
@@ -97,8 +186,9 @@ class Texts:
         return texts
 
 
-async def worst_mix(url: str, *, rounds: int, fill_body: bool = False, headers: dict[str, str] | None = None,
-                    timeout: float = 600.0) -> Counter[int]:
+async def worst_mix(
+    url: str, *, rounds: int, fill_body: bool = False, headers: dict[str, str] | None = None, timeout: float = 600.0
+) -> Counter[int]:
     """Keep the admission bound full of maximum requests for ``rounds`` rounds; the count of each status."""
     with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
         bound = limits(client)
@@ -131,20 +221,17 @@ def serve_python() -> str:
     return str(serving) if serving.exists() else sys.executable
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def measure(bundle: str, server_args: Sequence[str], rounds: int, fill_body: bool = False) -> int:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [serve_python(), "-m", "service", "--bundle", bundle, "--port", str(port), *server_args]
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    server = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         wait_ready(server, url)
         with httpx.Client(base_url=url) as client:
@@ -159,13 +246,13 @@ def measure(bundle: str, server_args: Sequence[str], rounds: int, fill_body: boo
         server.wait(timeout=60)
     mib = lambda kib: f"{kib / 1024:.0f} MiB"  # noqa: E731
     size = f"filling {bound.max_body_bytes}-byte bodies" if fill_body else f"of {bound.max_length}+ tokens"
-    print(f"worst mix: {bound.concurrency} requests in flight x {bound.max_inputs} distinct texts "
-          f"{size}, {rounds} round(s), {seconds:.1f} s; "
-          f"statuses {dict(sorted(statuses.items()))}; server flags: {' '.join(server_args) or 'defaults'}")
+    print(
+        f"worst mix: {bound.concurrency} requests in flight x {bound.max_inputs} distinct texts "
+        f"{size}, {rounds} round(s), {seconds:.1f} s; "
+        f"statuses {dict(sorted(statuses.items()))}; server flags: {' '.join(server_args) or 'defaults'}"
+    )
     print(f"rss ready {mib(ready)}, peak {mib(after['VmHWM'])}, after {mib(after['VmRSS'])}")
     return EXIT_OK if set(statuses) <= {200, 429} else EXIT_FAILED_REQUESTS
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,12 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     server_args: list[str] = []
     if "--" in argv:
         split = argv.index("--")
-        argv, server_args = argv[:split], argv[split + 1:]
+        argv, server_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="bundles/default", help="bundle directory (default: bundles/default)")
     parser.add_argument("--rounds", type=int, default=2, help="requests each in-flight slot sends in turn (default: 2)")
-    parser.add_argument("--fill-body", action="store_true",
-                        help="texts as long as MAX_BODY_BYTES allows, not just past the max length")
+    parser.add_argument(
+        "--fill-body", action="store_true", help="texts as long as MAX_BODY_BYTES allows, not just past the max length"
+    )
     args = parser.parse_args(argv)
     return measure(args.bundle, server_args, args.rounds, args.fill_body)
 

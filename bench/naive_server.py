@@ -21,8 +21,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from tokenizers import Tokenizer
 
-from service.classifier import probabilities
-from service.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest
+from service.core.classifier import probabilities
+from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, read_manifest
 
 
 class Query(BaseModel):

@@ -24,8 +24,12 @@ def plot(report: Report, path: Path) -> None:
         right.plot(x, [r.p50_ms for r in levels], "o-", color=colour, label=f"{NAMES[name]} p50")
         right.plot(x, [r.p99_ms for r in levels], "s--", color=colour, alpha=0.5, label=f"{NAMES[name]} p99")
     floor = report.floor
-    left.axhline(floor["batch_texts_per_s"], color="grey", linestyle=":",
-                 label=f"in-process, batches of {floor['batch_size']} (texts/s)")
+    left.axhline(
+        floor["batch_texts_per_s"],
+        color="grey",
+        linestyle=":",
+        label=f"in-process, batches of {floor['batch_size']} (texts/s)",
+    )
     right.axhline(floor["single_p50_ms"], color="grey", linestyle=":", label="in-process p50, one query")
     for axis, title, unit in ((left, "Throughput", "requests/s"), (right, "Latency", "ms")):
         axis.set_xscale("log", base=2)

@@ -37,6 +37,13 @@ class ServerRun:
     def at(self, workload: str, concurrency: int) -> LevelResult | None:
         return next((r for r in self.workloads.get(workload, []) if r.level == concurrency), None)
 
+    def measured(self, workload: str, concurrency: int) -> LevelResult:
+        """``at`` for a level the run's plan gave this server (bench/compare.py): it is there."""
+        result = self.at(workload, concurrency)
+        if result is None:
+            raise LookupError(f"{self.name} has no {workload} result at concurrency {concurrency}")
+        return result
+
 
 @dataclass
 class Report:
@@ -89,9 +96,12 @@ def advantage(ours: LevelResult, theirs: LevelResult) -> dict[str, float]:
 def figures(report: Report) -> dict:
     """Everything the text states, computed once for the Markdown and the JSON."""
     ours = report.runs["ours"]
-    low, high = ours.at("short", report.low), ours.at("short", report.headline)
+    low, high = ours.measured("short", report.low), ours.measured("short", report.headline)
     ratios = {
-        name: {c: advantage(ours.at("short", c), report.runs[name].at("short", c)) for c in report.settings["concurrency"]}
+        name: {
+            c: advantage(ours.measured("short", c), report.runs[name].measured("short", c))
+            for c in report.settings["concurrency"]
+        }
         for name in report.baselines
     }
     overhead = round(low.p50_ms - report.floor["single_p50_ms"], 2)
@@ -99,22 +109,39 @@ def figures(report: Report) -> dict:
     # trip of the load tool to a server that answers at once (bench/wire_floor.py).
     added = round(overhead - report.floor["wire_p50_ms"], 2)
     targets = [
-        (f"service overhead at concurrency {report.low} (ours p50 - in-process p50 - bare round trip) "
-         f"≤ {OVERHEAD_TARGET_MS} ms", f"{added:+.2f} ms", added <= OVERHEAD_TARGET_MS),
-        ("no failed request from ours, any level or workload", str(sum(r.errors for r in ours.levels)),
-         not any(r.errors for r in ours.levels)),
+        (
+            f"service overhead at concurrency {report.low} (ours p50 - in-process p50 - bare round trip) "
+            f"≤ {OVERHEAD_TARGET_MS} ms",
+            f"{added:+.2f} ms",
+            added <= OVERHEAD_TARGET_MS,
+        ),
+        (
+            "no failed request from ours, any level or workload",
+            str(sum(r.errors for r in ours.levels)),
+            not any(r.errors for r in ours.levels),
+        ),
     ]
     if "naive" in ratios:
         for key, wording in (("throughput", "throughput at least"), ("p50", "p50 at most")):
             level = min(ratios["naive"], key=lambda c: ratios["naive"][c][key])
             ratio = ratios["naive"][level][key]
-            targets.append((f"{wording} the naive server's at every concurrency",
-                            f"lowest advantage {ratio:.2f}× (concurrency {level})", ratio >= 1))
+            targets.append(
+                (
+                    f"{wording} the naive server's at every concurrency",
+                    f"lowest advantage {ratio:.2f}× (concurrency {level})",
+                    ratio >= 1,
+                )
+            )
     for name, minimum in (("naive", 1.5), ("pytorch", 10)):
         if name in ratios:
             ratio = ratios[name][report.headline]["throughput"]
-            targets.append((f"throughput at concurrency {report.headline} ≥ {minimum:g}× {NAMES[name]}",
-                            f"{ratio:.2f}×", ratio >= minimum))
+            targets.append(
+                (
+                    f"throughput at concurrency {report.headline} ≥ {minimum:g}× {NAMES[name]}",
+                    f"{ratio:.2f}×",
+                    ratio >= minimum,
+                )
+            )
     return {
         "overhead_ms": overhead,
         "added_ms": added,
@@ -129,48 +156,85 @@ def _pair(result: LevelResult | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def _main_section(report: Report, numbers: dict) -> list[str]:
     names = ["ours", *report.baselines]
-    rows = [[str(c)] + [f"{report.runs[n].at('short', c).throughput:.0f}" for n in names]
-            + [_pair(report.runs[n].at("short", c)) for n in names] for c in report.settings["concurrency"]]
+    rows = [
+        [str(c)]
+        + [f"{report.runs[n].measured('short', c).throughput:.0f}" for n in names]
+        + [_pair(report.runs[n].at("short", c)) for n in names]
+        for c in report.settings["concurrency"]
+    ]
     lines = ["## Short queries, closed loop", ""]
-    lines += _table(["concurrency"] + [f"{NAMES[n]} req/s" for n in names] + [f"{NAMES[n]} p50 / p99 ms" for n in names],
-                    rows)
+    lines += _table(
+        ["concurrency"] + [f"{NAMES[n]} req/s" for n in names] + [f"{NAMES[n]} p50 / p99 ms" for n in names], rows
+    )
     if report.baselines:
-        lines += ["", "Ours' advantage, same run (throughput ours ÷ theirs, latency theirs ÷ ours; above 1× ours is better):",
-                  ""]
-        header = ["concurrency"] + [f"vs {NAMES[n]}: {key}" for n in report.baselines for key in ("req/s", "p50", "p99")]
-        rows = [[str(c)] + [f"{numbers['ratios'][n][c][key]:.2f}×" for n in report.baselines
-                            for key in ("throughput", "p50", "p99")] for c in report.settings["concurrency"]]
+        lines += [
+            "",
+            "Ours' advantage, same run (throughput ours ÷ theirs, latency theirs ÷ ours; above 1× ours is better):",
+            "",
+        ]
+        header = ["concurrency"] + [
+            f"vs {NAMES[n]}: {key}" for n in report.baselines for key in ("req/s", "p50", "p99")
+        ]
+        rows = [
+            [str(c)]
+            + [f"{numbers['ratios'][n][c][key]:.2f}×" for n in report.baselines for key in ("throughput", "p50", "p99")]
+            for c in report.settings["concurrency"]
+        ]
         lines += _table(header, rows)
     return lines
 
 
 def _floor_section(report: Report, numbers: dict) -> list[str]:
     floor, ours = report.floor, report.runs["ours"]
-    low, high = ours.at("short", report.low), ours.at("short", report.headline)
-    rows = [["p50, one short query (tokenize + session.run)", f"{floor['single_p50_ms']:.2f} ms",
-             f"ours {low.p50_ms:.2f} ms at concurrency {report.low}",
-             f"{numbers['overhead_ms']:+.2f} ms over in-process"],
-            ["p50, bare round trip (`bench/wire_floor.py` answers at once)", "",
-             f"{floor['wire_p50_ms']:.2f} ms",
-             f"{numbers['added_ms']:+.2f} ms added by the service (target ≤ {OVERHEAD_TARGET_MS} ms)"],
-            ["p99, one short query", f"{floor['single_p99_ms']:.2f} ms", f"ours {low.p99_ms:.2f} ms", ""],
-            [f"throughput, batches of {floor['batch_size']}", f"{floor['batch_texts_per_s']:.0f} texts/s",
-             f"ours {high.throughput:.0f} req/s at concurrency {report.headline}",
-             f"{numbers['share_of_batched_throughput']:.0%} of the in-process batched throughput"]]
+    low, high = ours.measured("short", report.low), ours.measured("short", report.headline)
+    rows = [
+        [
+            "p50, one short query (tokenize + session.run)",
+            f"{floor['single_p50_ms']:.2f} ms",
+            f"ours {low.p50_ms:.2f} ms at concurrency {report.low}",
+            f"{numbers['overhead_ms']:+.2f} ms over in-process",
+        ],
+        [
+            "p50, bare round trip (`bench/wire_floor.py` answers at once)",
+            "",
+            f"{floor['wire_p50_ms']:.2f} ms",
+            f"{numbers['added_ms']:+.2f} ms added by the service (target ≤ {OVERHEAD_TARGET_MS} ms)",
+        ],
+        ["p99, one short query", f"{floor['single_p99_ms']:.2f} ms", f"ours {low.p99_ms:.2f} ms", ""],
+        [
+            f"throughput, batches of {floor['batch_size']}",
+            f"{floor['batch_texts_per_s']:.0f} texts/s",
+            f"ours {high.throughput:.0f} req/s at concurrency {report.headline}",
+            f"{numbers['share_of_batched_throughput']:.0%} of the in-process batched throughput",
+        ],
+    ]
     if "naive" in report.runs:
-        naive = report.runs["naive"].at("short", report.low)
-        rows.insert(1, ["p50, one short query, naive server (reference)", "", f"naive {naive.p50_ms:.2f} ms",
-                        f"{naive.p50_ms - floor['single_p50_ms']:+.2f} ms over in-process"])
-    return ["", "## Against the in-process floor", "",
-            "Same bundle and texts in one process, no HTTP (`bench/floor.py`, the service's session options). "
-            "Over HTTP includes the load tool's client and the loopback round trip, for every server alike; "
-            "the bare round trip measures that alone, against a server that answers every request at once.",
-            ""] + _table(["figure", "in-process", "over HTTP", "difference"], rows)
+        naive = report.runs["naive"].measured("short", report.low)
+        rows.insert(
+            1,
+            [
+                "p50, one short query, naive server (reference)",
+                "",
+                f"naive {naive.p50_ms:.2f} ms",
+                f"{naive.p50_ms - floor['single_p50_ms']:+.2f} ms over in-process",
+            ],
+        )
+    return [
+        "",
+        "## Against the in-process floor",
+        "",
+        "Same bundle and texts in one process, no HTTP (`bench/floor.py`, the service's session options). "
+        "Over HTTP includes the load tool's client and the loopback round trip, for every server alike; "
+        "the bare round trip measures that alone, against a server that answers every request at once.",
+        "",
+    ] + _table(["figure", "in-process", "over HTTP", "difference"], rows)
 
 
 def _long_mix_section(report: Report) -> list[str]:
@@ -180,14 +244,26 @@ def _long_mix_section(report: Report) -> list[str]:
         return []
     rows = []
     for run in runs:
-        mixed, alone = run.at("long-mix", level), run.at("short", level)
-        rows.append([NAMES[run.name], f"{mixed.throughput:.0f}", _ms(mixed.short_p50_ms), _ms(mixed.short_p99_ms),
-                     f"{mixed.p99_ms:.1f}", _ms(alone and alone.p99_ms)])
-    return ["", f"## Long texts among short queries (concurrency {level})", "",
-            f"{report.settings['long_fraction']:.0%} of requests are single texts cut at the max length "
-            f"({report.manifest['max_length']} tokens), the rest short queries. Short p50/p99 count the short "
-            "queries alone; the last column is their p99 with no long texts at the same concurrency.", ""] + _table(
-        ["server", "req/s", "short p50 ms", "short p99 ms", "all p99 ms", "short p99 ms, short only"], rows)
+        mixed, alone = run.measured("long-mix", level), run.at("short", level)
+        rows.append(
+            [
+                NAMES[run.name],
+                f"{mixed.throughput:.0f}",
+                _ms(mixed.short_p50_ms),
+                _ms(mixed.short_p99_ms),
+                f"{mixed.p99_ms:.1f}",
+                _ms(None if alone is None else alone.p99_ms),
+            ]
+        )
+    return [
+        "",
+        f"## Long texts among short queries (concurrency {level})",
+        "",
+        f"{report.settings['long_fraction']:.0%} of requests are single texts cut at the max length "
+        f"({report.manifest['max_length']} tokens), the rest short queries. Short p50/p99 count the short "
+        "queries alone; the last column is their p99 with no long texts at the same concurrency.",
+        "",
+    ] + _table(["server", "req/s", "short p50 ms", "short p99 ms", "all p99 ms", "short p99 ms, short only"], rows)
 
 
 def _cache_section(report: Report) -> list[str]:
@@ -196,15 +272,38 @@ def _cache_section(report: Report) -> list[str]:
     off, on = report.runs["ours"], report.runs["ours-cache"]
     rows = []
     for c in report.settings["cache_concurrency"]:
-        a, b = off.at("repeat", c), on.at("repeat", c)
-        rows.append([str(c), f"{a.throughput:.0f}", f"{b.throughput:.0f}", f"{b.throughput / a.throughput:.2f}×",
-                     _pair(a), _pair(b), "-" if b.cache_hit_rate is None else f"{100 * b.cache_hit_rate:.1f}"])
-    return ["", "## Response cache: a repeating workload (labelled, not the main figures)", "",
-            f"Short queries drawn from {report.settings['distinct']} distinct texts; ours with the cache off "
-            f"(default) and with `CACHE_SIZE={report.settings['cache_size']}`, same workload. Every other figure "
-            "in this report runs with the cache off.", ""] + _table(
-        ["concurrency", "cache off req/s", "cache on req/s", "ratio", "off p50 / p99 ms", "on p50 / p99 ms",
-         "hit rate %"], rows)
+        a, b = off.measured("repeat", c), on.measured("repeat", c)
+        rows.append(
+            [
+                str(c),
+                f"{a.throughput:.0f}",
+                f"{b.throughput:.0f}",
+                f"{b.throughput / a.throughput:.2f}×",
+                _pair(a),
+                _pair(b),
+                "-" if b.cache_hit_rate is None else f"{100 * b.cache_hit_rate:.1f}",
+            ]
+        )
+    return [
+        "",
+        "## Response cache: a repeating workload (labelled, not the main figures)",
+        "",
+        f"Short queries drawn from {report.settings['distinct']} distinct texts; ours with the cache off "
+        f"(default) and with `CACHE_SIZE={report.settings['cache_size']}`, same workload. Every other figure "
+        "in this report runs with the cache off.",
+        "",
+    ] + _table(
+        [
+            "concurrency",
+            "cache off req/s",
+            "cache on req/s",
+            "ratio",
+            "off p50 / p99 ms",
+            "on p50 / p99 ms",
+            "hit rate %",
+        ],
+        rows,
+    )
 
 
 def _resources_section(report: Report) -> list[str]:
@@ -213,13 +312,17 @@ def _resources_section(report: Report) -> list[str]:
     def cells(value, fmt: str) -> list[str]:
         return [fmt.format(value(ours))] + [
             fmt.format(value(report.runs[n])) + f" ({value(report.runs[n]) / value(ours):.1f}× ours)"
-            for n in report.baselines]
+            for n in report.baselines
+        ]
 
     return ["", "## Cold start and memory", ""] + _table(
         [""] + [NAMES[n] for n in ["ours", *report.baselines]],
-        [["cold start (process start → /health 200)"] + cells(lambda r: r.cold_start_s, "{:.2f} s"),
-         ["idle RSS"] + cells(lambda r: r.idle_rss_mb, "{:.0f} MB"),
-         ["peak RSS"] + cells(lambda r: r.peak_rss_mb, "{:.0f} MB")])
+        [
+            ["cold start (process start → /health 200)"] + cells(lambda r: r.cold_start_s, "{:.2f} s"),
+            ["idle RSS"] + cells(lambda r: r.idle_rss_mb, "{:.0f} MB"),
+            ["peak RSS"] + cells(lambda r: r.peak_rss_mb, "{:.0f} MB"),
+        ],
+    )
 
 
 def _targets_section(numbers: dict) -> list[str]:
@@ -275,8 +378,12 @@ def to_json(report: Report) -> dict:
         "floor": report.floor,
         "figures": figures(report),
         "servers": {
-            run.name: {"cold_start_s": run.cold_start_s, "idle_rss_mb": run.idle_rss_mb, "peak_rss_mb": run.peak_rss_mb,
-                       "workloads": {w: [asdict(r) for r in levels] for w, levels in run.workloads.items()}}
+            run.name: {
+                "cold_start_s": run.cold_start_s,
+                "idle_rss_mb": run.idle_rss_mb,
+                "peak_rss_mb": run.peak_rss_mb,
+                "workloads": {w: [asdict(r) for r in levels] for w, levels in run.workloads.items()},
+            }
             for run in report.runs.values()
         },
     }

@@ -17,26 +17,19 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import httpx
 
-from bench.process import wait_ready
+from bench.process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 TEXTS = ["what is my balance", "book a flight to paris for two people next friday", "hello"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -51,11 +44,25 @@ def measure(bundle: Path, count: int, python: Path, threads: int) -> dict[str, f
         names = [f"model{i + 1}" for i in range(count)]
         for name in names:
             shutil.copytree(bundle, repository / name)
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "INTRA_OP_THREADS": str(threads)}
-        process = subprocess.Popen([str(python), "-m", "service", "--repository", str(repository),
-                                    "--port", str(port), "--log-level", "warning"],
-                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [
+                str(python),
+                "-m",
+                "service",
+                "--repository",
+                str(repository),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(process, url)
@@ -64,8 +71,11 @@ def measure(bundle: Path, count: int, python: Path, threads: int) -> dict[str, f
                     response = httpx.post(f"{url}/models/{name}/predict", json={"inputs": TEXTS}, timeout=60)
                     response.raise_for_status()
             status = _status(process.pid)
-            return {"models": count, "rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1),
-                    "threads": int(status["Threads"])}
+            return {
+                "models": count,
+                "rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1),
+                "threads": int(status["Threads"]),
+            }
         finally:
             process.terminate()
             process.wait(timeout=60)

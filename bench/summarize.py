@@ -1,6 +1,6 @@
 """Markdown table of a pytest-benchmark JSON: median ms per variant, input length and batch.
 
-    .venv/bin/python -m bench.summarize bench/results/benchmarks-DATE.json > docs/benchmarks/session.md
+.venv/bin/python -m bench.summarize bench/results/benchmarks-DATE.json > docs/benchmarks/session.md
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def summarize(data: dict) -> str:
     info = data.get("machine_info", {})
     cpu = info.get("cpu", {})
     lines.append("")
-    lines.append(f"Machine: {cpu.get('brand_raw', 'unknown CPU')}, {cpu.get('count', '?')} cores; "
-                 f"Python {info.get('python_version', '?')}. Inputs: short ≈ 12 tokens, medium ≈ 64, long = max length.")
+    lines.append(
+        f"Machine: {cpu.get('brand_raw', 'unknown CPU')}, {cpu.get('count', '?')} cores; "
+        f"Python {info.get('python_version', '?')}. Inputs: short ≈ 12 tokens, medium ≈ 64, long = max length."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,6 @@
 """In-process benchmarks, grouped by what they measure.
 
-    bash bench/run-benchmarks.sh           # all groups, JSON saved under bench/results/
+bash bench/run-benchmarks.sh           # all groups, JSON saved under bench/results/
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pytest
 from bench.conftest import VARIANTS
 
 SHORT = "what is the weather like in paris this weekend"  # ~12 tokens with specials
-MEDIUM = ("i was charged twice for the same order last week and the second payment still shows "
-          "as pending on my card, can you tell me when the refund will arrive and whether i need "
-          "to contact my bank about it")  # ~64 tokens
+MEDIUM = (
+    "i was charged twice for the same order last week and the second payment still shows "
+    "as pending on my card, can you tell me when the refund will arrive and whether i need "
+    "to contact my bank about it"
+)  # ~64 tokens
 LONG = "please transfer money to my savings account " * 60  # truncated to the model's max length
 LENGTHS = {"short": SHORT, "medium": MEDIUM, "long": LONG}
 BATCHES = (1, 32)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from export.convert import copy_onnx, data_file, uses_external_data
-from service.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, hash_files, write_manifest
+from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, hash_files, write_manifest
 
 
 def write_bundle(

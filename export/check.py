@@ -6,8 +6,8 @@ from pathlib import Path
 
 from export.convert import external_locations
 from export.errors import BundleInvalid
-from service.classifier import OnnxClassifier
-from service.manifest import MODEL_FILE, BundleError, load_verified
+from service.core.classifier import OnnxClassifier
+from service.core.manifest import MODEL_FILE, BundleError, load_verified
 
 
 def check_bundle(directory: Path) -> str:
@@ -18,7 +18,7 @@ def check_bundle(directory: Path) -> str:
         raise BundleInvalid(str(exc)) from None
     # Before anything opens the graph: which files would its weights be read from?
     locations = external_locations(Path(directory) / MODEL_FILE)
-    allowed = {manifest.external_data} - {None}
+    allowed = set() if manifest.external_data is None else {manifest.external_data}
     if locations - allowed:
         raise BundleInvalid(
             f"bundle {directory} does not match its manifest: graph reads external data from "

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from export.errors import ExitCode, ExportError
 from export.variants import VARIANTS
@@ -22,42 +22,79 @@ def _export_parser() -> argparse.ArgumentParser:
         description="Export a trained text classifier to a verified ONNX bundle. "
         "Run 'python -m export verify BUNDLE' to re-check an existing bundle.",
     )
-    parser.add_argument("--model", help="checkpoint directory, sentence-transformers body, or hub id "
-                        "(default: the built-in 157-intent MiniLM classifier)")
+    parser.add_argument(
+        "--model",
+        help="checkpoint directory, sentence-transformers body, or hub id "
+        "(default: the built-in 157-intent MiniLM classifier)",
+    )
     parser.add_argument("--head", help="scikit-learn linear head (.joblib) for a sentence-transformers body")
-    parser.add_argument("--out", type=Path, help="bundle directory to create (default: bundles/default "
-                        "for the default model, bundles/<model name> otherwise)")
-    parser.add_argument("--variant", choices=("auto", *VARIANTS), default="auto",
-                        help="'auto' verifies every variant, times those that pass at batch 1 and 32 "
-                        "on this CPU and keeps the fastest (default: auto)")
-    parser.add_argument("--task", choices=("auto", "text", "pair"), default="auto",
-                        help="what one input is: 'text', or 'pair' of texts (NLI, paraphrase, cross-encoder "
-                        "rerankers). 'auto' (default) takes 'pair' for a sentence-transformers CrossEncoder or "
-                        "NLI label names (entailment/contradiction), 'text' otherwise")
-    parser.add_argument("--validation-file", help="extra validation inputs: one text per line, or for a pair "
-                        "model one pair per line as two texts separated by a tab")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="bundle directory to create (default: bundles/default "
+        "for the default model, bundles/<model name> otherwise)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("auto", *VARIANTS),
+        default="auto",
+        help="'auto' verifies every variant, times those that pass at batch 1 and 32 "
+        "on this CPU and keeps the fastest (default: auto)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("auto", "text", "pair"),
+        default="auto",
+        help="what one input is: 'text', or 'pair' of texts (NLI, paraphrase, cross-encoder "
+        "rerankers). 'auto' (default) takes 'pair' for a sentence-transformers CrossEncoder or "
+        "NLI label names (entailment/contradiction), 'text' otherwise",
+    )
+    parser.add_argument(
+        "--validation-file",
+        help="extra validation inputs: one text per line, or for a pair "
+        "model one pair per line as two texts separated by a tab",
+    )
     parser.add_argument("--max-length", type=int, help="override the truncation length of the original pipeline")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle")
-    parser.add_argument("--keep-variants", type=Path, metavar="DIR",
-                        help="also copy every variant's model.onnx here, passing or not (for benchmarks)")
+    parser.add_argument(
+        "--keep-variants",
+        type=Path,
+        metavar="DIR",
+        help="also copy every variant's model.onnx here, passing or not (for benchmarks)",
+    )
     gate = parser.add_argument_group("verification gate")
     gate.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 variants (default: 1e-4)")
     gate.add_argument("--min-agreement", type=float, default=0.99, help="int8 top-1 agreement (default: 0.99)")
-    gate.add_argument("--confident-margin", type=float, default=0.1,
-                      help="int8 must agree on every text whose top-1/top-2 margin is at least this (default: 0.1)")
-    gate.add_argument("--max-prob-diff", type=float, default=0.05, help="int8 max |probability difference| (default: 0.05)")
-    gate.add_argument("--max-value-diff", type=float, default=0.05,
-                      help="int8 regression models: max |value difference| as a fraction of the standard deviation "
-                      "of the original's outputs on the validation set (default: 0.05)")
-    parser.add_argument("--threshold", type=float,
-                        help="decision threshold on sigmoid scores (multi-label and one-logit models), recorded in "
-                        "the bundle and used by the gate (default: 0.5)")
+    gate.add_argument(
+        "--confident-margin",
+        type=float,
+        default=0.1,
+        help="int8 must agree on every text whose top-1/top-2 margin is at least this (default: 0.1)",
+    )
+    gate.add_argument(
+        "--max-prob-diff", type=float, default=0.05, help="int8 max |probability difference| (default: 0.05)"
+    )
+    gate.add_argument(
+        "--max-value-diff",
+        type=float,
+        default=0.05,
+        help="int8 regression models: max |value difference| as a fraction of the standard deviation "
+        "of the original's outputs on the validation set (default: 0.05)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="decision threshold on sigmoid scores (multi-label and one-logit models), recorded in "
+        "the bundle and used by the gate (default: 0.5)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
 def _verify_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export verify", description="Re-check a bundle against its manifest.")
+    parser = argparse.ArgumentParser(
+        prog="python -m export verify", description="Re-check a bundle against its manifest."
+    )
     parser.add_argument("bundle", type=Path)
     return parser
 
@@ -116,8 +153,10 @@ def _run_export(args: argparse.Namespace) -> int:
     print(report_table(result.reports, result.timings, result.manifest.variant))
     manifest = result.manifest
     kind = "" if manifest.task == "text" else f"{manifest.task} model, "
-    print(f"bundle: {result.out} ({kind}{manifest.variant}, {len(manifest.id2label)} labels, "
-          f"max_length {manifest.max_length})")
+    print(
+        f"bundle: {result.out} ({kind}{manifest.variant}, {len(manifest.id2label)} labels, "
+        f"max_length {manifest.max_length})"
+    )
     return ExitCode.OK
 
 

@@ -16,7 +16,7 @@ import torch
 
 from export.errors import ConversionFailed
 from export.sources import Source
-from service.manifest import PAIR
+from service.core.manifest import PAIR
 
 OPSET = 17
 # Protobuf cannot serialise a model of 2 GiB or more; leave room for the graph itself.
@@ -57,8 +57,14 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external: bool) -> Path:
     if data_file(path).exists():
         data_file(path).unlink()
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_file(path).name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_file(path).name,
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(path))
     return path

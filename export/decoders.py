@@ -26,9 +26,12 @@ INPUT_NAMES = ["input_ids", "attention_mask"]
 class DecoderClassifier(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        config = model.config
-        self.base = getattr(model, model.base_model_prefix)
-        self.score = model.score
+        # A transformers *ForSequenceClassification model; torch types its config, base_model_prefix
+        # and score head as plain Module attributes (Tensor | Module), so they are read untyped here.
+        hf_model: Any = model
+        config = hf_model.config
+        self.base: torch.nn.Module = getattr(model, hf_model.base_model_prefix)
+        self.score: torch.nn.Module = hf_model.score
         self.pad_token_id = config.pad_token_id
         self.layer_types = sorted(set(getattr(config, "layer_types", None) or []))
         window = getattr(config, "sliding_window", None)

@@ -17,8 +17,7 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise InputNotFound(
-            f"the default model needs the package {name.replace('_', '-')}; "
-            "install requirements-export.txt"
+            f"the default model needs the package {name.replace('_', '-')}; install requirements-export.txt"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

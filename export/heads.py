@@ -11,14 +11,15 @@ reference the exported graph is verified against.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from export.errors import CorruptWeights, NotAClassifier, UnsupportedArchitecture
-from service.manifest import MULTI_LABEL, SINGLE_LABEL
+from service.core.manifest import MULTI_LABEL, SINGLE_LABEL
 
 
 @dataclass

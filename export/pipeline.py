@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -24,18 +24,24 @@ from export.convert import (
     uses_external_data,
 )
 from export.errors import OutputExists, OutputNotWritable, UsageError, VerificationFailed
-from export.sources import Source, load_source
 from export.pairs import builtin_pairs, read_pair_file
+from export.sources import Source, load_source
 from export.texts import builtin_texts, read_lines, read_text_file
 from export.timing import Timing, fastest, measure
 from export.verify import Thresholds, VariantReport, compare
-from service.classifier import OnnxClassifier, TextInput
-from service.manifest import PAIR, SIGMOID, Manifest, score_function
+from service.core.classifier import OnnxClassifier, TextInput
+from service.core.manifest import PAIR, SIGMOID, Manifest, score_function
 
 Progress = Callable[[str], None]
 VERSIONED_PACKAGES = (
-    "torch", "transformers", "sentence-transformers", "scikit-learn",
-    "onnx", "onnxruntime", "tokenizers", "numpy",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "scikit-learn",
+    "onnx",
+    "onnxruntime",
+    "tokenizers",
+    "numpy",
 )
 
 
@@ -104,8 +110,10 @@ def export_bundle(
                 f"{source.model_id} is {source.problem_type} with {len(source.id2label)} outputs"
             )
         source.threshold = threshold
-    progress(f"loaded {source.model_id}: {source.task} model, {len(source.id2label)} outputs, "
-             f"{source.problem_type}, max_length {source.max_length}")
+    progress(
+        f"loaded {source.model_id}: {source.task} model, {len(source.id2label)} outputs, "
+        f"{source.problem_type}, max_length {source.max_length}"
+    )
     texts = validation_inputs(source.task, validation_file)
     # A decoder without BOS turns an empty text into no tokens at all: neither the
     # original nor the bundle can classify it (the service answers 422).
@@ -118,8 +126,9 @@ def export_bundle(
     except OSError as exc:
         raise OutputNotWritable(f"cannot write in {out.parent}: {exc.strerror}") from None
     try:
-        return _export_in(work, out, source, texts, variant, thresholds, force, keep_variants, progress,
-                          external_data_over)
+        return _export_in(
+            work, out, source, texts, variant, thresholds, force, keep_variants, progress, external_data_over
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -169,8 +178,10 @@ def _export_in(
             paths[name] = path
             reports.append(report)
         verdict = "passed" if report.passed else "FAILED: " + "; ".join(report.failures)
-        progress(f"verified {name}: {report.measure} agreement {report.agreement:.2%}, "
-                 f"max |Δlogit| {report.max_logit_diff:.2e} - {verdict}")
+        progress(
+            f"verified {name}: {report.measure} agreement {report.agreement:.2%}, "
+            f"max |Δlogit| {report.max_logit_diff:.2e} - {verdict}"
+        )
         return report
 
     if V.FP32 in wanted:
@@ -236,11 +247,14 @@ def _selective(
     then keep the 1, 2, 4, ... most harmful in fp32 until the gate passes."""
 
     def evaluate(path: Path) -> VariantReport:
-        return compare(V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold)
+        return compare(
+            V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold
+        )
 
     progress("measuring each node's quantization damage for selective int8")
     ranking = [
-        name for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress, external=external)
+        name
+        for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress, external=external)
     ]
 
     def attempt(count: int) -> Path | None:
@@ -306,20 +320,39 @@ def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (
     top-1 labels and probabilities, decisions at a threshold and probabilities, or
     regression values (max |Δvalue| / std of the original's outputs; no agreement)."""
     by_name = {t.variant: t for t in timings}
-    rows = [("variant", "size MB", "measure", "agreement", "confident", "max |Δlogit|", "max |Δscore|",
-             "batch1 ms", "batch32 ms", "result")]
+    rows = [
+        (
+            "variant",
+            "size MB",
+            "measure",
+            "agreement",
+            "confident",
+            "max |Δlogit|",
+            "max |Δscore|",
+            "batch1 ms",
+            "batch32 ms",
+            "result",
+        )
+    ]
     for r in reports:
         t = by_name.get(r.variant)
         result = "passed" if r.passed else "FAILED: " + "; ".join(r.failures)
         if r.variant == chosen:
             result += " (chosen)"
         values = r.max_value_diff is not None
-        rows.append((
-            r.variant, f"{r.size_bytes / 1e6:.1f}", r.measure, "-" if values else f"{r.agreement:.2%}",
-            "-" if values else f"{r.confident_agreement:.2%}", f"{r.max_logit_diff:.2e}",
-            f"{r.max_prob_diff:.4f}", f"{t.batch1_ms:.2f}" if t else "-", f"{t.batch32_ms:.1f}" if t else "-", result,
-        ))
+        rows.append(
+            (
+                r.variant,
+                f"{r.size_bytes / 1e6:.1f}",
+                r.measure,
+                "-" if values else f"{r.agreement:.2%}",
+                "-" if values else f"{r.confident_agreement:.2%}",
+                f"{r.max_logit_diff:.2e}",
+                f"{r.max_prob_diff:.4f}",
+                f"{t.batch1_ms:.2f}" if t else "-",
+                f"{t.batch32_ms:.1f}" if t else "-",
+                result,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows)

@@ -15,15 +15,18 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from export import default_model
+from export.decoders import DECODER_MODEL_TYPES, DecoderClassifier
+from export.decoders import INPUT_NAMES as DECODER_INPUTS
 from export.errors import (
     CorruptWeights,
     HeadMismatch,
@@ -31,24 +34,26 @@ from export.errors import (
     NotAClassifier,
     UnsupportedArchitecture,
 )
-from export.decoders import DECODER_MODEL_TYPES, DecoderClassifier
-from export.decoders import INPUT_NAMES as DECODER_INPUTS
 from export.heads import load_head
-from service.classifier import TextInput
-from service.manifest import DEFAULT_THRESHOLD, PAIR, PROBLEM_TYPES, SINGLE_LABEL, TEXT, zero_shot_ids
+from service.core.classifier import TextInput
+from service.core.manifest import DEFAULT_THRESHOLD, PAIR, PROBLEM_TYPES, SINGLE_LABEL, TEXT, zero_shot_ids
 
-SUPPORTED_MODEL_TYPES = tuple(sorted((
-    "albert",
-    "bert",
-    "deberta-v2",
-    "distilbert",
-    "electra",
-    "modernbert",
-    "mpnet",
-    "roberta",
-    "xlm-roberta",
-    *DECODER_MODEL_TYPES,
-)))
+SUPPORTED_MODEL_TYPES = tuple(
+    sorted(
+        (
+            "albert",
+            "bert",
+            "deberta-v2",
+            "distilbert",
+            "electra",
+            "modernbert",
+            "mpnet",
+            "roberta",
+            "xlm-roberta",
+            *DECODER_MODEL_TYPES,
+        )
+    )
+)
 # Position ids start after the padding index in these families, so two positions
 # of max_position_embeddings are never usable.
 _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}
@@ -313,7 +318,7 @@ def _load_checkpoint(
         outputs = []
         for start in range(0, len(inputs), step):
             chunk = list(inputs[start : start + step])
-            texts = ([a for a, _ in chunk], [b for _, b in chunk]) if detected == PAIR else (chunk,)
+            texts = _split_pairs(chunk) if detected == PAIR else (chunk,)
             batch = hf_tokenizer(*texts, padding=step > 1, truncation=True, max_length=limit, return_tensors="pt")
             features = {name: batch[name] for name in input_names if name in batch}
             with torch.inference_mode():
@@ -339,13 +344,20 @@ def _load_checkpoint(
     )
 
 
+def _split_pairs(chunk: Sequence[TextInput]) -> tuple[list[str], list[str]]:
+    """A pair model's inputs as the tokenizer's two arguments: the texts and their pairs."""
+    pairs = [item for item in chunk if not isinstance(item, str)]
+    assert len(pairs) == len(chunk), "a pair model's inputs are (text, text_pair) pairs"
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def _load_weights(factory: Any, model: str, **kwargs: Any) -> torch.nn.Module:
     try:
         with warnings.catch_warnings():
             # A head created from scratch would mean the checkpoint has no trained classifier.
             warnings.simplefilter("error", UserWarning)
             loaded = factory.from_pretrained(model, **kwargs)
-    except (OSError, RuntimeError, ValueError, EnvironmentError, UserWarning) as exc:
+    except (OSError, RuntimeError, ValueError, UserWarning) as exc:
         raise CorruptWeights(f"weights of {model} are missing or unreadable: {_first_line(exc)}") from None
     except Exception as exc:  # safetensors raises its own, unexported error type
         if type(exc).__name__ == "SafetensorError":
@@ -504,4 +516,3 @@ def _label_names(classes: list[Any], setfit_labels: Any, head: Path) -> list[str
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
-

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from service.classifier import OnnxClassifier
+from service.core.classifier import OnnxClassifier, TextInput
 
 BATCH_SIZES = (1, 32)
 
@@ -19,7 +19,7 @@ class Timing:
     batch32_ms: float
 
 
-def measure(variant: str, classifier: OnnxClassifier, texts: Sequence[str], repeats: int = 20) -> Timing:
+def measure(variant: str, classifier: OnnxClassifier, texts: Sequence[TextInput], repeats: int = 20) -> Timing:
     """Median wall time of one session run at batch 1 and at batch 32."""
     encoded = classifier.encode(list(texts))
     results = []

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import onnx
 
@@ -116,8 +116,9 @@ def store_half(path: Path, *, min_elements: int = 4096) -> Path:
         if init.data_type != onnx.TensorProto.FLOAT or math.prod(init.dims) < min_elements:
             continue
         half = numpy_helper.from_array(numpy_helper.to_array(init).astype("float16"), init.name + "/fp16")
-        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
-                                      name=init.name + "/widen"))
+        casts.append(
+            helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT, name=init.name + "/widen")
+        )
         graph.initializer.remove(init)
         graph.initializer.append(half)
     for index, node in enumerate(casts):

@@ -1,7 +1,7 @@
 """The accuracy gate: compare a variant's outputs with the original model's.
 
 What is compared is what the bundle's users act on, by score function
-(``service.manifest.score_function``):
+(``service.core.manifest.score_function``):
 
 * softmax (single-label): the top-1 label, on every text and on every text whose
   top-1/top-2 probability margin is at least ``confident_margin``;
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from export.variants import INT8_VARIANTS
-from service.manifest import DEFAULT_THRESHOLD, IDENTITY, SIGMOID, score_function
-from service.scoring import decisions, probabilities
+from service.core.manifest import DEFAULT_THRESHOLD, IDENTITY, SIGMOID, score_function
+from service.core.scoring import decisions, probabilities
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create the two virtual environments, reinstalling only when requirements change:
-#   .venv        export stage and tests (torch CPU build, transformers, sentence-transformers, ...)
+#   .venv        export stage, tests and checks (torch CPU build, transformers, sentence-transformers,
+#                ruff, mypy, mkdocs, ...)
 #   .venv-serve  the slim service alone (requirements-serve.txt and the optional gRPC service's
 #                requirements-grpc.txt), to prove it needs no torch; test clients stay out of it
 # A second run with unchanged requirement files only compares two checksums.
@@ -32,5 +33,5 @@ ensure_venv() {
 
 ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt
 # requirements-test.txt includes requirements-loadtest.txt; hash it too so a change there reinstalls.
-ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt \
+ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt requirements-dev.txt \
   -- requirements-default-model.txt

@@ -1,63 +1,74 @@
-"""``python -m service``: check the bundle (or find the repository), then serve it with uvicorn."""
+"""``python -m service``: check the bundle (or find the repository), then serve it with uvicorn.
+
+Exit codes: 0 after an orderly shutdown, 2 for a bad setting, 3 for a bad bundle,
+4 when a port to listen on is taken or cannot be bound.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import signal
+import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from service.manifest import BundleError, load_verified
+from service.core.manifest import BundleError, load_verified
 from service.logs import configure_logging
 from service.settings import SettingsError, load_settings
 
 EXIT_BAD_SETTINGS = 2
 EXIT_BAD_BUNDLE = 3
+EXIT_PORT_UNAVAILABLE = 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
-    from service.app import create_app
-    from service.protocol import http_protocol
+    from service.web.app import create_app
+    from service.web.connection import Connections, http_protocol, sole_caller
 
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        return _fail(str(exc), EXIT_BAD_SETTINGS)
     if settings.grpc_port and importlib.util.find_spec("grpc") is None:
-        print("error: --grpc-port needs grpcio; install requirements-grpc.txt", file=sys.stderr)
-        return EXIT_BAD_SETTINGS
+        return _fail("--grpc-port needs grpcio; install requirements-grpc.txt", EXIT_BAD_SETTINGS)
     manifest = None
     if settings.repository:
         # Its bundles are checked one by one as they load; a bad one is refused, not fatal.
         if not Path(settings.repository).is_dir():
-            print(f"error: --repository {settings.repository} is not a directory", file=sys.stderr)
-            return EXIT_BAD_SETTINGS
+            return _fail(f"--repository {settings.repository} is not a directory", EXIT_BAD_SETTINGS)
     else:
         try:
-            manifest = load_verified(settings.bundle)
+            manifest = load_verified(Path(settings.bundle))
         except BundleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_BUNDLE
+            return _fail(str(exc), EXIT_BAD_BUNDLE)
+    # Before any model loads: a taken port is told at once, not after a minute of loading.
+    for flag, port in (("--port", settings.port), ("--grpc-port", settings.grpc_port)):
+        problem = _cannot_bind(settings.host, port) if port else None
+        if problem:
+            return _fail(f"{flag} {port} on {settings.host}: {problem}", EXIT_PORT_UNAVAILABLE)
     logs = configure_logging(settings.log_level)
     if settings.model_control == "explicit" and not settings.api_keys:
         logging.getLogger("service.cli").warning(
-            "MODEL_CONTROL=explicit without API_KEYS: the repository API refuses every call (403)")
+            "MODEL_CONTROL=explicit without API_KEYS: the repository API refuses every call (403)"
+        )
+    connections = Connections()
     config = uvicorn.Config(
-        create_app(settings, manifest),
+        create_app(settings, manifest, sole_caller=sole_caller(settings, connections)),
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,  # the service writes its own JSON access log
         timeout_graceful_shutdown=int(settings.drain_timeout),
         server_header=False,
-        # Nothing reads the client's address, so uvicorn's X-Forwarded-For rewrite would be per-request cost for nothing.
+        # Nothing reads the client's address: uvicorn's X-Forwarded-For rewrite would cost every request for nothing.
         proxy_headers=False,
-        http=http_protocol(settings),  # header/body timeouts, head size limit, connection cap
+        # Header/body timeouts, head size limit, connection cap. uvicorn calls what it is given once per
+        # connection, so a factory serves as well as the class its annotation asks for.
+        http=http_protocol(settings, connections),  # type: ignore[arg-type]
         ws="none",
     )
     # uvicorn drains on SIGTERM or Ctrl-C, then re-raises the signal to the previous
@@ -70,6 +81,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logs.close()  # writes out what is still kept
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, or no such address), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free to reuse.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

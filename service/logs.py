@@ -22,7 +22,6 @@ import time
 from collections import deque
 from typing import Any, TextIO
 
-
 WRITE_INTERVAL = 0.1
 # The id of the request being served, for every log line written on its behalf (set by RequestContext).
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -89,7 +88,13 @@ class BackgroundWriter(logging.Handler):
             record = self._records.popleft()
             if isinstance(record, tuple):
                 created, fields = record
-                entry = {"ts": round(created, 3), "level": "info", "logger": access_log.name, "msg": "request", **fields}
+                entry = {
+                    "ts": round(created, 3),
+                    "level": "info",
+                    "logger": access_log.name,
+                    "msg": "request",
+                    **fields,
+                }
                 lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
                 continue
             try:
@@ -115,7 +120,7 @@ def configure_logging(level: str) -> BackgroundWriter:
     """Send every log record through the writer thread; close the returned handler at exit."""
     # Fields the JSON lines never show, and the stack walk that finds the caller's
     # file and line, cost every record; the logging HOWTO's "Optimization" knobs.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     global _writer
     writer = _writer = BackgroundWriter(sys.stderr)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Mapping, Sequence
 
 
 class SettingsError(ValueError):
@@ -53,8 +53,17 @@ class Settings:
     log_inputs: bool = False
 
     def __post_init__(self) -> None:
-        positive = ("port", "max_batch_tokens", "max_batch_size", "max_queue_size", "max_inputs", "max_body_bytes",
-                    "cache_bytes", "max_header_bytes", "max_connections")
+        positive = (
+            "port",
+            "max_batch_tokens",
+            "max_batch_size",
+            "max_queue_size",
+            "max_inputs",
+            "max_body_bytes",
+            "cache_bytes",
+            "max_header_bytes",
+            "max_connections",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -101,11 +110,11 @@ HELP = {
     "tritonclient.grpc speaks it); 0 turns it off. Needs grpcio (requirements-grpc.txt)",
     "model_name": "model name of --bundle in Open Inference Protocol URLs (/v2/models/NAME) and metrics; in a "
     "repository each model is named after its directory",
-    "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and cgroup quota). More threads cut the "
-    "latency of one large batch but contend with tokenization and the event loop",
+    "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and "
+    "cgroup quota). More threads cut the latency of one large batch but contend with tokenization and the event loop",
     "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",
     "max_batch_tokens": "padded tokens per batch (batch size x longest input). Peak memory grows with it "
-    "(about 55 KiB a token for the default MiniLM at 256 tokens: README, Memory); larger batches of long texts "
+    "(about 55 KiB a token for the default MiniLM at 256 tokens: docs/memory.md); larger batches of long texts "
     "gain little throughput on CPU and each one takes longer",
     "max_batch_size": "inputs per batch, whatever their length",
     "max_wait_ms": "how long the first queued input waits for others to join its batch. "

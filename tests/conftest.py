@@ -81,7 +81,7 @@ def default_bundle(tmp_path_factory):
 @pytest.fixture
 def tiny_server(tiny_bundle):
     """Start ``python -m service`` on the tiny BERT bundle with extra flags; stopped after the test."""
-    from tests.service_helpers import ServerProcess, require_serve_env
+    from tests.helpers import ServerProcess, require_serve_env
 
     require_serve_env()
     servers = []

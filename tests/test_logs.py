@@ -53,7 +53,12 @@ def test_records_are_kept_then_written_together_with_their_request_id(logger):
     assert stream.writes == 1
     first, second = lines(stream)
     assert {k: first[k] for k in ("level", "logger", "msg", "status", "request_id")} == {
-        "level": "info", "logger": "tests.logs", "msg": "first arg", "status": 200, "request_id": "req-1"}
+        "level": "info",
+        "logger": "tests.logs",
+        "msg": "first arg",
+        "status": 200,
+        "request_id": "req-1",
+    }
     assert second["msg"] == "second" and "request_id" not in second
 
 

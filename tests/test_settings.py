@@ -45,21 +45,41 @@ def test_client_limits_come_from_flags_and_env():
         pytest.param(["--max-inputs", "0"], {}, "--max-inputs must be at least 1, got 0", id="zero"),
         pytest.param(["--drain-timeout", "-1"], {}, "--drain-timeout must not be negative, got -1.0", id="negative"),
         pytest.param(["--port", "70000"], {}, "--port must be at most 65535, got 70000", id="port-range"),
-        pytest.param([], {"GRPC_PORT": "-1"}, "--grpc-port must be between 0 (off) and 65535, got -1", id="grpc-port-range"),
-        pytest.param(["--grpc-port", "8000"], {}, "--grpc-port must differ from --port, both are 8000", id="grpc-port-clash"),
+        pytest.param(
+            [], {"GRPC_PORT": "-1"}, "--grpc-port must be between 0 (off) and 65535, got -1", id="grpc-port-range"
+        ),
+        pytest.param(
+            ["--grpc-port", "8000"], {}, "--grpc-port must differ from --port, both are 8000", id="grpc-port-clash"
+        ),
         pytest.param([], {"LOG_INPUTS": "maybe"}, "LOG_INPUTS has an invalid value 'maybe'", id="bool"),
-        pytest.param(["--log-level", "loud"], {}, "--log-level must be debug, info, warning or error, got 'loud'", id="level"),
-        pytest.param(["--header-timeout", "0"], {}, "--header-timeout must be greater than 0, got 0.0", id="header-timeout"),
+        pytest.param(
+            ["--log-level", "loud"], {}, "--log-level must be debug, info, warning or error, got 'loud'", id="level"
+        ),
+        pytest.param(
+            ["--header-timeout", "0"], {}, "--header-timeout must be greater than 0, got 0.0", id="header-timeout"
+        ),
         pytest.param([], {"BODY_TIMEOUT": "-2"}, "--body-timeout must be greater than 0, got -2.0", id="body-timeout"),
         pytest.param([], {"MAX_HEADER_BYTES": "0"}, "--max-header-bytes must be at least 1, got 0", id="header-bytes"),
         pytest.param(["--max-connections", "0"], {}, "--max-connections must be at least 1, got 0", id="connections"),
-        pytest.param([], {"MODEL_CONTROL": "auto"}, "--model-control must be none, poll or explicit, got 'auto'",
-                     id="model-control"),
+        pytest.param(
+            [],
+            {"MODEL_CONTROL": "auto"},
+            "--model-control must be none, poll or explicit, got 'auto'",
+            id="model-control",
+        ),
         pytest.param(["--model-control", "poll"], {}, "--model-control poll needs --repository", id="poll-no-repo"),
-        pytest.param(["--repository", "r", "--poll-interval", "0"], {}, "--poll-interval must be greater than 0, got 0.0",
-                     id="poll-interval"),
-        pytest.param([], {"VERSION_POLICY": "newest"}, "--version-policy must be latest or all, got 'newest'",
-                     id="version-policy"),
+        pytest.param(
+            ["--repository", "r", "--poll-interval", "0"],
+            {},
+            "--poll-interval must be greater than 0, got 0.0",
+            id="poll-interval",
+        ),
+        pytest.param(
+            [],
+            {"VERSION_POLICY": "newest"},
+            "--version-policy must be latest or all, got 'newest'",
+            id="version-policy",
+        ),
     ],
 )
 def test_errors_name_the_setting(argv, env, message):
@@ -90,7 +110,7 @@ def test_help_states_trade_offs():
 def test_available_cores_honours_the_cgroup_quota(tmp_path, cpu_max, expected):
     import os
 
-    from service.classifier import available_cores
+    from service.core.classifier import available_cores
 
     path = tmp_path / "cpu.max"
     path.write_text(cpu_max)

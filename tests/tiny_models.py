@@ -99,9 +99,15 @@ def build(
         label2id={name: i for i, name in enumerate(names)},
         problem_type=problem_type,
         # DistilBERT and ALBERT name their sizes differently; ModernBERT needs its special ids.
-        dim=32, n_layers=2, n_heads=2, hidden_dim=64, embedding_size=16,
-        cls_token_id=tokenizer.token_to_id(specials["cls"]), sep_token_id=tokenizer.token_to_id(specials["sep"]),
-        bos_token_id=tokenizer.token_to_id(specials["cls"]), eos_token_id=tokenizer.token_to_id(specials["sep"]),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        embedding_size=16,
+        cls_token_id=tokenizer.token_to_id(specials["cls"]),
+        sep_token_id=tokenizer.token_to_id(specials["sep"]),
+        bos_token_id=tokenizer.token_to_id(specials["cls"]),
+        eos_token_id=tokenizer.token_to_id(specials["sep"]),
         **config_overrides,
     )
     torch.manual_seed(seed)
@@ -124,8 +130,16 @@ def build_sentence_body(directory: Path, *, normalize: bool = True) -> Path:
         tokenizer_object=tokenizer, model_max_length=512, **{f"{k}_token": v for k, v in BERT_SPECIALS.items()}
     ).save_pretrained(checkpoint)
     torch.manual_seed(1)
-    BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).save_pretrained(checkpoint)
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.get_vocab_size(),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(checkpoint)
     transformer = Transformer(str(checkpoint), max_seq_length=MAX_LENGTH)
     modules = [transformer, Pooling(32, pooling_mode="mean")] + ([Normalize()] if normalize else [])
     SentenceTransformer(modules=modules, device="cpu").save(str(directory / "st"))
@@ -155,8 +169,14 @@ DECODERS = {
     "llama": ("LlamaConfig", "LlamaForSequenceClassification", "<s>", "</s>", None, {}),
     "mistral": ("MistralConfig", "MistralForSequenceClassification", "<s>", "</s>", None, {"sliding_window": 6}),
     "gemma": ("GemmaConfig", "GemmaForSequenceClassification", "<bos>", "<eos>", "<pad>", {"head_dim": 8}),
-    "gpt2": ("GPT2Config", "GPT2ForSequenceClassification", None, "<|endoftext|>", None,
-             {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64}),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2ForSequenceClassification",
+        None,
+        "<|endoftext|>",
+        None,
+        {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64},
+    ),
 }
 
 
@@ -170,25 +190,44 @@ def build_decoder(family: str, directory: Path, *, num_labels: int = 3, seed: in
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = __import__("tokenizers").decoders.ByteLevel()
-    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     if bos:  # Llama-style tokenizers put BOS in front of every text.
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+        )
     else:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=MAX_LENGTH, bos_token=bos, eos_token=eos, pad_token=pad,
+        tokenizer_object=tokenizer,
+        model_max_length=MAX_LENGTH,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
         model_input_names=["input_ids", "attention_mask"],  # as every decoder tokenizer declares
     )
-    ids = {name: tokenizer.token_to_id(token) if token else None for name, token in
-           (("bos", bos), ("eos", eos), ("pad", pad))}
+    ids = {
+        name: tokenizer.token_to_id(token) if token else None
+        for name, token in (("bos", bos), ("eos", eos), ("pad", pad))
+    }
     config = getattr(transformers, config_name)(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=ids["bos"] if ids["bos"] is not None else ids["eos"], eos_token_id=ids["eos"],
-        pad_token_id=ids["pad"], num_labels=num_labels,
-        id2label={i: f"label_{i}" for i in range(num_labels)}, label2id={f"label_{i}": i for i in range(num_labels)},
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=ids["bos"] if ids["bos"] is not None else ids["eos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+        num_labels=num_labels,
+        id2label={i: f"label_{i}" for i in range(num_labels)},
+        label2id={f"label_{i}": i for i in range(num_labels)},
         **extra,
     )
     torch.manual_seed(seed)

@@ -1,0 +1,257 @@
+"""Dynamic micro-batching: admit first, then batch in arrival order.
+
+A request first asks for admission (``admit``): it gets slots for its inputs, or
+``QueueFull`` before any tokenizing is spent on it. Slots are held until each
+input has run or been dropped, so queued plus running inputs never exceed
+``max_queue_size``.
+
+One worker builds one batch at a time from the front of the queue: inputs join
+in arrival order until the next one would break the size or padded-token
+budget, or would leave less than half the batch's padded tokens real (one
+256-token text would otherwise pad every short query beside it to 256); that
+one waits at the front for the next batch. So no input waits
+behind work that arrived after it, and a long text cannot be overtaken forever.
+Inputs whose caller has gone (a cancelled future) are dropped before they run.
+
+The worker is a dedicated thread: it forms a batch, runs it, and hands the
+results back to the loop in one call, with no task, executor future or extra
+loop turn in between. One case skips even that hand-off each way: when the
+transport says nobody else can be waiting on the event loop (``sole_caller``: one
+open connection, nothing else served), the batcher holds no other input and no
+batching window is set, a single input runs on the loop itself. Nothing could
+have joined its batch, and the two thread wake-ups cost more than blocking a
+loop nobody else uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.classifier import Encoded
+from service.core.failures import Failure, QueueFull, ShuttingDown
+
+log = logging.getLogger("service.core.batcher")
+RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
+# Real tokens over padded tokens below which a batch is cut rather than grown.
+MIN_FILL = 0.5
+
+
+@dataclass
+class _Item:
+    encoded: Encoded
+    future: asyncio.Future[ItemResult]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    logits: np.ndarray
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    size: int
+    padded_tokens: int
+    seconds: float
+
+
+class Admission:
+    """Slots held by one request; whatever it did not hand to the queue is returned on exit."""
+
+    def __init__(self, batcher: MicroBatcher, count: int) -> None:
+        self._batcher = batcher
+        self.count = count
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._batcher._release(self.count)
+        self.count = 0
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+        on_batch: Callable[[BatchStats], None] = lambda _: None,
+        sole_caller: Callable[[], bool] | None = None,
+    ) -> None:
+        """``sole_caller``: a check, made when an input is submitted, that no other caller can be
+        waiting on the event loop; without it someone always might be."""
+        self._run_batch = run_batch
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._sole_caller = sole_caller
+        self._pending: deque[_Item] = deque()
+        # Guards the queue and the stop flag between the event loop and the worker thread.
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._counts = threading.Lock()  # admitted/dropped change on both threads
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.admitted = 0  # queued + running inputs (and those being tokenized)
+        self.admitted_peak = 0
+        self.dropped = 0  # inputs whose caller left before they ran
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
+        self._thread.start()
+
+    async def stop(self, why: Failure | None = None) -> None:
+        """Finish the running batch; inputs still queued fail with ``why`` (ShuttingDown by default)."""
+        with self._ready:
+            self._stopping = True
+            self._ready.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)  # lets a running batch finish and deliver
+        with self._ready:
+            left, self._pending = list(self._pending), deque()
+        for item in left:
+            if not item.future.done():
+                item.future.set_exception(why or ShuttingDown())
+
+    def admit(self, count: int) -> Admission:
+        """Reserve ``count`` slots or raise QueueFull; use as a context manager."""
+        with self._counts:
+            if self.admitted + count > self.max_queue_size:
+                raise QueueFull(self.admitted, count, self.max_queue_size)
+            self.admitted += count
+            self.admitted_peak = max(self.admitted_peak, self.admitted)
+        return Admission(self, count)
+
+    def _release(self, count: int, dropped: int = 0) -> None:
+        with self._counts:
+            self.admitted -= count
+            self.dropped += dropped
+
+    async def submit(self, inputs: Sequence[Encoded], admission: Admission) -> list[ItemResult]:
+        """Queue admitted inputs and wait for their results, in order."""
+        if len(inputs) > admission.count:
+            raise ValueError("more inputs than admitted slots")
+        if self._loop is None:
+            raise RuntimeError("the batcher has not been started")
+        # The loop start() kept: get_running_loop would check the process id on every call.
+        items = [_Item(encoded, self._loop.create_future()) for encoded in inputs]
+        # From here each queued item owns its slot until it has run or been dropped.
+        admission.count -= len(items)
+        if len(items) == 1 and self._alone(items):
+            self._run(items, on_loop=True)
+            return [items[0].future.result()]
+        with self._ready:
+            self._pending.extend(items)
+            self._ready.notify()
+        if len(items) == 1:  # the common case, without gather's bookkeeping
+            return [await items[0].future]
+        return list(await asyncio.gather(*(item.future for item in items)))
+
+    def _alone(self, items: list[_Item]) -> bool:
+        """Whether these inputs are all the batcher holds and no other client can be waiting."""
+        # A batching window (max_wait) asks to wait for company, which may yet connect.
+        sole_caller = self._sole_caller
+        return not self.max_wait and sole_caller is not None and self.admitted == len(items) and sole_caller()
+
+    def _work(self) -> None:
+        """The worker thread: wait for inputs, cut a batch, run it, deliver; until stopped."""
+        while True:
+            with self._ready:
+                while not self._pending and not self._stopping:
+                    self._ready.wait()
+                if self._stopping:
+                    return
+                if self.max_wait:
+                    self._wait_for_company()
+                batch = self.next_batch()
+            if batch:
+                self._run(batch)
+
+    def _wait_for_company(self) -> None:
+        """Hold the first input up to ``max_wait`` for others to join it (the lock is held)."""
+        deadline = self._pending[0].queued_at + self.max_wait
+        while (
+            len(self._pending) < self.max_batch_size
+            and not self._stopping
+            and (delay := deadline - time.perf_counter()) > 0
+        ):
+            self._ready.wait(delay)
+
+    def next_batch(self) -> list[_Item]:
+        """Take inputs from the front, in arrival order, while they fit the budgets."""
+        batch: list[_Item] = []
+        longest = real = 0
+        while self._pending:
+            item = self._pending[0]
+            # The caller has gone (its future was cancelled on the loop): drop it without running it.
+            if item.future.done():
+                self._pending.popleft()
+                self._release(1, dropped=1)
+                continue
+            width = max(longest, item.encoded.length)
+            padded = (len(batch) + 1) * width
+            if batch and (
+                len(batch) >= self.max_batch_size
+                or padded > self.max_batch_tokens
+                or real + item.encoded.length < MIN_FILL * padded
+            ):
+                break
+            batch.append(self._pending.popleft())
+            longest, real = width, real + item.encoded.length
+        return batch
+
+    def _run(self, batch: list[_Item], on_loop: bool = False) -> None:
+        started = time.perf_counter()
+        encoded = [i.encoded for i in batch]
+        try:
+            outcome: np.ndarray | BaseException = self._run_batch(encoded)
+        except Exception as exc:  # one failed batch fails its callers, never the worker
+            outcome = exc
+        finally:
+            self._release(len(batch))
+        elapsed = time.perf_counter() - started
+        if not isinstance(outcome, BaseException):
+            try:
+                self._on_batch(BatchStats(len(batch), len(batch) * max(e.length for e in encoded), elapsed))
+            except Exception:
+                log.exception("recording a batch's metrics failed")
+        if on_loop:
+            _deliver(batch, outcome, started, elapsed)
+            return
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_deliver, batch, outcome, started, elapsed)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+def _deliver(batch: list[_Item], outcome: np.ndarray | BaseException, started: float, elapsed: float) -> None:
+    """On the event loop: hand each caller still waiting its row, or the batch's error."""
+    for row, item in enumerate(batch):
+        if item.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(ItemResult(outcome[row], started - item.queued_at, elapsed))

@@ -1,0 +1,313 @@
+"""Tokenize texts and run the bundle's ONNX graph: the model behind the service.
+
+An input is a text (``str``) for a ``task: text`` bundle, or a pair of texts
+(``tuple[str, str]``) for a ``task: pair`` bundle; pairs go through the
+tokenizer's own pair template, type ids included. Knows nothing about HTTP. The
+export stage uses it too, so verification runs the exact code path that serves
+traffic.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
+from service.core.scoring import probabilities, sigmoid, softmax
+
+__all__ = [
+    "Encoded",
+    "InputKindError",
+    "NoTokens",
+    "OnnxClassifier",
+    "TextInput",
+    "probabilities",
+    "sigmoid",
+    "softmax",
+]
+
+TextInput = str | tuple[str, str]
+
+
+def _as_args(item: TextInput) -> tuple[str, ...]:
+    """A text, or a pair as the tokenizer's (sequence, pair) arguments."""
+    return (item,) if isinstance(item, str) else (item[0], item[1])
+
+
+class InputKindError(ValueError):
+    """A single text given to a pair model, or a pair given to a text model."""
+
+
+class NoTokens(ValueError):
+    """An input that tokenizes to no tokens at all (a decoder model without BOS given "")."""
+
+
+_shared_thread_pool = False
+
+
+def share_one_thread_pool(intra_op_threads: int = 0, inter_op_threads: int = 1) -> None:
+    """Run every session created after this call on one process-wide pair of thread pools
+    and one memory arena.
+
+    ONNX Runtime's environment is process-wide and created with the first session,
+    so this must run before any session exists (later calls change nothing). N
+    models then share ``intra_op_threads`` threads instead of bringing N x cores,
+    and one arena instead of N arenas each grown to its own largest batch. The
+    price: ONNX Runtime stops spinning between runs (``session.force_spinning_stop``)
+    only for per-session pools, so shared threads spin briefly after each batch;
+    and the shared arena keeps what a removed model's batches grew it to (for the
+    other models to reuse) instead of handing it back.
+    """
+    global _shared_thread_pool
+    if not _shared_thread_pool:
+        ort.set_global_thread_pool_sizes(intra_op_threads or available_cores(), inter_op_threads)
+        cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(cpu, None)
+        _shared_thread_pool = True
+
+
+def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if _shared_thread_pool:  # the pools' sizes were set once for the process
+        options.use_per_session_threads = False
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    else:
+        # Parallelism inside one batch; 0 means every core this process may use.
+        options.intra_op_num_threads = intra_op_threads or available_cores()
+        options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Threads spin between the operators of one run (waking sleeping threads for
+    # each operator cost ~0.2 ms per short query), then stop as soon as the run
+    # returns, so idle threads do not steal the cores that tokenization, the event
+    # loop and neighbours need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    # Memory patterns plan one block per input shape and the arena then grows to the next
+    # power of two: with dynamic shapes that held 1.6x the memory a batch needs (1.2 GB
+    # against 0.75 GB for 64 x 256 tokens of the default model) and cost short queries nothing.
+    options.enable_mem_pattern = False
+    return options
+
+
+def run_options(*, shrink_arena: bool) -> ort.RunOptions:
+    options = ort.RunOptions()
+    # A failed run raises, and the service logs that once with the request's id; ONNX
+    # Runtime's own stderr line would say it a second time, without the id.
+    options.log_severity_level = 4
+    if shrink_arena:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+# A batch of more padded tokens than this hands its arena memory back to the system when it
+# ends, so a burst of long texts does not leave the process at its peak. Smaller batches keep
+# it: giving it back after every short query costs each of them new page faults.
+SHRINK_ABOVE_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One input after tokenization: truncated ids, and its untruncated length when counted.
+
+    Only the ids the model reads are kept (a few KiB at most). A tokenizers ``Encoding``
+    also holds every token's string and offsets and, for a truncated text, the whole cut-off
+    rest: about 100 MB for a 1 MiB text, far too much to hold while it waits in the queue.
+    """
+
+    ids: np.ndarray
+    type_ids: np.ndarray
+    full_length: int | None
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class OnnxClassifier:
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        manifest: Manifest,
+        *,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ) -> None:
+        self.manifest = manifest
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self._counter = Tokenizer.from_file(str(tokenizer_path))
+        self._counter.no_padding()
+        self._counter.no_truncation()
+        self._left: Tokenizer | None = None
+        # One long tokenization at a time: each holds every token of its texts until it is
+        # cut (about 100 bytes a token), and encode_batch already spreads over the cores.
+        self._exclusive = threading.Lock()
+        self._run_options = run_options(shrink_arena=False)
+        self._shrinking_run_options = run_options(shrink_arena=True)
+        self.pad_id = _pad_id(self.tokenizer)
+        self.session = ort.InferenceSession(
+            str(model_path),
+            sess_options=session_options(intra_op_threads, inter_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @classmethod
+    def from_bundle(cls, directory: Path | str, **threads: int) -> OnnxClassifier:
+        directory = Path(directory)
+        manifest = load_verified(directory)
+        return cls(directory / MODEL_FILE, directory / TOKENIZER_FILE, manifest, **threads)
+
+    @property
+    def max_length(self) -> int:
+        return self.manifest.max_length
+
+    def _prepare(self, inputs: Sequence[TextInput]) -> list[TextInput]:
+        pair = self.manifest.is_pair
+        for index, item in enumerate(inputs):
+            if pair and not _is_pair(item):
+                raise InputKindError(f"input {index}: this model classifies text pairs; each input must be two texts")
+            if not pair and not isinstance(item, str):
+                raise InputKindError(f"input {index}: this model classifies single texts, not pairs")
+        if not self.manifest.strip_whitespace:
+            return [(item[0], item[1]) if pair else item for item in inputs]
+        if pair:
+            return [(item[0].strip(), item[1].strip()) for item in inputs]
+        return [item.strip() for item in inputs]  # type: ignore[union-attr]
+
+    def _truncating(self, direction: str) -> Tokenizer:
+        if direction == "right":
+            return self.tokenizer
+        if self._left is None:  # built on first use: most traffic never asks for it
+            self._left = Tokenizer.from_str(self.tokenizer.to_str())
+            self._left.enable_truncation(**{**(self.tokenizer.truncation or {}), "direction": "left"})
+        return self._left
+
+    def encode(
+        self,
+        texts: Sequence[TextInput],
+        *,
+        count_full: bool = False,
+        direction: str = "right",
+        exclusive: bool = False,
+    ) -> list[Encoded]:
+        """Tokenize and truncate at ``direction``'s end (a pair: longest-first, as
+        transformers' ``truncation=True``). ``count_full`` also counts the tokens of
+        inputs that were cut (a second, untruncated pass, paid only by those inputs).
+        ``exclusive`` waits for any other exclusive call to finish first (long texts, on
+        worker threads). Raises InputKindError when an input is not of the bundle's ``task``."""
+        if exclusive:
+            with self._exclusive:
+                return self.encode(texts, count_full=count_full, direction=direction)
+        prepared = self._prepare(texts)
+        tokenizer = self._truncating(direction)
+        if len(prepared) == 1:
+            # encode_batch hands even one input to its thread pool, whose threads then
+            # compete with the model's for the cores; one input is encoded in place.
+            encodings = [tokenizer.encode(*_as_args(prepared[0]), add_special_tokens=True)]
+        else:
+            encodings = tokenizer.encode_batch(prepared, add_special_tokens=True)
+        limit = (self.tokenizer.truncation or {}).get("max_length")
+        results = []
+        for index, (item, encoding) in enumerate(zip(prepared, encodings)):
+            ids = encoding.ids
+            if not ids:
+                raise NoTokens(f"input {index} has no tokens for this model; send a non-empty text")
+            full: int | None = len(ids)
+            # Only an input at the limit can have been cut; ``overflowing`` would copy all it lost.
+            if limit is not None and full >= limit:
+                full = len(self._count(item)) if count_full else None
+            results.append(Encoded(np.array(ids, dtype=np.int64), np.array(encoding.type_ids, dtype=np.int64), full))
+        return results
+
+    def _count(self, item: TextInput) -> list[int]:
+        return self._counter.encode(*_as_args(item)).ids
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
+        """Untruncated tokens with UTF-8 byte offsets into each text (TEI's ``/tokenize``)."""
+        out = []
+        for text, encoding in zip(
+            texts, self._counter.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        ):
+            tokens = []
+            for token_id, token, special, (start, stop) in zip(
+                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
+            ):
+                if special:
+                    tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+                    continue
+                byte_start, byte_stop = len(text[:start].encode()), len(text[:stop].encode())
+                tokens.append(
+                    {"id": token_id, "text": text[start:stop], "special": False, "start": byte_start, "stop": byte_stop}
+                )
+            out.append(tokens)
+        return out
+
+    def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        return self._counter.decode_batch([list(ids) for ids in sequences], skip_special_tokens=skip_special_tokens)
+
+    def run(self, batch: Sequence[Encoded]) -> np.ndarray:
+        """Logits for already-encoded texts, padded to the longest in the batch."""
+        width = max(item.length for item in batch)
+        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for row, item in enumerate(batch):
+            n = item.length
+            ids[row, :n] = item.ids
+            mask[row, :n] = 1
+            types[row, :n] = item.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        options = self._shrinking_run_options if ids.size > SHRINK_ABOVE_TOKENS else self._run_options
+        (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names}, options)
+        return logits.astype(np.float32, copy=False)
+
+    def logits(self, texts: Sequence[TextInput], batch_size: int = 32) -> np.ndarray:
+        encoded = self.encode(texts)
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+        out = np.empty((len(encoded), len(self.manifest.id2label)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.run([encoded[i] for i in chunk])
+        return out
+
+
+def _is_pair(item: object) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str)
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    padding = tokenizer.padding
+    if padding and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<PAD>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def available_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
+
+    onnxruntime's own default counts the host's cores, which oversubscribes a
+    container limited to fewer (docker --cpus, Kubernetes limits).
+    """
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)

@@ -1,0 +1,186 @@
+"""Prometheus metrics, in a registry owned by one app (no process-global state).
+
+Every series carries a ``model`` label (empty on routes that serve no model, such
+as ``/health``). An engine records through its own ``ModelMetrics`` view, which
+fills in its model's name, so the engine never knows about labels. Gauges of
+batcher state are read at scrape time from the views of the versions loaded
+now: during a version swap both engines count, and a retired engine's gauges go
+away with it (``Metrics.forget``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from service.core.batcher import BatchStats
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# attribute of the view -> (metric name, help, how the engines of one model combine)
+_GAUGES: dict[str, tuple[str, str, Callable[[list[float]], float]]] = {
+    "queue_depth": ("classifier_queue_depth", "Inputs waiting for inference", sum),
+    "admitted": (
+        "classifier_admitted_inputs",
+        "Inputs admitted and not yet answered (queued, tokenizing or running)",
+        sum,
+    ),
+    "admitted_peak": (
+        "classifier_admitted_inputs_peak",
+        "Most inputs ever admitted at once by a loaded version; never above MAX_QUEUE_SIZE",
+        max,
+    ),
+    "dropped": (
+        "classifier_dropped_inputs",
+        "Inputs dropped before running because their client had gone, since the loaded versions started",
+        sum,
+    ),
+    "cache_entries": ("classifier_cache_entries", "Entries in the response cache", sum),
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "classifier_requests",
+            "Requests by protocol (http, grpc), endpoint, status (HTTP's numbers, for gRPC too) and model",
+            ["protocol", "endpoint", "status", "model"],
+            registry=self.registry,
+        )
+        self.phase_seconds = Histogram(
+            "classifier_phase_seconds",
+            "Per-request time by phase",
+            ["model", "phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "classifier_request_seconds",
+            "End-to-end request time by protocol and endpoint",
+            ["protocol", "endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "classifier_batch_size",
+            "Inputs per inference batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_tokens = Histogram(
+            "classifier_batch_tokens",
+            "Padded tokens per inference batch",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache_hits = Counter(
+            "classifier_cache_hits", "Response cache hits (CACHE_SIZE > 0)", ["model"], registry=self.registry
+        )
+        self.cache_misses = Counter(
+            "classifier_cache_misses", "Response cache misses", ["model"], registry=self.registry
+        )
+        self.inputs = Counter("classifier_inputs", "Texts classified", ["model"], registry=self.registry)
+        self._views: list[ModelMetrics] = []
+        # Routes x statuses x models: as many entries as the series prometheus_client keeps anyway.
+        self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self.registry.register(_LoadedGauges(self._views))
+
+    def for_model(self, model: str) -> ModelMetrics:
+        """A view for one loaded version of ``model``; its gauges count until ``forget``."""
+        view = ModelMetrics(self, model)
+        self._views.append(view)
+        return view
+
+    def forget(self, view: ModelMetrics) -> None:
+        if view in self._views:
+            self._views.remove(view)
+
+    def record_request(self, protocol: str, endpoint: str, status: str, model: str, seconds: float) -> None:
+        """Count one request and its duration (the series children are looked up once, then reused)."""
+        key = (protocol, endpoint, status, model)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(protocol, endpoint, status, model),
+                self.request_seconds.labels(protocol, endpoint, model),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Labelled:
+    """A labelled metric with the model filled in: ``labels(phase)`` as the engine calls it."""
+
+    def __init__(self, metric: Any, model: str) -> None:
+        self._metric = metric
+        self._model = model
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(self._model, *values)
+        return child
+
+
+class _Slot:
+    """Where an engine hands a gauge its reading function."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], float] | None = None
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self.read = read
+
+
+class ModelMetrics:
+    """What one engine records, under its model's label (the attributes an ``Engine`` uses)."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.model = model
+        self.phase_seconds = _Labelled(metrics.phase_seconds, model)
+        self.inputs = metrics.inputs.labels(model)
+        self.cache_hits = metrics.cache_hits.labels(model)
+        self.cache_misses = metrics.cache_misses.labels(model)
+        self._batch_size = metrics.batch_size.labels(model)
+        self._batch_tokens = metrics.batch_tokens.labels(model)
+        self.gauges = {name: _Slot() for name in _GAUGES}
+        self.queue_depth, self.admitted, self.admitted_peak, self.dropped, self.cache_entries = (
+            self.gauges[name] for name in ("queue_depth", "admitted", "admitted_peak", "dropped", "cache_entries")
+        )
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self._batch_size.observe(stats.size)
+        self._batch_tokens.observe(stats.padded_tokens)
+
+
+class _LoadedGauges:
+    """A collector reading the gauges of the loaded versions at scrape time."""
+
+    def __init__(self, views: list[ModelMetrics]) -> None:
+        self._views = views
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for attribute, (name, documentation, combine) in _GAUGES.items():
+            family = GaugeMetricFamily(name, documentation, labels=["model"])
+            readings: dict[str, list[float]] = {}
+            for view in self._views:
+                read = view.gauges[attribute].read
+                if read is not None:
+                    readings.setdefault(view.model, []).append(float(read()))
+            for model, values in sorted(readings.items()):
+                family.add_metric([model], combine(values))
+            yield family

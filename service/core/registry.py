@@ -1,0 +1,399 @@
+"""The models this process serves, loaded, swapped and unloaded while traffic flows.
+
+Models come from one bundle (``--bundle``: a one-model repository named
+MODEL_NAME, version 1) or from a repository directory (``service.core.repository``),
+read at start and then every POLL_INTERVAL seconds (MODEL_CONTROL=poll) or when
+the repository API asks (MODEL_CONTROL=explicit, ``service.protocols.oip.repository``).
+
+A new version comes in beside the one serving: its bundle is hash-checked
+(``load_verified``), its session loaded and warmed by its own ``Engine`` (own
+batcher, own queue bound). Only then does the model's entry point at it, by one
+assignment, so a request resolves the old engine or the new one and never
+neither. A request holds the engine it resolved until it has answered
+(``hold``, released by the middleware); a replaced engine stops once its last
+request is out (or after DRAIN_TIMEOUT), and its session is freed with it. A
+bundle that fails any step (missing or extra files, a hash mismatch, a
+half-copied directory, a session that does not load) is refused and logged,
+whatever served keeps serving, and it is retried once its files change.
+
+Readiness: ready once every model found at start has loaded or been refused,
+while at least one model serves. Models that appear later do not make the
+server unready while they load (replicas polling the same volume would
+otherwise drop out of their Service together); each model's own readiness is
+``/v2/models/NAME/ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from service.core import repository
+from service.core.calls import Call
+from service.core.engine import Engine
+from service.core.failures import Failure, LoadRefused, ModelNotFound, NotReady, ShuttingDown, VersionUnloaded
+from service.core.manifest import BundleError, Manifest, load_verified
+from service.core.metrics import Metrics, ModelMetrics
+from service.core.repository import Found
+from service.settings import Settings
+
+log = logging.getLogger("service.core.registry")
+# Triton's model states, as its repository index reports them.
+READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
+LOADING_REASON = "model is loading"
+
+
+class Loaded:
+    """One loaded version: its engine, and how many requests still use it."""
+
+    def __init__(self, name: str, version: str, engine: Engine, view: ModelMetrics, fingerprint: str) -> None:
+        self.name = name
+        self.version = version
+        self.engine = engine
+        self.view = view
+        self.fingerprint = fingerprint
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+
+@dataclasses.dataclass
+class Model:
+    name: str
+    # Replaced whole, never changed in place: a request sees the old dict or the new one.
+    loaded: dict[str, Loaded] = dataclasses.field(default_factory=dict)
+    reason: str = LOADING_REASON
+    pending: bool = True  # not synced yet
+    loading: str | None = None  # the version being brought in
+    refused: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # version -> (fingerprint, why)
+
+    @property
+    def state(self) -> str:
+        if self.loaded:
+            return READY
+        return LOADING if self.pending or self.loading else UNAVAILABLE
+
+
+def _quoted(items: list[str]) -> str:
+    return ", ".join(repr(item) for item in items)
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        manifest: Manifest | None = None,
+        *,
+        sole_caller: Callable[[], bool] | None = None,
+    ) -> None:
+        """``sole_caller``, when given, tells whether the caller being served is the only one the
+        process has (``service.core.batcher``); the transport that knows its connections offers it."""
+        self.settings = settings
+        self.metrics = metrics
+        self._sole_caller = sole_caller
+        self.models: dict[str, Model] = {}
+        self.root = Path(settings.repository) if settings.repository else None
+        self._manifest = manifest  # --bundle's manifest, as the CLI already checked it
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._tasks: set[asyncio.Task] = set()
+        self._poller: asyncio.Task | None = None
+
+    # Where versions come from --------------------------------------------------
+
+    def _scan(self) -> dict[str, list[Found]]:
+        if self.root is None:
+            path, name = Path(self.settings.bundle), self.settings.model_name
+            return {name: [Found(name, repository.FLAT_VERSION, path, repository.fingerprint(path))]}
+        return repository.scan(self.root)
+
+    def _verify(self, path: Path) -> Manifest:
+        if self.root is None and self._manifest is not None:
+            return self._manifest
+        return load_verified(path)
+
+    # Life cycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model found; then, with MODEL_CONTROL=poll, keep scanning."""
+        try:
+            await self.sync()
+        except OSError as exc:
+            log.error("cannot read the model repository", extra={"fields": {"error": str(exc)}})
+        self._started = True
+        if self.settings.model_control == "poll":
+            self._poller = asyncio.create_task(self._poll(), name="repository-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        async with self._lock:
+            for model in self.models.values():
+                loaded, model.loaded = model.loaded, {}
+                for version in loaded.values():
+                    self._retire(version, ShuttingDown())
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.sync()
+            except Exception:  # a scan that fails (a vanished directory) is retried at the next one
+                log.exception("repository scan failed")
+
+    async def sync(self) -> None:
+        """Bring every model to what the repository holds now: new, changed and removed ones."""
+        async with self._lock:
+            found = await asyncio.to_thread(self._scan)
+            for name in found:
+                self.models.setdefault(name, Model(name))  # listed as LOADING at once
+            for name in sorted(set(self.models)):
+                if name in found:
+                    await self._sync_model(self.models[name], found[name])
+                else:
+                    self._remove(name)
+
+    async def load(self, name: str) -> Model:
+        """Load or reload one model from the repository (the repository API's load)."""
+        assert self.root is not None, "explicit model control needs a repository"
+        async with self._lock:
+            directory = self.root / name
+            found = repository.versions(directory, name) if repository.is_model_name(name) else []
+            if not found:
+                raise ModelNotFound(f"model {name!r} is not in the repository: {directory} holds no bundle")
+            model = self.models.setdefault(name, Model(name))
+            await self._sync_model(model, found)
+            if not model.loaded:
+                raise LoadRefused(f"failed to load {name!r}: {model.reason}")
+            wanted = found if self.settings.version_policy == "all" else found[:1]
+            refused = [item.version for item in wanted if item.version in model.refused]
+            if refused:
+                serving = sorted(model.loaded, key=int)
+                raise LoadRefused(
+                    f"failed to load {name!r} version {refused[0]!r}: {model.refused[refused[0]][1]}; "
+                    f"version {_quoted(serving)} keeps serving"
+                )
+            return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving one model; it stays in the index as UNAVAILABLE until loaded again."""
+        async with self._lock:
+            model = self.models.get(name)
+            if model is None:
+                raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {_quoted(sorted(self.models))}")
+            loaded, model.loaded = model.loaded, {}
+            model.reason, model.pending, model.refused = f"model {name!r} is unloaded", False, {}
+            for version in loaded.values():
+                self._retire(version)
+
+    # Versions in and out ------------------------------------------------------------
+
+    async def _sync_model(self, model: Model, found: list[Found]) -> None:
+        keep: dict[str, Loaded] = {}
+        for item in found:  # newest first
+            loaded = await self._bring_in(model, item)
+            if loaded is not None:
+                keep[item.version] = loaded
+                if self.settings.version_policy == "latest":
+                    break
+        present = {item.version for item in found}
+        model.refused = {version: why for version, why in model.refused.items() if version in present}
+        retired = [loaded for version, loaded in model.loaded.items() if keep.get(version) is not loaded]
+        model.loaded, model.pending = keep, False
+        model.reason = (
+            ""
+            if keep
+            else next(
+                (model.refused[item.version][1] for item in found if item.version in model.refused), "no version loaded"
+            )
+        )
+        for loaded in retired:
+            self._retire(loaded)
+
+    async def _bring_in(self, model: Model, item: Found) -> Loaded | None:
+        """The loaded engine for ``item``: the one serving if unchanged, a new one, or the one serving if refused."""
+        current = model.loaded.get(item.version)
+        if current is not None and current.fingerprint == item.fingerprint:
+            return current
+        refused = model.refused.get(item.version)
+        if refused is not None and refused[0] == item.fingerprint:
+            return current  # refused before and unchanged since: not retried
+        model.loading = item.version
+        try:
+            try:
+                manifest = await asyncio.to_thread(self._verify, item.path)
+            except BundleError as exc:
+                return self._refuse(model, item, str(exc), current)
+            if current is not None and current.engine.manifest.files == manifest.files:
+                current.fingerprint = item.fingerprint  # the same files, touched or copied again
+                return current
+            view = self.metrics.for_model(model.name)
+            settings = dataclasses.replace(self.settings, bundle=str(item.path), model_name=model.name)
+            engine = Engine(settings, view, manifest, sole_caller=self._sole_caller)
+            await engine.start()
+            problem = None if engine.ready else engine.not_ready_reason
+            if problem is None and await asyncio.to_thread(repository.fingerprint, item.path) != item.fingerprint:
+                problem = "its files changed while it loaded; it is read again at the next scan"
+            if problem is not None:
+                await engine.stop()
+                self.metrics.forget(view)
+                return self._refuse(model, item, problem, current)
+        finally:
+            model.loading = None
+        model.refused.pop(item.version, None)
+        log.info(
+            "model version loaded",
+            extra={
+                "fields": {
+                    "model": model.name,
+                    "version": item.version,
+                    "path": str(item.path),
+                    "model_id": manifest.model_id,
+                    "variant": manifest.variant,
+                    "replaces": current is not None,
+                }
+            },
+        )
+        return Loaded(model.name, item.version, engine, view, item.fingerprint)
+
+    def _refuse(self, model: Model, item: Found, reason: str, current: Loaded | None) -> Loaded | None:
+        model.refused[item.version] = (item.fingerprint, reason)
+        serving = sorted(model.loaded, key=int)
+        log.error(
+            "model version refused",
+            extra={
+                "fields": {
+                    "model": model.name,
+                    "version": item.version,
+                    "path": str(item.path),
+                    "reason": reason,
+                    "still_serving": serving,
+                }
+            },
+        )
+        return current
+
+    def _remove(self, name: str) -> None:
+        model = self.models.pop(name)
+        log.info("model removed from the repository", extra={"fields": {"model": name}})
+        for loaded in model.loaded.values():
+            self._retire(loaded)
+
+    def _retire(self, loaded: Loaded, why: Failure | None = None) -> None:
+        """Stop ``loaded`` once its requests are out; inputs still queued after DRAIN_TIMEOUT fail with ``why``."""
+        why = why or VersionUnloaded(
+            f"model {loaded.name!r} version {loaded.version!r} was unloaded while this request ran; retry it"
+        )
+        task = asyncio.get_running_loop().create_task(self._drain(loaded, why), name=f"retire-{loaded.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, loaded: Loaded, why: Failure) -> None:
+        try:
+            await asyncio.wait_for(loaded.idle.wait(), timeout=self.settings.drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "model version stopped with requests still running",
+                extra={"fields": {"model": loaded.name, "version": loaded.version, "in_flight": loaded.in_flight}},
+            )
+        await loaded.engine.stop(why)
+        self.metrics.forget(loaded.view)
+        log.info("model version unloaded", extra={"fields": {"model": loaded.name, "version": loaded.version}})
+
+    # Serving -----------------------------------------------------------------------
+
+    def default_name(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        if len(self.models) == 1:
+            return next(iter(self.models))
+        if not self.models:
+            raise NotReady(self.not_ready_reason)
+        raise ModelNotFound(
+            f"this server serves several models ({_quoted(sorted(self.models))}): name one, as in "
+            "POST /models/NAME/predict, or set DEFAULT_MODEL"
+        )
+
+    def resolve(self, name: str | None = None, version: str | None = None) -> Loaded:
+        name = name or self.default_name()
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not served here; this server serves {_quoted(sorted(self.models))}")
+        loaded = model.loaded  # one read: a swap cannot change it under this request
+        if not loaded:
+            raise NotReady(model.reason)
+        if not version:
+            return loaded[max(loaded, key=int)]
+        if version not in loaded:
+            versions = sorted(loaded, key=int)
+            has = f"version {versions[0]!r}" if len(versions) == 1 else f"versions {_quoted(versions)}"
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; it has {has}")
+        return loaded[version]
+
+    def hold(self, call: Call, name: str | None = None, version: str | None = None) -> Loaded:
+        """Resolve a call's model and keep its engine running until ``call.release()``."""
+        if call.held is not None:
+            return call.held
+        name = name or self.default_name()
+        if name in self.models:
+            call.model = name
+        loaded = self.resolve(name, version)
+        loaded.acquire()
+        call.held = loaded
+        return loaded
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self.models[name].loaded, key=int) if name in self.models else []
+
+    @property
+    def ready(self) -> bool:
+        return self._started and any(model.loaded for model in self.models.values())
+
+    @property
+    def not_ready_reason(self) -> str:
+        if len(self.models) == 1 and self._started:
+            return next(iter(self.models.values())).reason
+        if not self._started:
+            return LOADING_REASON if self.root is None else "models are loading"
+        if not self.models:
+            return f"the repository {self.root} holds no model"
+        return "no model is loaded: " + "; ".join(
+            f"{name}: {model.reason}" for name, model in sorted(self.models.items())
+        )
+
+    def index(self, *, unloaded: bool = False) -> list[dict[str, str]]:
+        """One row per model version, as Triton's repository index; ``unloaded`` adds the repository's
+        models that are not loaded."""
+        rows = []
+        for name, model in sorted(self.models.items()):
+            versions = set(model.loaded) | set(model.refused) | ({model.loading} if model.loading else set())
+            if not versions:
+                rows.append({"name": name, "version": "", "state": model.state, "reason": model.reason})
+            for version in sorted(versions, key=int, reverse=True):
+                if version in model.loaded:
+                    state, reason = READY, ""
+                elif version == model.loading:
+                    state, reason = LOADING, ""
+                else:
+                    state, reason = UNAVAILABLE, model.refused[version][1]
+                rows.append({"name": name, "version": version, "state": state, "reason": reason})
+        if unloaded and self.root is not None:
+            for name in sorted(set(repository.scan(self.root)) - set(self.models)):
+                rows.append({"name": name, "version": "", "state": UNAVAILABLE, "reason": "not loaded"})
+            rows.sort(key=lambda row: row["name"])
+        return rows

@@ -1,0 +1,93 @@
+"""Text-embeddings-inference's response bodies, as pydantic models: the OpenAPI document is generated from these.
+
+Handlers build plain dicts on the hot path (cheaper than model instances); these
+models describe exactly those dicts, and the API tests hold the two together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.web.responses import ModelState
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(
+        description="probability (softmax, or sigmoid for one-logit and multi-label models), "
+        "or the logit with raw_scores"
+    )
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="position in the request's texts")
+    text: str | None = Field(None, description="present only with return_text")
+    score: float
+
+
+class ZeroShotResult(BaseModel):
+    """The zero-shot-classification pipeline's answer: labels sorted by score."""
+
+    sequence: str
+    labels: list[str]
+    scores: list[float]
+
+
+class Token(BaseModel):
+    id: int
+    text: str = Field(description="the input's own characters for this token, or the special token itself")
+    special: bool
+    start: int | None = Field(description="UTF-8 byte offset in the input; null for special tokens")
+    stop: int | None
+
+
+class ClassifierType(BaseModel):
+    id2label: dict[str, str]
+    label2id: dict[str, int]
+
+
+class VerificationSummary(BaseModel):
+    passed: bool
+    texts: int | None
+    agreement: float | None
+    max_prob_diff: float | None
+    max_logit_diff: float | None
+
+
+class Limits(BaseModel):
+    max_inputs: int
+    max_body_bytes: int
+    max_batch_tokens: int
+
+
+class Info(BaseModel):
+    """Text-embeddings-inference's ``/info`` fields first, then this service's own."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    served_model_name: str
+    model_type: dict[Literal["classifier", "reranker"], ClassifierType]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    sha: str | None
+    docker_label: str | None
+    model_name: str
+    labels: list[str]
+    problem_type: str
+    max_length: int
+    variant: str
+    opset: int
+    input_names: list[str]
+    verification: VerificationSummary
+    versions: dict[str, dict[str, str]]
+    limits: Limits
+    models: list[ModelState]

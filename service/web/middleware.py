@@ -1,0 +1,98 @@
+"""One pure-ASGI layer around every HTTP request: its Call, API keys, metrics, access log.
+
+It opens the request's ``Call`` (``service.core.calls``: a sanitised request id,
+the model version the handler resolves) and finishes it once the response is
+out, which releases the version and writes the metric and the access-log line
+the same way gRPC calls do.
+
+It is also where an unexpected exception ends: logged once, with its traceback and the
+request id, and answered with a 500 that carries ``x-request-id`` like every other
+response. Starlette's ServerErrorMiddleware, outside this layer, would answer without
+the header and re-raise, so that uvicorn logged the traceback again and dropped the
+connection. Every log line written while a request runs carries its id (``REQUEST_ID``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.core.calls import Call, bearer_key_matches, finish, request_id
+from service.core.failures import Failure, ShuttingDown, Unauthenticated
+from service.logs import REQUEST_ID
+from service.web.connection import CLIENT_GONE, REQUEST_TASK
+from service.web.errors import CLIENT_GONE as CLIENT_GONE_STATUS
+from service.web.errors import EdgeError, answer
+from service.web.routing import CALL, dialect_of
+
+log = logging.getLogger("service.web.middleware")
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], open_paths: frozenset[str], metrics: Any) -> None:
+        self.app = app
+        self.open_paths = open_paths
+        self.api_keys = tuple(key.encode() for key in api_keys)
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        call = scope[CALL] = Call("http", scope["method"], scope["path"], request_id(headers.get("x-request-id")))
+        status = 500
+        responding = False
+        context = REQUEST_ID.set(call.request_id)
+        scope[REQUEST_TASK] = asyncio.current_task()  # what the connection cancels if the client leaves
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, responding
+            if message["type"] == "http.response.start":
+                status, responding = message["status"], True
+                MutableHeaders(scope=message)["x-request-id"] = call.request_id
+            await send(message)
+
+        try:
+            if not self._authorized(scope["path"], headers):
+                await send_error(
+                    Unauthenticated("missing or invalid API key; send 'Authorization: Bearer KEY'"), send_with_headers
+                )
+            else:
+                await self.app(scope, receive, send_with_headers)
+        except asyncio.CancelledError:
+            if scope.get(CLIENT_GONE):  # the connection stopped the work of a departed client
+                status = CLIENT_GONE_STATUS
+                return
+            # uvicorn cancels the requests still running when the drain timeout ends.
+            # Answer them, and let the task end: nothing awaits its result.
+            if responding:  # too late for a status; uvicorn closes the connection
+                raise
+            await send_error(ShuttingDown("the server is shutting down; retry the request"), send_with_headers)
+        except Exception as exc:
+            log.error("unhandled error on %s", scope["path"], exc_info=exc)
+            if not responding:  # otherwise uvicorn closes the connection on the unfinished response
+                await send_error(Failure("internal error; see the server log"), send_with_headers, dialect_of(scope))
+        finally:
+            route = scope.get("route")  # the route template, so metrics labels stay few
+            finish(call, status, getattr(route, "path", "unmatched"), self.metrics)
+            REQUEST_ID.reset(context)
+
+    def _authorized(self, path: str, headers: Headers) -> bool:
+        if not self.api_keys or path in self.open_paths or path.startswith("/docs/"):
+            return True
+        return bearer_key_matches(headers.get("authorization", ""), self.api_keys)
+
+
+async def send_error(error: Failure | EdgeError, send: Send, dialect: str = "service") -> None:
+    status, body, error_headers = answer(error, dialect)
+    content = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})

@@ -1,0 +1,192 @@
+"""How the batcher cuts the queue into batches: arrival order, budgets, padding, departed callers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from service.core.batcher import MicroBatcher, _Item
+from service.core.failures import QueueFull, VersionUnloaded
+
+
+@dataclass(frozen=True)
+class FakeEncoded:
+    """Stands in for service.core.classifier.Encoded: the batcher reads only ``length``."""
+
+    length: int
+
+
+def plan(lengths: list[int], **budgets: int) -> list[list[int]]:
+    """The batches next_batch forms from inputs of these lengths, queued in this order."""
+
+    async def run() -> list[list[int]]:
+        batcher = MicroBatcher(
+            lambda batch: np.zeros((len(batch), 1)),
+            max_wait_ms=0,
+            max_queue_size=1000,
+            **{"max_batch_tokens": 1000, "max_batch_size": 64, **budgets},
+        )
+        loop = asyncio.get_running_loop()
+        with batcher.admit(len(lengths)) as admission:
+            futures = [loop.create_future() for _ in lengths]
+            batcher._pending.extend(_Item(FakeEncoded(n), f) for n, f in zip(lengths, futures))
+            admission.count = 0
+        batches = []
+        while batch := batcher.next_batch():
+            batches.append([item.encoded.length for item in batch])
+        return batches
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "lengths, budgets, batches",
+    [
+        pytest.param([5, 3, 9, 4], {}, [[5, 3, 9, 4]], id="all-fit"),
+        pytest.param([5, 3, 9, 4], {"max_batch_size": 3}, [[5, 3, 9], [4]], id="size"),
+        pytest.param([10, 10, 10, 30], {"max_batch_tokens": 40}, [[10, 10, 10], [30]], id="tokens"),
+        pytest.param([20, 10, 3, 20], {"max_batch_tokens": 60}, [[20, 10, 3], [20]], id="order-kept-not-sorted"),
+        pytest.param([256, 13, 13, 13], {"max_batch_tokens": 4096}, [[256, 13], [13, 13]], id="long-does-not-pad-many"),
+        pytest.param(
+            [13, 13, 13, 256, 13], {"max_batch_tokens": 4096}, [[13, 13, 13], [256, 13]], id="long-waits-at-front"
+        ),
+    ],
+)
+def test_batches_in_arrival_order_under_budgets(lengths, budgets, batches):
+    assert plan(lengths, **budgets) == batches
+
+
+def test_admission_counts_queued_and_running_inputs():
+    async def run() -> None:
+        batcher = MicroBatcher(
+            lambda batch: np.zeros((len(batch), 1)),
+            max_batch_tokens=100,
+            max_batch_size=8,
+            max_wait_ms=0,
+            max_queue_size=5,
+        )
+        with batcher.admit(3):
+            with pytest.raises(QueueFull, match=r"\(3 inputs queued or running, 3 more asked for, limit 5\)"):
+                batcher.admit(3)
+            with batcher.admit(2):
+                assert batcher.admitted == 5
+        assert (batcher.admitted, batcher.admitted_peak) == (0, 5)
+
+    asyncio.run(run())
+
+
+def threads_that_ran(
+    alone_on_loop, inputs_per_request: list[int], hold_one_back: bool = False, max_wait_ms: float = 0
+) -> list[str]:
+    """Submit requests at once and return the name of the thread each batch ran on."""
+    ran = []
+
+    def run_batch(batch):
+        ran.append(threading.current_thread().name)
+        return np.arange(len(batch), dtype=np.float32).reshape(-1, 1)
+
+    async def run() -> None:
+        batcher = MicroBatcher(
+            run_batch,
+            max_batch_tokens=100,
+            max_batch_size=8,
+            max_wait_ms=max_wait_ms,
+            max_queue_size=10,
+            sole_caller=alone_on_loop,
+        )
+        batcher.start()
+
+        async def request(count: int) -> list[float]:
+            with batcher.admit(count) as admission:
+                results = await batcher.submit([FakeEncoded(3)] * count, admission)
+            return [float(result.logits[0]) for result in results]
+
+        other = batcher.admit(1) if hold_one_back else None  # another request, still tokenizing
+        answers = await asyncio.gather(*(request(count) for count in inputs_per_request))
+        assert answers == [[float(i) for i in range(count)] for count in inputs_per_request]
+        if other is not None:
+            other.__exit__()
+        assert batcher.admitted == 0
+        await batcher.stop()
+
+    asyncio.run(run())
+    return ran
+
+
+@pytest.mark.parametrize(
+    "alone_on_loop, inputs_per_request, hold_one_back, max_wait_ms, threads",
+    [
+        pytest.param(lambda: True, [1], False, 0, ["MainThread"], id="alone"),
+        pytest.param(lambda: True, [1, 1], False, 0, ["MainThread", "MainThread"], id="alone-one-after-another"),
+        pytest.param(lambda: False, [1], False, 0, ["inference"], id="other-clients"),
+        pytest.param(None, [1], False, 0, ["inference"], id="no-check-offered"),
+        pytest.param(lambda: True, [2], False, 0, ["inference"], id="two-inputs"),
+        pytest.param(lambda: True, [1], True, 0, ["inference"], id="another-request-admitted"),
+        pytest.param(lambda: True, [1], False, 5, ["inference"], id="batching-window-set"),
+    ],
+)
+def test_a_lone_input_runs_on_the_loop_only_when_nobody_else_can_wait(
+    alone_on_loop, inputs_per_request, hold_one_back, max_wait_ms, threads
+):
+    assert threads_that_ran(alone_on_loop, inputs_per_request, hold_one_back, max_wait_ms) == threads
+
+
+def test_a_failed_run_on_the_loop_reaches_its_caller():
+    def run_batch(batch):
+        raise RuntimeError("session failed")
+
+    async def run() -> None:
+        batcher = MicroBatcher(
+            run_batch,
+            max_batch_tokens=100,
+            max_batch_size=8,
+            max_wait_ms=0,
+            max_queue_size=10,
+            sole_caller=lambda: True,
+        )
+        batcher.start()
+        with batcher.admit(1) as admission, pytest.raises(RuntimeError, match="session failed"):
+            await batcher.submit([FakeEncoded(3)], admission)
+        assert batcher.admitted == 0
+        await batcher.stop()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "why, message",
+    [
+        pytest.param(None, "the server is shutting down; retry on another replica", id="process-stops"),
+        pytest.param(
+            VersionUnloaded("model 'm' version '1' was unloaded while this request ran; retry it"),
+            "model 'm' version '1' was unloaded while this request ran; retry it",
+            id="version-unloaded",
+        ),
+    ],
+)
+def test_inputs_still_queued_at_stop_fail_with_the_reason(why, message):
+    release = threading.Event()
+
+    def run_batch(batch):
+        release.wait(5)
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    async def run() -> None:
+        batcher = MicroBatcher(run_batch, max_batch_tokens=100, max_batch_size=1, max_wait_ms=0, max_queue_size=10)
+        batcher.start()
+        with batcher.admit(2) as admission:
+            submitted = asyncio.ensure_future(batcher.submit([FakeEncoded(3), FakeEncoded(3)], admission))
+            await asyncio.sleep(0.05)  # the first input runs (and waits), the second stays queued
+            stopping = asyncio.ensure_future(batcher.stop(why))
+            await asyncio.sleep(0.05)
+            release.set()
+            await stopping
+            with pytest.raises(Exception) as raised:
+                await submitted
+        assert str(raised.value) == message
+
+    asyncio.run(run())

@@ -1,0 +1,252 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from export.check import check_bundle
+from export.cli import main
+from export.errors import BundleInvalid, ExitCode
+from service.core.manifest import BundleError, Manifest, ZeroShotIds, load_verified, read_manifest
+from tests.conftest import needs_export
+
+pytestmark = needs_export
+
+
+@pytest.fixture
+def bundle(tiny_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle("bert"), copy)
+    return copy
+
+
+def test_manifest_records_the_contract(bundle):
+    manifest = load_verified(bundle)
+    assert manifest.format_version == 2
+    assert manifest.task == "text" and not manifest.is_pair
+    assert manifest.threshold == 0.5
+    assert manifest.external_data is None
+    assert manifest.score_function == "softmax"
+    assert manifest.zero_shot is None and not manifest.can_rerank
+    assert manifest.id2label == {0: "label_0", 1: "label_1", 2: "label_2"}
+    assert manifest.problem_type == "single_label_classification"
+    assert manifest.max_length == 24
+    assert manifest.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest.variant == "fp32"
+    assert manifest.opset == 17
+    assert manifest.output_name == "logits"
+    assert sorted(manifest.files) == ["model.onnx", "tokenizer.json"]
+    assert {"torch", "transformers", "onnx", "onnxruntime", "tokenizers"} <= set(manifest.versions)
+    assert manifest.source["kind"] == "hf-sequence-classification"
+    assert manifest.source["model_type"] == "bert"
+    assert manifest.verification["passed"] is True
+    assert [v["variant"] for v in manifest.verification["variants"]] == ["fp32"]
+
+
+def test_round_trip_is_lossless(bundle):
+    manifest = read_manifest(bundle)
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        pytest.param(
+            lambda b: (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes() + b"\0"),
+            "model.onnx: sha256",
+            id="changed-model",
+        ),
+        pytest.param(lambda b: (b / "tokenizer.json").unlink(), "tokenizer.json: missing", id="missing-tokenizer"),
+        pytest.param(lambda b: (b / "extra.bin").write_bytes(b"x"), "extra.bin: not listed", id="extra-file"),
+    ],
+)
+def test_tampering_is_detected(bundle, tamper, message, capsys):
+    tamper(bundle)
+    with pytest.raises(BundleError, match=message):
+        load_verified(bundle)
+    assert main(["verify", str(bundle)]) == ExitCode.BUNDLE_INVALID
+    assert message in capsys.readouterr().err
+
+
+def test_edited_manifest_is_refused(bundle):
+    path = bundle / "bundle.json"
+    data = json.loads(path.read_text())
+    data["problem_type"] = "ranking"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="problem_type must be one of"):
+        read_manifest(bundle)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        pytest.param("{", "not valid JSON", id="bad-json"),
+        pytest.param("[]", "must hold a JSON object", id="not-object"),
+        pytest.param('{"format_version": 99}', "format_version 99", id="future-version"),
+        pytest.param('{"format_version": 1}', "is malformed", id="missing-fields"),
+    ],
+)
+def test_malformed_manifest(bundle, content, message):
+    (bundle / "bundle.json").write_text(content)
+    with pytest.raises(BundleError, match=message):
+        read_manifest(bundle)
+
+
+def test_missing_bundle(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(BundleError, match="bundle.json is missing"):
+        read_manifest(tmp_path)
+
+
+def test_verify_accepts_an_intact_bundle(bundle, capsys):
+    assert main(["verify", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {bundle} (bert0, text model, variant fp32, 3 labels, max_length 24, 2 files verified")
+
+
+def test_verify_catches_a_tokenizer_that_no_longer_truncates(bundle):
+    import dataclasses
+
+    from tokenizers import Tokenizer
+
+    from service.core.manifest import hash_files, write_manifest
+
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.save(str(bundle / "tokenizer.json"))
+    manifest = read_manifest(bundle)
+    write_manifest(bundle, dataclasses.replace(manifest, files=hash_files(bundle)))
+    with pytest.raises(BundleInvalid, match="tokenizer truncates at None, manifest says 24"):
+        check_bundle(bundle)
+
+
+def test_format_1_manifest_reads_with_defaults(bundle):
+    """A bundle written before tasks, thresholds and external data existed."""
+    path = bundle / "bundle.json"
+    data = json.loads(path.read_text())
+    for key in ("task", "threshold", "external_data"):
+        del data[key]
+    data["format_version"] = 1
+    path.write_text(json.dumps(data))
+    manifest = load_verified(bundle)
+    assert (manifest.task, manifest.threshold, manifest.external_data) == ("text", 0.5, None)
+    assert check_bundle(bundle).startswith("ok: ")
+
+
+def _manifest(**changes) -> Manifest:
+    fields = dict(
+        model_id="m",
+        source={},
+        id2label={0: "a", 1: "b"},
+        problem_type="single_label_classification",
+        max_length=8,
+        input_names=["input_ids"],
+        variant="fp32",
+        opset=17,
+        versions={},
+        verification={},
+        files={"model.onnx": "", "tokenizer.json": ""},
+    )
+    return Manifest(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        pytest.param({"task": "triple"}, "task must be one of ('text', 'pair')", id="task"),
+        pytest.param({"threshold": 1.0}, "threshold must be a number strictly between 0 and 1", id="threshold-1"),
+        pytest.param({"threshold": float("nan")}, "threshold must be a number", id="threshold-nan"),
+        pytest.param({"threshold": True}, "threshold must be a number", id="threshold-bool"),
+        pytest.param(
+            {"external_data": "../w.bin", "files": {"model.onnx": "", "tokenizer.json": "", "../w.bin": ""}},
+            "external_data must be a plain file name",
+            id="external-traversal",
+        ),
+        pytest.param({"external_data": ".hidden"}, "external_data must be a plain file name", id="external-hidden"),
+        pytest.param({"external_data": "model.onnx"}, "external_data must be a plain file name", id="external-model"),
+        pytest.param(
+            {"external_data": "model.onnx.data"},
+            "files must list the external data file model.onnx.data",
+            id="external-unlisted",
+        ),
+        pytest.param(
+            {"files": {"model.onnx": "", "tokenizer.json": "", "notes.txt": ""}},
+            "files may list only model.onnx, tokenizer.json and external_data, not ['notes.txt']",
+            id="extra-file",
+        ),
+        pytest.param(
+            {"input_names": ["input_ids", "position_ids"]}, "unknown input names ['position_ids']", id="unknown-input"
+        ),
+    ],
+)
+def test_invalid_contract_fields(changes, message):
+    with pytest.raises(BundleError, match=re.escape(message)):
+        _manifest(**changes)
+
+
+def test_external_data_file_is_part_of_the_contract():
+    manifest = _manifest(
+        external_data="model.onnx.data", files={"model.onnx": "", "tokenizer.json": "", "model.onnx.data": ""}
+    )
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+@pytest.mark.parametrize(
+    "problem_type, outputs, expected",
+    [
+        pytest.param("single_label_classification", 3, "softmax", id="single-label"),
+        pytest.param("single_label_classification", 1, "sigmoid", id="one-logit"),
+        pytest.param("multi_label_classification", 3, "sigmoid", id="multi-label"),
+        pytest.param("multi_label_classification", 1, "sigmoid", id="multi-label-one"),
+        pytest.param("regression", 1, "identity", id="regression"),
+        pytest.param("regression", 2, "identity", id="regression-two"),
+    ],
+)
+def test_score_function_follows_the_transformers_pipeline(problem_type, outputs, expected):
+    manifest = _manifest(problem_type=problem_type, id2label={i: f"l{i}" for i in range(outputs)})
+    assert manifest.score_function == expected
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        pytest.param(["contradiction", "neutral", "entailment"], (2, 0), id="mnli"),
+        pytest.param(["CONTRADICTION", "ENTAILMENT", "NEUTRAL"], (1, 0), id="upper-case"),
+        pytest.param(["entailment", "neutral", "contradiction"], (0, 2), id="entailment-first"),
+        pytest.param(["entailment", "not_entailment"], (0, 1), id="rte-fallback-last"),
+        pytest.param(["not_entailment", "entailment"], (1, 0), id="rte-fallback-first"),
+        pytest.param(["positive", "negative"], None, id="not-nli"),
+    ],
+)
+def test_zero_shot_ids_come_from_label_names(labels, expected):
+    manifest = _manifest(id2label=dict(enumerate(labels)), task="pair")
+    assert manifest.zero_shot == (None if expected is None else ZeroShotIds(*expected))
+    assert _manifest(id2label=dict(enumerate(labels))).zero_shot is None  # text models never
+
+
+def test_rerank_needs_a_pair_model_with_one_output():
+    assert _manifest(task="pair", id2label={0: "score"}).can_rerank
+    assert not _manifest(task="text", id2label={0: "score"}).can_rerank
+    assert not _manifest(task="pair").can_rerank
+
+
+def test_symlinked_bundle_file_is_refused(bundle, tmp_path):
+    outside = tmp_path / "outside.json"
+    (bundle / "tokenizer.json").rename(outside)
+    (bundle / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="tokenizer.json: is a symbolic link"):
+        load_verified(bundle)
+
+
+def test_deberta_v3_without_token_types_records_the_graph_inputs(tiny_checkpoint, tmp_path, capsys):
+    """type_vocab_size=0: tracing drops token_type_ids, and so must the manifest."""
+    from tests import tiny_models
+
+    model = tiny_models.build("deberta-v2", tmp_path / "v3", type_vocab_size=0)
+    out = tmp_path / "bundle"
+    assert main(["--model", str(model), "--out", str(out), "--variant", "fp32", "--quiet"]) == 0
+    assert read_manifest(out).input_names == ["input_ids", "attention_mask"]
+    assert main(["verify", str(out)]) == 0

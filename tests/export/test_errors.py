@@ -1,0 +1,112 @@
+"""Export failures that used to be slow, misleading or noisy: hub ids without a
+network, paths that look like typos, conversion crashes, repeated warnings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from export.cli import main
+from export.errors import ExitCode
+from tests.conftest import ROOT, needs_export
+
+pytestmark = needs_export
+
+
+def run(argv, capsys):
+    code = main([*argv, "--quiet"])
+    return code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("model", ["models/x", "./x", "a/b/c", "~/nowhere/x", "org/name/"])
+def test_a_path_that_looks_like_a_typo_is_a_missing_path(tmp_path, monkeypatch, capsys, model):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    code, line = run(["--model", model, "--out", str(tmp_path / "b")], capsys)
+    assert (code, line) == (ExitCode.INPUT_NOT_FOUND, f"error: model path {model} does not exist")
+
+
+def test_hub_id_offline_fails_at_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    started = time.monotonic()
+    code, line = run(["--model", "no-such-org/no-such-model", "--out", str(tmp_path / "b")], capsys)
+    assert time.monotonic() - started < 5
+    assert code == ExitCode.INPUT_NOT_FOUND
+    assert line == (
+        "error: no-such-org/no-such-model is neither a local path nor a reachable hub model: "
+        "the hub is not reachable (HF_HUB_OFFLINE is set) and it is not in the local cache"
+    )
+
+
+def test_hub_id_without_a_connection_fails_at_once(tmp_path):
+    """No offline setting, but nothing answers at the endpoint: one refused connection, not retries."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--model", "some-org/some-model", "--out", str(tmp_path / "b"), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == ExitCode.INPUT_NOT_FOUND
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: some-org/some-model is neither a local path nor a reachable hub model: the hub is not reachable "
+        "(127.0.0.1:9: Connection refused) and it is not in the local cache"
+    )
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 60  # the interpreter and torch import dominate; no 30 s of retries
+
+
+def test_a_cached_hub_model_exports_offline(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """The hub cache layout huggingface_hub writes: refs/main names a snapshot directory."""
+    from huggingface_hub import constants
+
+    from service.core.manifest import read_manifest
+
+    revision = "0" * 40
+    repo = tmp_path / "cache" / "models--tiny-org--tiny-bert"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(tiny_checkpoint("bert"), repo / "snapshots" / revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "b"
+    code = main(["--model", "tiny-org/tiny-bert", "--out", str(out), "--variant", "fp32", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(out)
+    assert manifest.model_id == "tiny-org/tiny-bert" and manifest.source["path"] == "tiny-org/tiny-bert"
+
+
+def test_conversion_failure_has_its_own_exit_code(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import torch
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("unordered_map::at\nC++ stack trace follows")
+
+    monkeypatch.setattr(torch.onnx, "export", crash)
+    code = main(["--model", str(tiny_checkpoint("bert")), "--out", str(tmp_path / "b"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.CONVERSION_FAILED == 13
+    assert err == "error: bert0 could not be converted to ONNX: RuntimeError: unordered_map::at\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_pre_processing_hint_is_logged_once(tiny_bundle, tmp_path, caplog):
+    from export import variants
+
+    variants._PREPROCESS_HINT.seen = False
+    with caplog.at_level(logging.WARNING):
+        for index in range(3):
+            variants.quantize(tiny_bundle("bert") / "model.onnx", tmp_path / f"q{index}.onnx")
+    hints = [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert len(hints) == 1

@@ -1,0 +1,88 @@
+"""Shared helpers for service tests: ready-waiting and real server processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from bench.process import free_port, wait_ready
+from tests.conftest import ROOT
+
+SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
+
+
+def require_serve_env() -> None:
+    from tests.conftest import require
+
+    require(SERVE_PYTHON.exists(), "the serving-only environment .venv-serve (scripts/setup.sh creates it)")
+
+
+def wait_app_ready(client, timeout: float = 60.0) -> None:
+    """Until an in-process app (a TestClient running its lifespan) answers /health with 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError("service did not become ready")
+
+
+class ServerProcess:
+    """``python -m service`` in the serving-only virtual environment, on a real socket."""
+
+    def __init__(self, bundle: Path | None, *args: str, env: dict[str, str] | None = None) -> None:
+        """Serve ``bundle``, or with ``bundle=None`` whatever ``args`` name (``--repository DIR``)."""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = ROOT / ".pytest_cache" / f"server-{self.port}.log"
+        self.log.parent.mkdir(exist_ok=True)
+        self._log_handle = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(SERVE_PYTHON),
+                "-m",
+                "service",
+                *(["--bundle", str(bundle)] if bundle else []),
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_handle,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 90.0, path: str = "/health") -> None:
+        try:
+            wait_ready(self.proc, self.url, timeout=timeout, path=path)
+        except SystemExit as exc:  # the benchmarks' way of saying it; a failed assertion here
+            raise AssertionError(f"{exc}: {self.log.read_text()}") from None
+
+    def log_with(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it holds ``text``: the service writes its log lines from a thread, in batches."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return log
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_handle.close()
+
+
+def readme_snippet(marker: str) -> str:
+    """The one Python block containing ``marker`` in README.md or the docs site (docs/**/*.md):
+    the tests run what users copy."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [block.split("```", 1)[0] for page in pages for block in page.read_text().split("```python\n")[1:]]
+    (snippet,) = [block for block in blocks if marker in block]
+    return snippet
