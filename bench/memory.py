@@ -14,8 +14,14 @@ server's resident memory when ready, its peak (the kernel's high-water mark,
 VmHWM) and what it holds afterwards, and exits 1 if any answer was not 200
 or 429.
 
-``worst_mix`` is the load alone, for a server started some other way (the
-image test runs it against a container with a memory limit).
+With ``--grpc-flood N`` the server also serves gRPC, and N ModelInfer calls go at
+once over ``--grpc-channels`` connections, each call a message of MAX_INPUTS
+texts that fills MAX_BODY_BYTES: more calls than the server takes at a time, so
+it must refuse some (RESOURCE_EXHAUSTED) rather than hold them all. It exits 1 if
+any call ends otherwise (``GRPC_REFUSALS``).
+
+``worst_mix`` and ``grpc_flood`` are the loads alone, for a server started some
+other way (the image test runs them against a container with a memory limit).
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ from bench.process import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED_REQUESTS = 0, 1
+# What a gRPC call of the flood may end with: answered, refused by admission or the call cap, or refused
+# by HTTP/2 (REFUSED_STREAM, when a client opens more streams than GRPC_MAX_STREAMS before it has the
+# server's settings). Anything else (INTERNAL, a dropped connection) fails the run.
+GRPC_REFUSALS = {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}
 # Everyday words: they tokenize like real text (about 1.3 tokens a word for a BERT vocabulary).
 WORDS = [
     "account",
@@ -206,6 +216,48 @@ async def worst_mix(
     return statuses
 
 
+def flood_message(bound: Limits, texts: Texts) -> bytes:
+    """One serialised ModelInferRequest of ``max_inputs`` texts, as large as MAX_BODY_BYTES allows."""
+    from service.protocols.oip.proto import grpc_predict_v2_pb2 as pb
+
+    per_text = bound.max_body_bytes // bound.max_inputs - 64
+    batch = [text.encode()[:per_text] for text in texts.take(bound.max_inputs)]
+    request = pb.ModelInferRequest(model_name="classifier")
+    request.inputs.add(
+        name="text", datatype="BYTES", shape=[len(batch)], contents=pb.InferTensorContents(bytes_contents=batch)
+    )
+    return request.SerializeToString()
+
+
+async def grpc_flood(url: str, address: str, *, calls: int, channels: int = 32, timeout: float = 600.0) -> Counter[str]:
+    """``calls`` ModelInfer calls at once over ``channels`` connections; the count of each status code."""
+    from grpc import aio
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        bound = limits(client)
+        message = flood_message(bound, Texts(words_for(client, bound, fill_body=True)))
+    # One connection each: a shared subchannel pool would put every channel on one connection.
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", -1)]
+    opened = [aio.insecure_channel(address, options=options) for _ in range(channels)]
+    methods = [
+        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer") for channel in opened
+    ]  # bytes in and out: the message is built once
+    statuses: Counter[str] = Counter()
+
+    async def call(index: int) -> None:
+        try:
+            await methods[index % channels](message, timeout=timeout)
+            statuses["OK"] += 1
+        except aio.AioRpcError as exc:
+            statuses[exc.code().name] += 1
+
+    try:
+        await asyncio.gather(*(call(index) for index in range(calls)))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in opened))
+    return statuses
+
+
 def rss_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (the peak) of a process, in KiB."""
     fields = {}
@@ -221,10 +273,19 @@ def serve_python() -> str:
     return str(serving) if serving.exists() else sys.executable
 
 
-def measure(bundle: str, server_args: Sequence[str], rounds: int, fill_body: bool = False) -> int:
-    port = free_port()
+def measure(
+    bundle: str,
+    server_args: Sequence[str],
+    rounds: int,
+    fill_body: bool = False,
+    grpc_calls: int = 0,
+    grpc_channels: int = 32,
+) -> int:
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     command = [serve_python(), "-m", "service", "--bundle", bundle, "--port", str(port), *server_args]
+    if grpc_calls:
+        command += ["--grpc-port", str(grpc_port)]
     server = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -238,21 +299,34 @@ def measure(bundle: str, server_args: Sequence[str], rounds: int, fill_body: boo
             bound = limits(client)
         ready = rss_kib(server.pid)["VmRSS"]
         started = time.perf_counter()
-        statuses = asyncio.run(worst_mix(url, rounds=rounds, fill_body=fill_body))
+        if grpc_calls:
+            flood = grpc_flood(url, f"127.0.0.1:{grpc_port}", calls=grpc_calls, channels=grpc_channels)
+            statuses: Counter[int | str] = Counter(asyncio.run(flood))
+        else:
+            statuses = Counter(asyncio.run(worst_mix(url, rounds=rounds, fill_body=fill_body)))
         seconds = time.perf_counter() - started
         after = rss_kib(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=60)
     mib = lambda kib: f"{kib / 1024:.0f} MiB"  # noqa: E731
-    size = f"filling {bound.max_body_bytes}-byte bodies" if fill_body else f"of {bound.max_length}+ tokens"
-    print(
-        f"worst mix: {bound.concurrency} requests in flight x {bound.max_inputs} distinct texts "
-        f"{size}, {rounds} round(s), {seconds:.1f} s; "
-        f"statuses {dict(sorted(statuses.items()))}; server flags: {' '.join(server_args) or 'defaults'}"
-    )
+    flags = " ".join(server_args) or "defaults"
+    if grpc_calls:
+        print(
+            f"gRPC flood: {grpc_calls} ModelInfer calls at once over {grpc_channels} connections, each of "
+            f"{bound.max_inputs} texts filling {bound.max_body_bytes} bytes, {seconds:.1f} s; "
+            f"statuses {dict(sorted(statuses.items(), key=str))}; server flags: {flags}"
+        )
+    else:
+        size = f"filling {bound.max_body_bytes}-byte bodies" if fill_body else f"of {bound.max_length}+ tokens"
+        print(
+            f"worst mix: {bound.concurrency} requests in flight x {bound.max_inputs} distinct texts "
+            f"{size}, {rounds} round(s), {seconds:.1f} s; statuses {dict(sorted(statuses.items(), key=str))}; "
+            f"server flags: {flags}"
+        )
     print(f"rss ready {mib(ready)}, peak {mib(after['VmHWM'])}, after {mib(after['VmRSS'])}")
-    return EXIT_OK if set(statuses) <= {200, 429} else EXIT_FAILED_REQUESTS
+    allowed = GRPC_REFUSALS if grpc_calls else {200, 429}
+    return EXIT_OK if set(statuses) <= allowed else EXIT_FAILED_REQUESTS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,8 +341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fill-body", action="store_true", help="texts as long as MAX_BODY_BYTES allows, not just past the max length"
     )
+    parser.add_argument(
+        "--grpc-flood",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="instead of the HTTP mix, this many gRPC ModelInfer calls at once, each filling MAX_BODY_BYTES",
+    )
+    parser.add_argument("--grpc-channels", type=int, default=32, help="connections the gRPC flood uses (default: 32)")
     args = parser.parse_args(argv)
-    return measure(args.bundle, server_args, args.rounds, args.fill_body)
+    return measure(args.bundle, server_args, args.rounds, args.fill_body, args.grpc_flood, args.grpc_channels)
 
 
 if __name__ == "__main__":

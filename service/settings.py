@@ -31,6 +31,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 0
+    grpc_max_streams: int = 8
     model_name: str = "classifier"
     intra_op_threads: int = 0
     inter_op_threads: int = 1
@@ -41,6 +42,7 @@ class Settings:
     cache_size: int = 0
     cache_bytes: int = 64 * 1024 * 1024
     max_inputs: int = 64
+    max_tokenize_tokens: int = 8192
     max_body_bytes: int = 524_288
     api_keys: tuple[str, ...] = ()
     cors_allow_origins: tuple[str, ...] = ()
@@ -59,10 +61,12 @@ class Settings:
             "max_batch_size",
             "max_queue_size",
             "max_inputs",
+            "max_tokenize_tokens",
             "max_body_bytes",
             "cache_bytes",
             "max_header_bytes",
             "max_connections",
+            "grpc_max_streams",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -108,6 +112,9 @@ HELP = {
     "port": "TCP port",
     "grpc_port": "TCP port of the Open Inference Protocol gRPC service (KServe's GRPCInferenceService, as "
     "tritonclient.grpc speaks it); 0 turns it off. Needs grpcio (requirements-grpc.txt)",
+    "grpc_max_streams": "concurrent calls one gRPC connection may carry (HTTP/2 streams); a client's further calls "
+    "wait on its side. Connections are capped by MAX_CONNECTIONS and calls in progress by MAX_CONNECTIONS too, so "
+    "the messages held stay within MAX_CONNECTIONS x MAX_BODY_BYTES, as over HTTP",
     "model_name": "model name of --bundle in Open Inference Protocol URLs (/v2/models/NAME) and metrics; in a "
     "repository each model is named after its directory",
     "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and "
@@ -125,6 +132,9 @@ HELP = {
     "texts then skip the queue and the model, at the cost of memory",
     "cache_bytes": "byte bound of the response cache (texts and logits)",
     "max_inputs": "inputs per request",
+    "max_tokenize_tokens": "tokens one /tokenize answer may list, over all its texts (it lists every token, "
+    "untruncated, about 80 bytes of JSON each); more get 422. Bounds the answer's size and the memory and time "
+    "spent building it",
     "max_body_bytes": "request body limit, counted as the body streams in. Every connection may hold about "
     "twice this (the bytes and the parsed texts), so MAX_CONNECTIONS x 2 x MAX_BODY_BYTES bounds the memory of "
     "bodies in flight",

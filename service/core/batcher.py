@@ -134,6 +134,13 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_exception(why or ShuttingDown())
 
+    def check_room(self, count: int) -> None:
+        """Raise QueueFull if ``count`` inputs could not be admitted now: a request refused before its
+        inputs are even decoded holds its bytes for less time. ``admit`` still decides."""
+        admitted = self.admitted
+        if admitted + count > self.max_queue_size:
+            raise QueueFull(admitted, count, self.max_queue_size)
+
     def admit(self, count: int) -> Admission:
         """Reserve ``count`` slots or raise QueueFull; use as a context manager."""
         with self._counts:

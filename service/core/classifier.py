@@ -9,12 +9,17 @@ traffic.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import math
 import os
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -44,6 +49,16 @@ def _as_args(item: TextInput) -> tuple[str, ...]:
 
 class InputKindError(ValueError):
     """A single text given to a pair model, or a pair given to a text model."""
+
+
+class TooManyTokens(ValueError):
+    """More tokens than a ``/tokenize`` answer may list."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"the texts have {tokens} tokens, more than the limit of {limit} per /tokenize request "
+            "(MAX_TOKENIZE_TOKENS); send shorter texts"
+        )
 
 
 class NoTokens(ValueError):
@@ -207,7 +222,7 @@ class OnnxClassifier:
         ``exclusive`` waits for any other exclusive call to finish first (long texts, on
         worker threads). Raises InputKindError when an input is not of the bundle's ``task``."""
         if exclusive:
-            with self._exclusive:
+            with self._exclusive, _trimmed(texts):
                 return self.encode(texts, count_full=count_full, direction=direction)
         prepared = self._prepare(texts)
         tokenizer = self._truncating(direction)
@@ -233,25 +248,26 @@ class OnnxClassifier:
     def _count(self, item: TextInput) -> list[int]:
         return self._counter.encode(*_as_args(item)).ids
 
-    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
-        """Untruncated tokens with UTF-8 byte offsets into each text (TEI's ``/tokenize``)."""
-        out = []
-        for text, encoding in zip(
-            texts, self._counter.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        ):
-            tokens = []
-            for token_id, token, special, (start, stop) in zip(
-                encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
-            ):
-                if special:
-                    tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
-                    continue
-                byte_start, byte_stop = len(text[:start].encode()), len(text[:stop].encode())
-                tokens.append(
-                    {"id": token_id, "text": text[start:stop], "special": False, "start": byte_start, "stop": byte_stop}
-                )
-            out.append(tokens)
-        return out
+    def tokens(
+        self,
+        texts: Sequence[str],
+        *,
+        add_special_tokens: bool,
+        max_tokens: int | None = None,
+        exclusive: bool = False,
+    ) -> list[list[dict[str, Any]]]:
+        """Untruncated tokens with UTF-8 byte offsets into each text (TEI's ``/tokenize``), in time linear in
+        the texts' length. More than ``max_tokens`` in all raises TooManyTokens before any token is listed.
+        ``exclusive`` waits for any other exclusive call to finish first, as ``encode`` does."""
+        if exclusive:
+            with self._exclusive, _trimmed(texts):
+                return self.tokens(texts, add_special_tokens=add_special_tokens, max_tokens=max_tokens)
+        encodings = self._counter.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        total = sum(len(encoding.ids) for encoding in encodings)
+        if max_tokens is not None and total > max_tokens:
+            del encodings  # the exception's frames would keep every token alive past the trim
+            raise TooManyTokens(total, max_tokens)
+        return [_listed(text, encoding) for text, encoding in zip(texts, encodings)]
 
     def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
         return self._counter.decode_batch([list(ids) for ids in sequences], skip_special_tokens=skip_special_tokens)
@@ -280,6 +296,51 @@ class OnnxClassifier:
             chunk = order[start : start + batch_size]
             out[chunk] = self.run([encoded[i] for i in chunk])
         return out
+
+
+def _listed(text: str, encoding: Any) -> list[dict[str, Any]]:
+    offsets = _byte_offsets(text)
+    tokens = []
+    for token_id, token, special, (start, stop) in zip(
+        encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
+    ):
+        if special:
+            tokens.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+            continue
+        byte_start, byte_stop = (start, stop) if offsets is None else (int(offsets[start]), int(offsets[stop]))
+        tokens.append(
+            {"id": token_id, "text": text[start:stop], "special": False, "start": byte_start, "stop": byte_stop}
+        )
+    return tokens
+
+
+# Tokenizing this many characters at once leaves tens of MiB freed inside the C allocator's
+# arenas, which glibc keeps for the thread that freed them unless asked to give them back.
+TRIM_AFTER_CHARS = 65_536
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True) if sys.platform == "linux" else None
+
+
+@contextlib.contextmanager
+def _trimmed(texts: Sequence[TextInput]) -> Iterator[None]:
+    """Hand the allocator's free memory back to the system after a long tokenization (glibc's malloc_trim)."""
+    try:
+        yield
+    finally:
+        chars = sum(len(item) if isinstance(item, str) else len(item[0]) + len(item[1]) for item in texts)
+        if chars >= TRIM_AFTER_CHARS and _libc is not None and hasattr(_libc, "malloc_trim"):
+            _libc.malloc_trim(0)
+
+
+def _byte_offsets(text: str) -> np.ndarray | None:
+    """The UTF-8 byte offset of every character boundary of ``text`` (None when they equal the character
+    offsets, as for ASCII): one vectorised pass instead of encoding the text up to each token."""
+    if text.isascii():
+        return None
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    widths = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+    offsets = np.zeros(len(points) + 1, dtype=np.int64)
+    np.cumsum(widths, out=offsets[1:])
+    return offsets
 
 
 def _is_pair(item: object) -> bool:

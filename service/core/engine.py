@@ -18,7 +18,15 @@ import numpy as np
 
 from service.core.batcher import MicroBatcher
 from service.core.cache import LogitsCache
-from service.core.classifier import Encoded, InputKindError, NoTokens, OnnxClassifier, TextInput, probabilities
+from service.core.classifier import (
+    Encoded,
+    InputKindError,
+    NoTokens,
+    OnnxClassifier,
+    TextInput,
+    TooManyTokens,
+    probabilities,
+)
 from service.core.failures import Failure, InputTooLong, InvalidInput, NotReady
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
@@ -29,6 +37,8 @@ WARMUP_TEXTS = ("warm up", "warm up with a somewhat longer text " * 8)
 # Requests whose texts add up to at most this many characters are tokenized on the
 # event loop; longer ones go to a thread so the loop keeps serving others.
 INLINE_TOKENIZE_CHARS = 1024
+# Decoding this many ids takes well under a millisecond; more go to a thread.
+INLINE_DECODE_IDS = 2048
 
 
 def _chars(item: TextInput) -> int:
@@ -134,6 +144,13 @@ class Engine:
             raise NotReady(self.not_ready_reason)
         return self.classifier
 
+    def check_room(self, count: int) -> None:
+        """QueueFull (or NotReady) now if ``count`` inputs could not be admitted: for a transport that
+        knows how many inputs a request holds before it decodes them."""
+        if self.batcher is None:
+            raise NotReady(self.not_ready_reason)
+        self.batcher.check_room(count)
+
     async def classify(self, texts: Sequence[TextInput], *, truncate: bool, direction: str = "right") -> Classified:
         """Logits for texts or (text, text_pair) pairs: admitted (or refused) before any work, then batched."""
         batcher, classifier = self.batcher, self.classifier
@@ -186,11 +203,26 @@ class Engine:
         self.metrics.cache_misses.inc(len(found) - hits)
         return found
 
-    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict]]:
-        return self._loaded().tokens(texts, add_special_tokens=add_special_tokens)
+    async def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[dict[str, Any]]]:
+        """Every token of ``texts`` with its offsets, at most MAX_TOKENIZE_TOKENS of them; long texts are
+        tokenized off the event loop, one such call at a time."""
+        classifier = self._loaded()
+        limit = self.settings.max_tokenize_tokens
+        try:
+            if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
+                return classifier.tokens(texts, add_special_tokens=add_special_tokens, max_tokens=limit)
+            return await asyncio.to_thread(
+                classifier.tokens, texts, add_special_tokens=add_special_tokens, max_tokens=limit, exclusive=True
+            )
+        except TooManyTokens as exc:
+            raise InvalidInput(str(exc)) from None
 
-    def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
-        return self._loaded().decode(sequences, skip_special_tokens=skip_special_tokens)
+    async def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        """Token ids back to text; many ids are decoded off the event loop."""
+        classifier = self._loaded()
+        if sum(map(len, sequences)) <= INLINE_DECODE_IDS:
+            return classifier.decode(sequences, skip_special_tokens=skip_special_tokens)
+        return await asyncio.to_thread(classifier.decode, sequences, skip_special_tokens=skip_special_tokens)
 
     def scores(self, logits: np.ndarray, raw: bool) -> np.ndarray:
         return logits if raw else probabilities(logits.astype(np.float64), self.manifest.problem_type)

@@ -244,6 +244,9 @@ def read_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST_NAME
     if not Path(directory).is_dir():
         raise BundleError(f"bundle directory {directory} does not exist")
+    if path.is_symlink():
+        # As for the bundle's other files: a link could make the service read a manifest from elsewhere.
+        raise BundleError(f"{path} is a symbolic link, not a file of the bundle")
     if not path.is_file():
         raise BundleError(f"{path} is missing: not a bundle")
     return Manifest.from_json(path.read_text(encoding="utf-8"))

@@ -78,12 +78,19 @@ class Model:
     pending: bool = True  # not synced yet
     loading: str | None = None  # the version being brought in
     refused: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # version -> (fingerprint, why)
+    unloaded: bool = False  # by the repository API, until loaded again
 
     @property
     def state(self) -> str:
         if self.loaded:
             return READY
         return LOADING if self.pending or self.loading else UNAVAILABLE
+
+
+def _public_state(model: Model) -> str:
+    if model.state == LOADING:
+        return "loading"
+    return "unloaded" if model.unloaded else "failed to load"
 
 
 def _quoted(items: list[str]) -> str:
@@ -172,11 +179,20 @@ class ModelRegistry:
         """Load or reload one model from the repository (the repository API's load)."""
         assert self.root is not None, "explicit model control needs a repository"
         async with self._lock:
+            if not repository.is_model_name(name):
+                raise ModelNotFound(f"model {name!r} is not in the repository: that is not a model name")
             directory = self.root / name
-            found = repository.versions(directory, name) if repository.is_model_name(name) else []
+            leading_out: list[str] = []
+            found = await asyncio.to_thread(repository.versions, self.root, name, leading_out)
+            if not found and leading_out:
+                raise LoadRefused(
+                    f"model {name!r} is not loaded: {', '.join(leading_out)} leads out of the repository through "
+                    "a link; links must stay inside it"
+                )
             if not found:
                 raise ModelNotFound(f"model {name!r} is not in the repository: {directory} holds no bundle")
             model = self.models.setdefault(name, Model(name))
+            model.unloaded = False
             await self._sync_model(model, found)
             if not model.loaded:
                 raise LoadRefused(f"failed to load {name!r}: {model.reason}")
@@ -198,6 +214,7 @@ class ModelRegistry:
                 raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {_quoted(sorted(self.models))}")
             loaded, model.loaded = model.loaded, {}
             model.reason, model.pending, model.refused = f"model {name!r} is unloaded", False, {}
+            model.unloaded = True
             for version in loaded.values():
                 self._retire(version)
 
@@ -366,14 +383,18 @@ class ModelRegistry:
 
     @property
     def not_ready_reason(self) -> str:
-        if len(self.models) == 1 and self._started:
-            return next(iter(self.models.values())).reason
+        """Why the server is not ready, naming models and their states only. Open routes (/health) answer
+        with it, so the reasons, which may name paths on the server's disk, stay in the log and in the
+        authenticated repository index."""
         if not self._started:
             return LOADING_REASON if self.root is None else "models are loading"
         if not self.models:
-            return f"the repository {self.root} holds no model"
+            return "the repository holds no model"
+        if self.root is None:  # one bundle
+            model = next(iter(self.models.values()))
+            return LOADING_REASON if model.state == LOADING else "model failed to load; the server log says why"
         return "no model is loaded: " + "; ".join(
-            f"{name}: {model.reason}" for name, model in sorted(self.models.items())
+            f"{name}: {_public_state(model)}" for name, model in sorted(self.models.items())
         )
 
     def index(self, *, unloaded: bool = False) -> list[dict[str, str]]:

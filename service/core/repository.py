@@ -9,9 +9,10 @@ REPOSITORY/
     └── bundle.json ...
 ```
 
-Names and versions that cannot appear in a URL, and hidden entries (the export
+Names and versions that cannot appear in a URL, hidden entries (the export
 stage stages a bundle in ``.NAME.staging.*`` beside its target and renames it
-into place), are skipped. Scanning never hashes model files: a version's
+into place) and links that lead out of the repository (``escapes``) are
+skipped. Scanning never hashes model files: a version's
 fingerprint (the bytes of its bundle.json, and each file's name, size,
 modification time and inode) tells whether it may have changed since it was last
 read; the registry then verifies it in full before anything loads from it.
@@ -30,8 +31,9 @@ from service.core.manifest import MANIFEST_NAME
 
 log = logging.getLogger("service.core.repository")
 FLAT_VERSION = "1"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_VERSION = re.compile(r"^[1-9][0-9]{0,17}$")
+# Matched whole (fullmatch): "$" alone would also accept a name that ends in a newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,42 @@ def fingerprint(directory: Path) -> str:
 
 
 def is_model_name(name: str) -> bool:
-    return bool(_NAME.match(name))
+    return _NAME.fullmatch(name) is not None
 
 
-def versions(directory: Path, name: str) -> list[Found]:
-    """The versions of one model directory, newest first; empty if it holds none."""
-    if (directory / MANIFEST_NAME).exists():
+def is_version(name: str) -> bool:
+    return _VERSION.fullmatch(name) is not None
+
+
+def escapes(root: Path, path: Path) -> bool:
+    """Whether ``path``, with every link on the way followed, ends outside the repository ``root``.
+
+    The one rule for every way a model is found (the scan, poll mode, the index, an explicit
+    load): a link may point anywhere inside the repository, never out of it, at any level (the
+    model's directory, a version's directory, bundle.json). A bundle's other files are never
+    links at all (``service.core.manifest.integrity_problems``).
+    """
+    try:
+        return not path.resolve(strict=True).is_relative_to(root.resolve(strict=True))
+    except (OSError, RuntimeError):  # vanished, or a loop of links
+        return True
+
+
+def versions(root: Path, name: str, leading_out: list[str] | None = None) -> list[Found]:
+    """The versions of one model of the repository, newest first; empty if it holds none inside the
+    repository. What was skipped for leading out of it is added to ``leading_out``, in words."""
+    skipped = leading_out if leading_out is not None else []
+    directory = root / name
+    if not (directory.exists() or directory.is_symlink()):
+        return []
+    if escapes(root, directory):
+        skipped.append("its directory")
+        return []
+    manifest = directory / MANIFEST_NAME
+    if manifest.exists() or manifest.is_symlink():
+        if escapes(root, manifest):
+            skipped.append(MANIFEST_NAME)
+            return []
         return [Found(name, FLAT_VERSION, directory, fingerprint(directory))]
     found = []
     try:
@@ -74,24 +106,37 @@ def versions(directory: Path, name: str) -> list[Found]:
     except OSError:
         return []
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False) and _VERSION.match(entry.name):
-            path = Path(entry.path)
+        path = Path(entry.path)
+        if not (is_version(entry.name) and _is_dir(entry)):
+            continue
+        if escapes(root, path):
+            skipped.append(f"version {entry.name!r}")
+        elif (path / MANIFEST_NAME).is_symlink() and escapes(root, path / MANIFEST_NAME):
+            skipped.append(f"{MANIFEST_NAME} of version {entry.name!r}")
+        else:
             found.append(Found(name, entry.name, path, fingerprint(path)))
     return sorted(found, key=lambda item: int(item.version), reverse=True)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a loop of links
+        return False
 
 
 def scan(root: Path) -> dict[str, list[Found]]:
     """Every model in the repository with its versions, newest first."""
     models = {}
     for entry in sorted(os.scandir(root), key=lambda entry: entry.name):
-        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+        if entry.name.startswith(".") or not _is_dir(entry):
             continue
         if not is_model_name(entry.name):
             log.debug(
                 "skipped a directory whose name cannot be a model name", extra={"fields": {"directory": entry.name}}
             )
             continue
-        found = versions(Path(entry.path), entry.name)
+        found = versions(root, entry.name)
         if found:
             models[entry.name] = found
     return models

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from service.core.engine import Classified
 from service.web.routing import CALL
@@ -28,6 +31,23 @@ class ModelState(BaseModel):
     version: str = Field(description="empty when the model has no version loaded, loading or refused")
     state: Literal["READY", "LOADING", "UNAVAILABLE"]
     reason: str = Field(description="why it is not READY: the refusal, 'unloaded', ...; empty when READY")
+
+
+# Answers with more items than this are encoded off the event loop.
+INLINE_JSON_ITEMS = 512
+
+
+async def json_response(content: list[Any], headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer, encoded as Starlette's JSONResponse does; a long list is encoded on a thread, so
+    a large answer (``/tokenize`` of a long text) does not hold the event loop."""
+    if sum(len(item) if isinstance(item, (list, str)) else 1 for item in content) <= INLINE_JSON_ITEMS:
+        return JSONResponse(content, headers=headers)
+    body = await asyncio.to_thread(_dumps, content)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _dumps(content: Any) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 def _ms(seconds: float) -> str:

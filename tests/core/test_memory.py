@@ -44,3 +44,33 @@ def test_bench_memory_measures_the_worst_mix(tiny_bundle, capsys):
     assert first.startswith("worst mix: 16 requests in flight x 64 distinct texts of 24+ tokens, 1 round(s), ")
     assert "statuses {200: 16}; server flags: defaults" in first
     assert re.fullmatch(r"rss ready \d+ MiB, peak \d+ MiB, after \d+ MiB", second)
+
+
+def test_memory_returns_after_a_long_text(tiny_bundle):
+    """A text of MAX_BODY_BYTES, classified and tokenized, leaves the server's resident memory where it
+    was: the allocator hands what the tokenizer freed back to the system (service.core.classifier)."""
+    import httpx
+
+    from tests.helpers import ServerProcess
+
+    require_serve_env()
+    server = ServerProcess(tiny_bundle("bert"))
+    server.wait_ready()
+    status = Path(f"/proc/{server.proc.pid}/status")
+
+    def rss() -> tuple[float, float]:
+        fields = dict(re.findall(r"(VmRSS|VmHWM):\s+(\d+) kB", status.read_text()))
+        return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+
+    try:
+        httpx.post(server.url + "/predict", json={"inputs": "warm up " * 100}, timeout=60).raise_for_status()
+        ready, _ = rss()
+        text = ("what is my balance héllo " * 25_000)[:500_000]
+        for path in ("/predict", "/predict", "/tokenize"):
+            response = httpx.post(server.url + path, json={"inputs": text}, timeout=120)
+            assert response.status_code == (200 if path == "/predict" else 422)
+        after, peak = rss()
+    finally:
+        server.stop()
+    print(f"ready {ready:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB")
+    assert after - ready < 50, f"{after - ready:.0f} MiB stayed after three long texts"

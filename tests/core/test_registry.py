@@ -452,7 +452,7 @@ def test_readiness_waits_for_a_first_model(tmp_path, tiny_bundle):
         for path in ("/health", "/v2/health/ready", "/predict"):
             response = httpx.request("POST" if path == "/predict" else "GET", server.url + path, json=TEI)
             assert response.status_code == 503
-            assert response.json()["error"] == f"the repository {repository} holds no model"
+            assert response.json()["error"] == "the repository holds no model"
         place(tiny_bundle("bert"), repository / "alpha")
         wait_until(lambda: httpx.get(server.url + "/health").status_code == 200)
         assert labels(httpx.post(server.url + "/predict", json=TEI)) == V1  # the only model is the default
@@ -538,3 +538,68 @@ def test_a_repository_that_is_not_a_directory_exits_2(tmp_path):
         timeout=60,
     )
     assert (proc.returncode, proc.stderr) == (2, f"error: --repository {missing} is not a directory\n")
+
+
+def test_links_out_of_the_repository_and_odd_names_are_refused_every_way_in(tmp_path, tiny_bundle):
+    """The start-up scan and the index skip them; an explicit load says why, naming the model, no paths."""
+    repository, elsewhere = tmp_path / "repository", tmp_path / "elsewhere"
+    place(tiny_bundle("bert"), repository / "alpha")
+    place(tiny_bundle("bert"), elsewhere / "bundle")
+    (repository / "outside").symlink_to(elsewhere / "bundle")
+    (repository / "version").mkdir()
+    (repository / "version" / "1").symlink_to(elsewhere / "bundle")
+    shutil.copytree(tiny_bundle("bert"), repository / "manifest", ignore=shutil.ignore_patterns("bundle.json"))
+    (repository / "manifest" / "bundle.json").symlink_to(elsewhere / "bundle" / "bundle.json")
+    place(tiny_bundle("bert"), repository / "nl\n")
+    place(tiny_bundle("bert"), repository / "inside" / "1")
+    (repository / "alias").symlink_to(repository / "inside")  # a link that stays inside is followed
+    server = serve(repository, "--model-control", "explicit", "--api-keys", KEY)
+    try:
+        rows = httpx.post(server.url + "/v2/repository/index", headers=AUTH).json()
+        assert sorted({row["name"] for row in rows}) == ["alias", "alpha", "inside"]
+        for name, leads_out in [
+            ("outside", "its directory"),
+            ("version", "version '1'"),
+            ("manifest", "bundle.json"),
+        ]:
+            response = httpx.post(f"{server.url}/v2/repository/models/{name}/load", headers=AUTH)
+            assert (response.status_code, response.json()) == (
+                400,
+                {
+                    "error": f"model {name!r} is not loaded: {leads_out} leads out of the repository through a link; "
+                    "links must stay inside it",
+                    "error_type": "bad_request",
+                },
+            )
+        response = httpx.post(f"{server.url}/v2/repository/models/nl%0A/load", headers=AUTH)
+        assert (response.status_code, response.json()) == (
+            404,
+            {"error": "model 'nl\\n' is not in the repository: that is not a model name", "error_type": "not_found"},
+        )
+        assert httpx.post(server.url + "/models/alias/predict", json=TEI, headers=AUTH).status_code == 200
+        assert httpx.post(server.url + "/models/outside/predict", json=TEI, headers=AUTH).status_code == 404
+    finally:
+        server.stop()
+
+
+def test_health_names_models_and_states_not_server_paths(tmp_path, tiny_bundle):
+    repository = tmp_path / "repository"
+    broken = repository / "broken" / "1"
+    shutil.copytree(tiny_bundle("bert"), broken)
+    (broken / "model.onnx").write_bytes(b"garbage")
+    place(tiny_bundle("bert"), repository / "unloaded")
+    server = serve(repository, "--model-control", "explicit", "--api-keys", KEY)
+    try:
+        httpx.post(server.url + "/v2/repository/models/unloaded/unload", headers=AUTH).raise_for_status()
+        wait_until(lambda: httpx.get(server.url + "/health").status_code == 503)
+        for path in ("/health", "/v2/health/ready"):
+            response = httpx.get(server.url + path)
+            assert (response.status_code, response.json()) == (
+                503,
+                {"error": "no model is loaded: broken: failed to load; unloaded: unloaded", "error_type": "unhealthy"},
+            )
+        rows = httpx.post(server.url + "/v2/repository/index", headers=AUTH).json()
+        broken_row = next(row for row in rows if row["name"] == "broken")
+        assert broken_row["reason"].startswith(f"bundle {broken} failed its integrity check: model.onnx: sha256 ")
+    finally:
+        server.stop()

@@ -177,6 +177,24 @@ def test_worst_valid_mix_stays_under_half_the_memory_limit(limited_container):
     assert peak_mib < 512
 
 
+def test_a_grpc_flood_stays_inside_the_memory_limit(grpc_image):
+    """1,500 ModelInfer calls of bodies at MAX_BODY_BYTES at once, under the shipped 1 GiB: refused, not held."""
+    from bench.memory import GRPC_REFUSALS, grpc_flood
+
+    name, addresses = run_container(grpc_image, "8001", options=("--memory", "1g", "--memory-swap", "1g"))
+    try:
+        statuses = asyncio.run(grpc_flood("http://" + addresses["8000"], addresses["8001"], calls=1500))
+        state = json.loads(docker("inspect", name, "--format", "{{json .State}}").stdout)
+        status = docker("exec", name, "cat", "/proc/1/status").stdout
+    finally:
+        docker("rm", "-f", name, check=False)
+    assert state["Running"] and not state["OOMKilled"], state
+    assert set(statuses) <= GRPC_REFUSALS and statuses["OK"] >= 1 and statuses["RESOURCE_EXHAUSTED"] >= 1, statuses
+    peak_mib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    print(f"peak resident memory under the gRPC flood: {peak_mib:.0f} MiB; {dict(statuses)}")
+    assert peak_mib < 800
+
+
 def test_image_has_no_heavy_packages(image):
     heavy = "('torch', 'transformers', 'optimum', 'sklearn', 'sentence_transformers')"
     code = f"import importlib.util as u; print([m for m in {heavy} if u.find_spec(m)])"

@@ -189,9 +189,10 @@ class InferenceService:
     async def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         held = self.registry.hold(call, request.model_name, request.model_version)
         engine = held.engine
-        checked = infer.decode(
-            from_grpc(request), max_inputs=self.registry.settings.max_inputs, pairs=engine.takes_pairs
-        )
+        # A full queue refuses the call before its texts are copied out of the message and decoded.
+        max_inputs = self.registry.settings.max_inputs
+        engine.check_room(infer.declared_inputs(request.inputs, max_inputs))
+        checked = infer.decode(from_grpc(request), max_inputs=max_inputs, pairs=engine.takes_pairs)
         result = await engine.classify(checked.texts, truncate=True)
         response = infer.respond(
             checked,
@@ -263,8 +264,18 @@ class InferenceService:
 
 async def start(registry: ModelRegistry, settings: Settings) -> aio.Server:
     """Listen on ``settings.grpc_port``; call from inside the running event loop."""
-    # The HTTP body limit bounds request messages too; gRPC refuses larger ones with RESOURCE_EXHAUSTED.
-    server = aio.server(options=[("grpc.max_receive_message_length", settings.max_body_bytes)])
+    # The HTTP limits hold here too. A message over MAX_BODY_BYTES is refused with RESOURCE_EXHAUSTED;
+    # connections beyond MAX_CONNECTIONS are closed; each carries at most GRPC_MAX_STREAMS calls; and calls
+    # beyond MAX_CONNECTIONS in progress are refused with RESOURCE_EXHAUSTED before their handler runs, so
+    # the messages held in memory stay within MAX_CONNECTIONS x MAX_BODY_BYTES.
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_allowed_incoming_connections", settings.max_connections),
+            ("grpc.max_concurrent_streams", settings.grpc_max_streams),
+        ],
+        maximum_concurrent_rpcs=settings.max_connections,
+    )
     server.add_generic_rpc_handlers((InferenceService(registry).generic_handler(),))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     server.add_insecure_port(f"{host}:{settings.grpc_port}")

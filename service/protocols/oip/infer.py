@@ -108,6 +108,15 @@ def model_metadata(model_name: str, width: int, pairs: bool, versions: Sequence[
     }
 
 
+def declared_inputs(tensors: Sequence[Any], max_inputs: int) -> int:
+    """How many texts the request's ``text`` input declares by its shape, known before any element is
+    decoded; 0 when it does not say, or says more than ``max_inputs`` (``decode`` refuses that)."""
+    for tensor in tensors:
+        if tensor.name == INPUT_NAME and len(tensor.shape) in (1, 2) and 0 < tensor.shape[0] <= max_inputs:
+            return int(tensor.shape[0])
+    return 0
+
+
 def decode(request: InferRequest, *, max_inputs: int, pairs: bool) -> InferCall:
     """Check a request against the model and return what to run and what to answer."""
     for tensor in request.inputs:

@@ -262,6 +262,7 @@ async def infer_route(request: Request) -> Response:
     settings = request.app.state.settings
     body = await read_body(request, settings.max_body_bytes)
     wire = from_http(body, request.headers, max_body_bytes=settings.max_body_bytes)
+    engine.check_room(infer.declared_inputs(wire.inputs, settings.max_inputs))
     call = infer.decode(wire, max_inputs=settings.max_inputs, pairs=engine.takes_pairs)
     result = await engine.classify(call.texts, truncate=True)
     response = infer.respond(

@@ -34,7 +34,7 @@ from service.protocols.tei.requests import (
 from service.protocols.tei.responses import Info, Prediction, RerankResult, Token, ZeroShotResult
 from service.protocols.validation import parse
 from service.web.bodies import json_body
-from service.web.responses import timing_headers
+from service.web.responses import json_response, timing_headers
 from service.web.routing import Endpoint, hold
 
 _FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -153,7 +153,8 @@ async def root(request: Request) -> Response:
 async def tokenize(request: Request) -> Response:
     engine = engine_of(request)
     body = parse(TokenizeRequest, await _body(request), context(request, engine))
-    return JSONResponse(engine.tokens(body.texts, add_special_tokens=body.add_special_tokens))
+    tokens = await engine.tokens(body.texts, add_special_tokens=body.add_special_tokens)
+    return await json_response(tokens)
 
 
 async def decode(request: Request) -> Response:
@@ -161,7 +162,7 @@ async def decode(request: Request) -> Response:
     body = parse(DecodeRequest, await _body(request), context(request, engine))
     if any(not ids for ids in body.sequences):
         raise EmptyInput("`ids` cannot be empty")
-    return JSONResponse(engine.decode(body.sequences, skip_special_tokens=body.skip_special_tokens))
+    return await json_response(await engine.decode(body.sequences, skip_special_tokens=body.skip_special_tokens))
 
 
 async def info(request: Request) -> Response:

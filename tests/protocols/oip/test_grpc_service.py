@@ -200,3 +200,21 @@ def test_calls_are_recorded_as_http_requests_are(served, caplog):
     }
     assert all(status.isdigit() for status in statuses), statuses
     assert json.dumps(served_line)  # the fields are plain JSON values
+
+
+def test_connections_beyond_the_cap_are_closed(tiny_bundle):
+    """MAX_CONNECTIONS holds for gRPC as for HTTP: a second connection is refused while the first is open."""
+    port = free_port()
+    settings = Settings(bundle=str(tiny_bundle("bert")), grpc_port=port, max_connections=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_app_ready(client)
+        # One connection per channel: by default channels to one address share a connection.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as first:
+            live = pb_grpc.GRPCInferenceServiceStub(first).ServerLive
+            assert live(pb.ServerLiveRequest(), timeout=10).live
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as second:
+                with pytest.raises(grpc.RpcError) as raised:
+                    pb_grpc.GRPCInferenceServiceStub(second).ServerLive(pb.ServerLiveRequest(), timeout=10)
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert live(pb.ServerLiveRequest(), timeout=10).live
