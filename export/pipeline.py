@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -27,12 +28,17 @@ from export.errors import OutputExists, OutputNotWritable, UsageError, Verificat
 from export.pairs import builtin_pairs, read_pair_file
 from export.sources import Source, load_source
 from export.texts import builtin_texts, read_lines, read_text_file
-from export.timing import Timing, fastest, measure
+from export.timing import Timing, measure
 from export.verify import Thresholds, VariantReport, compare
 from service.core.classifier import OnnxClassifier, TextInput
 from service.core.manifest import PAIR, SIGMOID, Manifest, score_function
 
 Progress = Callable[[str], None]
+# Which variant ``--variant auto`` keeps when two that passed are the same size (plain int8 and
+# int8-selective share a file when blind int8 passes; fused fp32 runs faster than plain fp32).
+AUTO_ORDER = (V.INT8, V.SELECTIVE, V.OPTIMIZED, V.FP32)
+# Validation texts the selective search ranks nodes on; every graph it tries is gated on all of them.
+RANKING_TEXTS = 64
 VERSIONED_PACKAGES = (
     "torch",
     "transformers",
@@ -51,6 +57,23 @@ class ExportResult:
     manifest: Manifest
     reports: list[VariantReport]
     timings: list[Timing] = field(default_factory=list)
+    steps: list[tuple[str, float]] = field(default_factory=list)  # each progress step and its seconds
+
+
+class StepClock:
+    """Passes progress lines on and times the steps they start: a step lasts until the next line."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._started: list[tuple[str, float]] = []
+
+    def __call__(self, message: str) -> None:
+        self._started.append((message, time.monotonic()))
+        self._progress(message)
+
+    def steps(self) -> list[tuple[str, float]]:
+        ends = [started for _, started in self._started[1:]] + [time.monotonic()]
+        return [(message, end - started) for (message, started), end in zip(self._started, ends)]
 
 
 def package_versions() -> dict[str, str]:
@@ -98,6 +121,7 @@ def export_bundle(
     """``external_data_over``: graphs larger than this many bytes keep their weights in
     an external-data file (the 2 GB protobuf limit; lowered in tests)."""
     out = Path(out)
+    clock = progress = StepClock(progress)
     check_output(out, force)
     if validation_file:
         read_lines(validation_file, "one text, or one tab-separated pair, per line")  # fail before the slow load
@@ -126,11 +150,13 @@ def export_bundle(
     except OSError as exc:
         raise OutputNotWritable(f"cannot write in {out.parent}: {exc.strerror}") from None
     try:
-        return _export_in(
+        result = _export_in(
             work, out, source, texts, variant, thresholds, force, keep_variants, progress, external_data_over
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result.steps = clock.steps()
+    return result
 
 
 def validation_inputs(task: str, validation_file: str | None) -> list[TextInput]:
@@ -163,8 +189,11 @@ def _export_in(
         progress(f"the graph is {onnx_size(base) / 1e9:.2f} GB: weights go to an external-data file")
     draft = _draft_manifest(source, graph_inputs(base))
 
+    def classifier_of(path: Path) -> OnnxClassifier:
+        return OnnxClassifier(path, tokenizer_path, draft)
+
     def logits_of(path: Path) -> np.ndarray:
-        return OnnxClassifier(path, tokenizer_path, draft).logits(texts)
+        return classifier_of(path).logits(texts)
 
     wanted = requested_variants(variant)
     paths: dict[str, Path] = {}
@@ -200,7 +229,9 @@ def _export_in(
             if int8_passed:
                 check(V.SELECTIVE, int8)
             else:
-                path, kept = _selective(base, work, reference, logits_of, source, thresholds, progress, external)
+                path, kept = _selective(
+                    base, work, texts, classifier_of, reference, logits_of, source, thresholds, progress, external
+                )
                 check(V.SELECTIVE, path, kept_fp32=kept)
 
     if keep_variants is not None:
@@ -213,11 +244,11 @@ def _export_in(
         raise VerificationFailed("no requested variant passed verification:\n" + report_table(reports))
     timings: list[Timing] = []
     if variant == "auto":
-        progress("timing the variants that passed, at batch 1 and 32")
+        progress("timing the variants that passed, at batch 1 and 32 (for the report; the choice is a rule)")
         for report in passing:
             classifier = OnnxClassifier(paths[report.variant], tokenizer_path, draft)
             timings.append(measure(report.variant, classifier, texts[:64]))
-        chosen = fastest(timings).variant
+        chosen = choose(passing)
     else:
         chosen = variant
     progress(f"writing bundle {out} with variant {chosen}")
@@ -227,15 +258,26 @@ def _export_in(
         tokenizer_path=tokenizer_path,
         draft=draft,
         variant=chosen,
-        verification=_verification_summary(chosen, reports, timings, thresholds, len(texts)),
+        verification=_verification_summary(chosen, reports, thresholds, len(texts)),
         force=force,
     )
     return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings)
 
 
+def ranking_rows(total: int, count: int = RANKING_TEXTS) -> list[int]:
+    """A fixed subset of the validation texts, spread over them (the same on every run)."""
+    return list(range(0, total, max(1, total // count)))[:count]
+
+
+def _short(node: str) -> str:
+    return node.removeprefix("/encoder/encoder/").removesuffix("/MatMul")
+
+
 def _selective(
     base: Path,
     work: Path,
+    texts: Sequence[TextInput],
+    classifier_of: Callable[[Path], OnnxClassifier],
     reference: np.ndarray,
     logits_of: Callable[[Path], np.ndarray],
     source: Source,
@@ -243,42 +285,120 @@ def _selective(
     progress: Progress,
     external: bool,
 ) -> tuple[Path, list[str]]:
-    """Find few fp32 nodes that let int8 pass the gate: rank nodes by measured damage,
-    then keep the 1, 2, 4, ... most harmful in fp32 until the gate passes."""
+    """Find few fp32 nodes that let int8 pass the gate.
 
-    def evaluate(path: Path) -> VariantReport:
-        return compare(
-            V.SELECTIVE, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold
-        )
+    One probe session (``variants.Probe``) emulates int8 for any set of nodes: it ranks the nodes by the
+    damage each does alone, on a fixed subset of the validation texts, and finds how many of the most
+    harmful to keep in fp32 for the emulated graph to pass the gate on all of them. Then the real
+    quantized graph is built and gated, and only if it fails does the search go on with real graphs, from
+    there up. Every graph that ships passed the real gate.
+    """
 
-    progress("measuring each node's quantization damage for selective int8")
-    ranking = [
-        name
-        for name, _ in V.rank_sensitivity(base, work, lambda p: evaluate(p).max_prob_diff, progress, external=external)
-    ]
+    def report(logits: np.ndarray, rows: Sequence[int] | None = None) -> VariantReport:
+        expected = reference if rows is None else reference[list(rows)]
+        return compare(V.SELECTIVE, expected, logits, source.problem_type, thresholds, threshold=source.threshold)
 
-    def attempt(count: int) -> Path | None:
+    classifier = classifier_of(base)
+    probe = V.Probe(base, work)
+    ranking = probe_ranking(probe, texts, classifier, lambda rows, logits: report(logits, rows).max_prob_diff, progress)
+    run_all = probe_runner(probe, classifier, texts)
+
+    def emulated(count: int) -> bool:
+        return report(run_all(probe.switches(ranking[count:]))).passed
+
+    predicted = fewest(emulated, len(ranking))
+    progress(f"emulated int8 passes the gate with {predicted} node(s) kept in fp32")
+    return fewest_fp32(
+        base, work, ranking, lambda path: report(logits_of(path)).passed, progress, external=external, start=predicted
+    )
+
+
+def probe_runner(
+    probe: V.Probe, classifier: OnnxClassifier, texts: Sequence[TextInput]
+) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Logits of ``texts`` from the probe session, for a given set of switches (texts encoded once)."""
+    encoded = classifier.encode(texts)
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
+    width = classifier.manifest.num_outputs
+
+    def run(switches: dict[str, np.ndarray]) -> np.ndarray:
+        out = np.empty((len(encoded), width), dtype=np.float32)
+        for start in range(0, len(order), 32):
+            batch = order[start : start + 32]
+            feeds = {**classifier.feeds([encoded[i] for i in batch]), **switches}
+            (out[batch],) = probe.session.run(["logits"], feeds)
+        return out
+
+    return run
+
+
+def probe_ranking(
+    probe: V.Probe,
+    texts: Sequence[TextInput],
+    classifier: OnnxClassifier,
+    damage_of: Callable[[Sequence[int], np.ndarray], float],
+    progress: Progress,
+) -> list[str]:
+    """The searched nodes, most harmful first: each node's damage (``damage_of`` the ranking texts' rows and
+    their logits) with it alone as int8, measured in the probe's one session."""
+    rows = ranking_rows(len(texts))
+    progress(f"measuring each node's quantization damage on {len(rows)} of the validation texts")
+    run = probe_runner(probe, classifier, [texts[row] for row in rows])
+    damage = V.probed_damage(probe, run, lambda logits: damage_of(rows, logits))
+    progress("ranked: " + ", ".join(f"{_short(name)} {error:.4f}" for name, error in damage))
+    return [name for name, _ in damage]
+
+
+def fewest(passes: Callable[[int], bool], total: int, start: int = 0) -> int:
+    """The smallest count in (start, total] for which ``passes`` holds, assuming that more never hurts:
+    1, 2, 4, ... above ``start`` until one passes, then bisection; ``total`` if none does."""
+    failed, step = start, 1
+    count = min(start + step, total)
+    while not passes(count):
+        if count == total:
+            return total
+        failed, step = count, step * 2
+        count = min(start + step, total)
+    passed_at = count
+    while passed_at - failed > 1:
+        middle = (failed + passed_at) // 2
+        if passes(middle):
+            passed_at = middle
+        else:
+            failed = middle
+    return passed_at
+
+
+def fewest_fp32(
+    base: Path,
+    work: Path,
+    ranking: Sequence[str],
+    gate: Callable[[Path], bool],
+    progress: Progress,
+    *,
+    external: bool = False,
+    start: int | None = None,
+) -> tuple[Path, list[str]]:
+    """Quantize with the first nodes of ``ranking`` kept in fp32, as few as pass the real gate. With
+    ``start`` (a prediction) that count is tried first; when it fails, the search goes on above it."""
+    built: dict[int, Path] = {}
+
+    def attempt(count: int) -> bool:
         path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count], external=external)
         if not external:  # graphs over 2 GB keep their weights as they are, in the external-data file
             V.store_half(path)
-        passed = evaluate(path).passed
+        passed = gate(path)
         progress(f"selective int8 with {count} node(s) kept in fp32: {'passed' if passed else 'failed'}")
-        return path if passed else None
+        if passed:
+            built[count] = path
+        return passed
 
-    # Double the fp32 set until the gate passes, then bisect back down to the fewest.
-    failed, count = 0, 1
-    while (found := attempt(count)) is None:
-        if count == len(ranking):
-            return work / f"int8-selective-{count}.onnx", ranking
-        failed, count = count, min(count * 2, len(ranking))
-    best, passed_at = found, count
-    while passed_at - failed > 1:
-        middle = (failed + passed_at) // 2
-        if (found := attempt(middle)) is None:
-            failed = middle
-        else:
-            best, passed_at = found, middle
-    return best, ranking[:passed_at]
+    if start is not None and start > 0 and attempt(start):
+        count = start
+    else:
+        count = fewest(attempt, len(ranking), start or 0)
+    path = built.get(count) or work / f"int8-selective-{count}.onnx"
+    return path, list(ranking[:count])
 
 
 def _draft_manifest(source: Source, input_names: list[str]) -> Manifest:
@@ -300,9 +420,21 @@ def _draft_manifest(source: Source, input_names: list[str]) -> Manifest:
     )
 
 
+def choose(passing: Sequence[VariantReport]) -> str:
+    """``--variant auto``: the smallest variant that passed the gate; at equal size, the first of AUTO_ORDER.
+
+    A rule, not a race: timings on the machine at hand moved from run to run (the same export chose fp32
+    once and int8-selective the next), and the serving CPU is seldom the export one. Every variant that
+    passes is within the gate's tolerances, so the smaller one costs no accuracy the gate allows; on CPUs
+    with VNNI it is also the fastest, and on AVX2 alone it is about as fast (docs/export.md).
+    """
+    return min(passing, key=lambda report: (report.size_bytes, AUTO_ORDER.index(report.variant))).variant
+
+
 def _verification_summary(
-    chosen: str, reports: Sequence[VariantReport], timings: Sequence[Timing], thresholds: Thresholds, n_texts: int
+    chosen: str, reports: Sequence[VariantReport], thresholds: Thresholds, n_texts: int
 ) -> dict[str, object]:
+    """What bundle.json records of the gate: no timings, so that the same inputs give the same bytes."""
     from dataclasses import asdict
 
     return {
@@ -311,8 +443,13 @@ def _verification_summary(
         "texts": n_texts,
         "thresholds": asdict(thresholds),
         "variants": [r.to_dict() for r in reports],
-        "timings": [asdict(t) for t in timings],
     }
+
+
+def steps_table(steps: Sequence[tuple[str, float]]) -> str:
+    """Where the export's time went, step by step, and in all."""
+    lines = [f"{seconds:7.1f} s  {message[:100]}" for message, seconds in steps]
+    return "\n".join([*lines, f"{sum(seconds for _, seconds in steps):7.1f} s  in all"])
 
 
 def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (), chosen: str | None = None) -> str:

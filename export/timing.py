@@ -1,4 +1,5 @@
-"""Latency of each candidate variant on this CPU, for ``--variant auto``."""
+"""Latency of each variant that passed, on this CPU: for the export's report (``--variant auto`` does not
+choose by it)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,3 @@ def measure(variant: str, classifier: OnnxClassifier, texts: Sequence[TextInput]
             samples.append((time.perf_counter() - start) * 1000)
         results.append(statistics.median(samples))
     return Timing(variant, *results)
-
-
-def fastest(timings: Sequence[Timing]) -> Timing:
-    """Lowest geometric mean of the two latencies, each relative to the best seen."""
-    best1 = min(t.batch1_ms for t in timings)
-    best32 = min(t.batch32_ms for t in timings)
-    return min(timings, key=lambda t: (t.batch1_ms / best1) * (t.batch32_ms / best32))

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 FP32 = "fp32"
@@ -154,3 +155,80 @@ def rank_sensitivity(
         scores.append((node, error_of(path)))
         progress(f"sensitivity {index}/{len(nodes)}: {node} -> {scores[-1][1]:.4f}")
     return sorted(scores, key=lambda item: item[1], reverse=True)
+
+
+def _fake_quantized(weight: np.ndarray) -> np.ndarray:
+    """What ``quantize`` makes of a weight, back in fp32: int8 per output channel, symmetric, 7-bit range."""
+    scale = np.abs(weight).max(axis=0, keepdims=True) / 64
+    scale[scale == 0] = 1.0
+    return (np.clip(np.round(weight / scale), -64, 64) * scale).astype(np.float32)
+
+
+def probe_graph(source: Path, target: Path) -> list[str]:
+    """Write a copy of the fp32 graph in which any one searched node can run as dynamic int8 would.
+
+    Each searched node gets a boolean input ``probe/N``: when true, its activation goes through
+    DynamicQuantizeLinear and back (uint8, one scale for the tensor, as at run time) and its weight is
+    swapped for the fake-quantized copy of what ``quantize`` stores. One session then measures every
+    node's damage, one run each, instead of one quantization and one session per node. Returns the
+    searched nodes in graph order; ``probe/N`` belongs to the N-th.
+    """
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    names = quantizable_nodes(source)
+    index_of = {name: index for index, name in enumerate(names)}
+    ordered = []
+    for node in graph.node:  # each probe just before the node it feeds keeps the graph in topological order
+        index = index_of.get(node.name)
+        if index is not None:
+            switch, activation, weight = f"probe/{index}", node.input[0], node.input[1]
+            graph.input.append(helper.make_tensor_value_info(switch, onnx.TensorProto.BOOL, []))
+            quantized = _fake_quantized(numpy_helper.to_array(initializers[weight]))
+            fake = numpy_helper.from_array(quantized, f"{weight}/int8")
+            graph.initializer.append(fake)
+            q, scale, zero = (f"{switch}/{part}" for part in ("q", "scale", "zero"))
+            ordered += [
+                helper.make_node("DynamicQuantizeLinear", [activation], [q, scale, zero], name=f"{switch}/quantize"),
+                helper.make_node("DequantizeLinear", [q, scale, zero], [f"{switch}/x"], name=f"{switch}/dequantize"),
+                helper.make_node("Where", [switch, f"{switch}/x", activation], [f"{switch}/in"], name=f"{switch}/a"),
+                helper.make_node("Where", [switch, fake.name, weight], [f"{switch}/weight"], name=f"{switch}/w"),
+            ]
+            node.input[0], node.input[1] = f"{switch}/in", f"{switch}/weight"
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    _fresh(target)
+    onnx.save(model, str(target))
+    return names
+
+
+class Probe:
+    """One session over ``probe_graph``: logits with any set of the searched nodes run as int8 would."""
+
+    def __init__(self, source: Path, workdir: Path) -> None:
+        import onnxruntime as ort
+
+        path = workdir / "probe.onnx"
+        self.nodes = probe_graph(source, path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def switches(self, quantized: Iterable[str]) -> dict[str, np.ndarray]:
+        """The ``probe/N`` inputs that run exactly the nodes in ``quantized`` as int8."""
+        on = set(quantized)
+        return {f"probe/{index}": np.array(name in on) for index, name in enumerate(self.nodes)}
+
+
+def probed_damage(
+    probe: Probe,
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    error_of: Callable[[np.ndarray], float],
+) -> list[tuple[str, float]]:
+    """Each searched node's damage with it alone as int8 (``error_of`` the logits ``run`` gives for the
+    probe's switches), most harmful first."""
+    damage = [(name, error_of(run(probe.switches([name])))) for name in probe.nodes]
+    return sorted(damage, key=lambda item: item[1], reverse=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: export the built-in default model if its bundle is missing, then serve it.
 # The first run installs two virtual environments (a few minutes) and exports the default
-# model (about a minute on two cores: it verifies every quantization choice against the
+# model (about half a minute on two cores, verifying every quantization choice against the
 # original); later runs start serving in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -272,8 +272,8 @@ class OnnxClassifier:
     def decode(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
         return self._counter.decode_batch([list(ids) for ids in sequences], skip_special_tokens=skip_special_tokens)
 
-    def run(self, batch: Sequence[Encoded]) -> np.ndarray:
-        """Logits for already-encoded texts, padded to the longest in the batch."""
+    def feeds(self, batch: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        """The graph's inputs for already-encoded texts, padded to the longest in the batch."""
         width = max(item.length for item in batch)
         ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -284,8 +284,14 @@ class OnnxClassifier:
             mask[row, :n] = 1
             types[row, :n] = item.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        options = self._shrinking_run_options if ids.size > SHRINK_ABOVE_TOKENS else self._run_options
-        (logits,) = self.session.run(["logits"], {name: feeds[name] for name in self.input_names}, options)
+        return {name: feeds[name] for name in self.input_names}
+
+    def run(self, batch: Sequence[Encoded]) -> np.ndarray:
+        """Logits for already-encoded texts, padded to the longest in the batch."""
+        feeds = self.feeds(batch)
+        padded = feeds["input_ids"].size
+        options = self._shrinking_run_options if padded > SHRINK_ABOVE_TOKENS else self._run_options
+        (logits,) = self.session.run(["logits"], feeds, options)
         return logits.astype(np.float32, copy=False)
 
     def logits(self, texts: Sequence[TextInput], batch_size: int = 32) -> np.ndarray:
