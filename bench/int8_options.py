@@ -22,8 +22,8 @@ from export.convert import export_onnx, graph_inputs
 from export.pipeline import _draft_manifest
 from export.sources import load_source
 from export.texts import builtin_texts
-from export.verify import compare
 from service.core.classifier import OnnxClassifier
+from service.core.gate import compare
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ from export import variants as V
 from export.convert import export_onnx, graph_inputs
 from export.pipeline import _draft_manifest, fewest_fp32, probe_ranking, validation_inputs
 from export.sources import load_source
-from export.verify import Thresholds, compare
 from service.core.classifier import OnnxClassifier
+from service.core.gate import Thresholds, compare
 
 
 def main() -> None:

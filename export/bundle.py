@@ -7,14 +7,26 @@ new one; never a half-written directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export.convert import copy_onnx, data_file, uses_external_data
-from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, hash_files, write_manifest
+from service.core.classifier import TextInput
+from service.core.manifest import (
+    MODEL_FILE,
+    REFERENCE_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    hash_files,
+    write_manifest,
+)
 
 
 def write_bundle(
@@ -26,14 +38,24 @@ def write_bundle(
     variant: str,
     verification: dict[str, Any],
     force: bool = False,
+    reference: tuple[Sequence[TextInput], np.ndarray] | None = None,
 ) -> Manifest:
+    """``reference``: validation inputs and the original's logits for them, written as the bundle's
+    reference set for the service to run again on its own CPU (None leaves it out)."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
         copy_onnx(model_path, staging / MODEL_FILE)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+        if reference is not None:
+            write_reference_set(staging / REFERENCE_FILE, *reference)
         external = data_file(staging / MODEL_FILE).name if uses_external_data(staging / MODEL_FILE) else None
         manifest = dataclasses.replace(
-            draft, variant=variant, verification=verification, files=hash_files(staging), external_data=external
+            draft,
+            variant=variant,
+            verification=verification,
+            files=hash_files(staging),
+            external_data=external,
+            reference_set=REFERENCE_FILE if reference is not None else None,
         )
         write_manifest(staging, manifest)
         for path in staging.iterdir():
@@ -44,6 +66,13 @@ def write_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def write_reference_set(path: Path, inputs: Sequence[TextInput], logits: np.ndarray) -> None:
+    """Inputs (texts, or pairs as two-item lists) and logits with float32's nine significant digits."""
+    rows = [[float(f"{value:.9g}") for value in row] for row in np.asarray(logits, dtype=np.float32).tolist()]
+    items = [item if isinstance(item, str) else list(item) for item in inputs]
+    path.write_text(json.dumps({"inputs": items, "logits": rows}, ensure_ascii=False), encoding="utf-8")
 
 
 def _replace(staging: Path, out: Path, force: bool) -> None:

@@ -62,6 +62,14 @@ def _export_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also copy every variant's model.onnx here, passing or not (for benchmarks)",
     )
+    parser.add_argument(
+        "--no-reference-set",
+        dest="reference_set",
+        action="store_false",
+        help="leave the reference set out of the bundle (the validation inputs and the original's outputs for "
+        "them, which the service runs again on its own CPU at every load); use it when the validation file "
+        "must not travel with the model",
+    )
     gate = parser.add_argument_group("verification gate")
     gate.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 variants (default: 1e-4)")
     gate.add_argument("--min-agreement", type=float, default=0.99, help="int8 top-1 agreement (default: 0.99)")
@@ -115,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_export(args: argparse.Namespace) -> int:
     from export.pipeline import export_bundle, report_table, steps_table
-    from export.verify import Thresholds
+    from service.core.gate import Thresholds
 
     if args.max_length is not None and args.max_length < 2:
         print("error: --max-length must be at least 2", file=sys.stderr)
@@ -140,6 +148,7 @@ def _run_export(args: argparse.Namespace) -> int:
         task=None if args.task == "auto" else args.task,
         force=args.force,
         keep_variants=args.keep_variants,
+        reference_set=args.reference_set,
         threshold=args.threshold,
         thresholds=Thresholds(
             fp32_max_logit_diff=args.max_logit_diff,

@@ -29,8 +29,8 @@ from export.pairs import builtin_pairs, read_pair_file
 from export.sources import Source, load_source
 from export.texts import builtin_texts, read_lines, read_text_file
 from export.timing import Timing, measure
-from export.verify import Thresholds, VariantReport, compare
 from service.core.classifier import OnnxClassifier, TextInput
+from service.core.gate import Thresholds, VariantReport, compare
 from service.core.manifest import PAIR, SIGMOID, Manifest, score_function
 
 Progress = Callable[[str], None]
@@ -115,6 +115,7 @@ def export_bundle(
     force: bool = False,
     thresholds: Thresholds = Thresholds(),
     keep_variants: Path | None = None,
+    reference_set: bool = True,
     progress: Progress = lambda _: None,
     external_data_over: int = EXTERNAL_DATA_OVER,
 ) -> ExportResult:
@@ -151,7 +152,17 @@ def export_bundle(
         raise OutputNotWritable(f"cannot write in {out.parent}: {exc.strerror}") from None
     try:
         result = _export_in(
-            work, out, source, texts, variant, thresholds, force, keep_variants, progress, external_data_over
+            work,
+            out,
+            source,
+            texts,
+            variant,
+            thresholds,
+            force,
+            keep_variants,
+            progress,
+            external_data_over,
+            reference_set,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -177,6 +188,7 @@ def _export_in(
     keep_variants: Path | None,
     progress: Progress,
     external_data_over: int,
+    reference_set: bool,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
@@ -260,6 +272,7 @@ def _export_in(
         variant=chosen,
         verification=_verification_summary(chosen, reports, thresholds, len(texts)),
         force=force,
+        reference=(texts, reference) if reference_set else None,
     )
     return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings)
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from service.core import gate
+
 FP32 = "fp32"
 OPTIMIZED = "fp32-optimized"
-INT8 = "int8"
-SELECTIVE = "int8-selective"
+INT8, SELECTIVE = gate.INT8_VARIANTS  # held to the int8 tolerances of the gate
 VARIANTS = (FP32, OPTIMIZED, INT8, SELECTIVE)
-INT8_VARIANTS = (INT8, SELECTIVE)
+INT8_VARIANTS = gate.INT8_VARIANTS
 QUANTIZED_OPS = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
 # The selective search ranks only these. The token-embedding table stays int8 in every
 # int8 variant: it is most of the model's bytes, and quantizing it alone stays inside

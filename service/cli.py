@@ -1,7 +1,8 @@
 """``python -m service``: check the bundle (or find the repository), then serve it with uvicorn.
 
 Exit codes: 0 after an orderly shutdown, 2 for a bad setting, 3 for a bad bundle,
-4 when a port to listen on is taken or cannot be bound.
+4 when a port to listen on is taken or cannot be bound, 5 when the bundle fails its
+re-verification on this CPU (``ON_FAILED_VERIFICATION=refuse``, the default).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from service.settings import SettingsError, load_settings
 EXIT_BAD_SETTINGS = 2
 EXIT_BAD_BUNDLE = 3
 EXIT_PORT_UNAVAILABLE = 4
+EXIT_FAILED_VERIFICATION = 5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,8 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "MODEL_CONTROL=explicit without API_KEYS: the repository API refuses every call (403)"
         )
     connections = Connections()
+    fatal: list[str] = []
+
+    def stop_serving(reason: str) -> None:  # the one bundle failed its re-verification: nothing to serve
+        fatal.append(reason)
+        server.should_exit = True
+
+    app = create_app(settings, manifest, sole_caller=sole_caller(settings, connections), on_fatal=stop_serving)
     config = uvicorn.Config(
-        create_app(settings, manifest, sole_caller=sole_caller(settings, connections)),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -76,10 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # code 0, without a KeyboardInterrupt traceback after the last log line.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         logs.close()  # writes out what is still kept
+    if fatal:
+        return _fail(f"{settings.bundle}: {fatal[0]}", EXIT_FAILED_VERIFICATION)
     return 0
 
 

@@ -53,6 +53,7 @@ class Settings:
     max_connections: int = 256
     log_level: str = "info"
     log_inputs: bool = False
+    on_failed_verification: str = "refuse"
 
     def __post_init__(self) -> None:
         positive = (
@@ -91,6 +92,8 @@ class Settings:
             raise SettingsError(f"--poll-interval must be greater than 0, got {self.poll_interval}")
         if self.version_policy not in VERSION_POLICIES:
             raise SettingsError(f"--version-policy must be latest or all, got {self.version_policy!r}")
+        if self.on_failed_verification not in ("refuse", "warn"):
+            raise SettingsError(f"--on-failed-verification must be refuse or warn, got {self.on_failed_verification!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"--log-level must be debug, info, warning or error, got {self.log_level!r}")
 
@@ -153,6 +156,10 @@ HELP = {
     "closes. Higher values admit more clients but each may hold up to MAX_BODY_BYTES while its body is read",
     "log_level": "debug, info, warning or error",
     "log_inputs": "include input texts in debug logs (off: logs never contain user text)",
+    "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
+    "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
+    "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "
+    "model may answer differently from the one that was verified",
 }
 
 

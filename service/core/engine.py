@@ -30,6 +30,7 @@ from service.core.classifier import (
 from service.core.failures import Failure, InputTooLong, InvalidInput, NotReady
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
+from service.core.reverify import FailedVerification, Reverification, reverify
 from service.settings import Settings
 
 log = logging.getLogger("service.core.engine")
@@ -76,6 +77,8 @@ class Engine:
         self.classifier: OnnxClassifier | None = None
         self.batcher: MicroBatcher | None = None
         self.not_ready_reason = "model is loading"
+        self.reverification: Reverification | None = None
+        self.failed_verification = False
         self._model_hash = manifest.files[MODEL_FILE]
         self.cache = LogitsCache(settings.cache_size, settings.cache_bytes) if settings.cache_size else None
         if self.cache is not None:
@@ -99,7 +102,12 @@ class Engine:
         """Load the session and warm it up off the event loop; readiness follows."""
         try:
             self.classifier = await asyncio.to_thread(self._load_and_warm)
-        except Exception as exc:  # the reason is served by /health; the process stays up for probes
+        except FailedVerification as exc:
+            self.failed_verification = True
+            self.not_ready_reason = f"model failed its re-verification on this CPU: {exc}"
+            log.error(self.not_ready_reason, extra={"fields": {"reverification": self._reverified()}})
+            return
+        except Exception as exc:  # the reason is in the log and the index; the process stays up for probes
             self.not_ready_reason = f"model failed to load: {str(exc).splitlines()[0]}"
             log.error(self.not_ready_reason)
             return
@@ -118,7 +126,14 @@ class Engine:
         self.metrics.admitted.set_function(lambda: batcher.admitted)
         self.metrics.admitted_peak.set_function(lambda: batcher.admitted_peak)
         self.metrics.dropped.set_function(lambda: batcher.dropped)
-        log.info("ready")
+        verdict = self.reverification
+        if verdict is not None:
+            self.metrics.verified.set_function(lambda: float(verdict.passed))
+            self.metrics.verified_agreement.set_function(lambda: verdict.agreement)
+        log.info("ready", extra={"fields": {"reverification": self._reverified()}})
+
+    def _reverified(self) -> dict[str, Any] | None:
+        return None if self.reverification is None else self.reverification.to_dict()
 
     def _load_and_warm(self) -> OnnxClassifier:
         bundle = Path(self.settings.bundle)
@@ -133,6 +148,14 @@ class Engine:
         encoded = classifier.encode(warmup)
         for size in (1, 8):  # first runs allocate arenas; do it before taking traffic
             classifier.run([encoded[i % len(encoded)] for i in range(size)])
+        self.reverification = reverify(classifier, bundle, self.manifest)
+        if self.reverification is not None and not self.reverification.passed:
+            failures = "; ".join(self.reverification.failures)
+            if self.settings.on_failed_verification == "refuse":
+                raise FailedVerification(failures)
+            log.warning(
+                f"model failed its re-verification on this CPU: {failures}; served anyway (ON_FAILED_VERIFICATION=warn)"
+            )
         return classifier
 
     async def stop(self, why: Failure | None = None) -> None:

@@ -38,8 +38,11 @@ from typing import Any, NamedTuple
 MANIFEST_NAME = "bundle.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# The reference set: validation inputs and the original model's logits for them, which the service
+# runs again on the CPU that serves the bundle (service.core.reverify). Optional: an export may leave it out.
+REFERENCE_FILE = "reference.json"
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
@@ -93,6 +96,7 @@ class Manifest:
     task: str = TEXT
     threshold: float = DEFAULT_THRESHOLD
     external_data: str | None = None
+    reference_set: str | None = None
 
     def __post_init__(self) -> None:
         problems = validation_problems(self)
@@ -206,6 +210,13 @@ def validation_problems(manifest: Manifest) -> list[str]:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         problems.append("threshold must be a number strictly between 0 and 1")
     allowed = {MODEL_FILE, TOKENIZER_FILE}
+    if manifest.reference_set is not None:
+        if manifest.reference_set != REFERENCE_FILE:
+            problems.append(f"reference_set must be {REFERENCE_FILE}")
+        else:
+            allowed.add(REFERENCE_FILE)
+            if REFERENCE_FILE not in manifest.files:
+                problems.append(f"files must list the reference set {REFERENCE_FILE}")
     if manifest.external_data is not None:
         name = manifest.external_data
         if (
@@ -223,7 +234,9 @@ def validation_problems(manifest: Manifest) -> list[str]:
             problems.append(f"files must list {required}")
     extra_files = sorted(set(manifest.files) - allowed)
     if extra_files:
-        problems.append(f"files may list only {MODEL_FILE}, {TOKENIZER_FILE} and external_data, not {extra_files}")
+        problems.append(
+            f"files may list only {MODEL_FILE}, {TOKENIZER_FILE}, reference_set and external_data, not {extra_files}"
+        )
     return problems
 
 

@@ -43,6 +43,17 @@ _GAUGES: dict[str, tuple[str, str, Callable[[list[float]], float]]] = {
         sum,
     ),
     "cache_entries": ("classifier_cache_entries", "Entries in the response cache", sum),
+    "verified": (
+        "classifier_verified",
+        "1 when the loaded version passed its re-verification on this CPU at load, 0 when it failed and is served "
+        "anyway (ON_FAILED_VERIFICATION=warn); absent for a bundle without a reference set",
+        min,
+    ),
+    "verified_agreement": (
+        "classifier_verified_agreement",
+        "Agreement with the original model on the bundle's reference set, measured on this CPU at load",
+        min,
+    ),
 }
 
 
@@ -161,6 +172,7 @@ class ModelMetrics:
         self.queue_depth, self.admitted, self.admitted_peak, self.dropped, self.cache_entries = (
             self.gauges[name] for name in ("queue_depth", "admitted", "admitted_peak", "dropped", "cache_entries")
         )
+        self.verified, self.verified_agreement = self.gauges["verified"], self.gauges["verified_agreement"]
 
     def observe_batch(self, stats: BatchStats) -> None:
         self._batch_size.observe(stats.size)

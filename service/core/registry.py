@@ -105,12 +105,16 @@ class ModelRegistry:
         manifest: Manifest | None = None,
         *,
         sole_caller: Callable[[], bool] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         """``sole_caller``, when given, tells whether the caller being served is the only one the
-        process has (``service.core.batcher``); the transport that knows its connections offers it."""
+        process has (``service.core.batcher``); the transport that knows its connections offers it.
+        ``on_fatal`` is told when a single bundle (``--bundle``) fails its re-verification: with nothing
+        else to serve, the process should stop rather than answer 503 for ever."""
         self.settings = settings
         self.metrics = metrics
         self._sole_caller = sole_caller
+        self._on_fatal = on_fatal
         self.models: dict[str, Model] = {}
         self.root = Path(settings.repository) if settings.repository else None
         self._manifest = manifest  # --bundle's manifest, as the CLI already checked it
@@ -264,6 +268,8 @@ class ModelRegistry:
             engine = Engine(settings, view, manifest, sole_caller=self._sole_caller)
             await engine.start()
             problem = None if engine.ready else engine.not_ready_reason
+            if problem is not None and engine.failed_verification and self.root is None and self._on_fatal:
+                self._on_fatal(problem)
             if problem is None and await asyncio.to_thread(repository.fingerprint, item.path) != item.fingerprint:
                 problem = "its files changed while it loaded; it is read again at the next scan"
             if problem is not None:

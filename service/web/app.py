@@ -50,7 +50,11 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def create_app(
-    settings: Settings, manifest: Manifest | None = None, *, sole_caller: Callable[[], bool] | None = None
+    settings: Settings,
+    manifest: Manifest | None = None,
+    *,
+    sole_caller: Callable[[], bool] | None = None,
+    on_fatal: Callable[[str], None] | None = None,
 ) -> Starlette:
     """Build the app. With ``--bundle`` its hashes are checked here, before any traffic; a
     repository's bundles are checked as they load (``service.core.registry``). ``sole_caller``
@@ -62,7 +66,7 @@ def create_app(
     else:
         manifest = manifest or load_verified(Path(settings.bundle))
     metrics = Metrics()
-    registry = ModelRegistry(settings, metrics, manifest, sole_caller=sole_caller)
+    registry = ModelRegistry(settings, metrics, manifest, sole_caller=sole_caller, on_fatal=on_fatal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

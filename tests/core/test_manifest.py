@@ -24,7 +24,7 @@ def bundle(tiny_bundle, tmp_path):
 
 def test_manifest_records_the_contract(bundle):
     manifest = load_verified(bundle)
-    assert manifest.format_version == 2
+    assert manifest.format_version == 3
     assert manifest.task == "text" and not manifest.is_pair
     assert manifest.threshold == 0.5
     assert manifest.external_data is None
@@ -37,7 +37,7 @@ def test_manifest_records_the_contract(bundle):
     assert manifest.variant == "fp32"
     assert manifest.opset == 17
     assert manifest.output_name == "logits"
-    assert sorted(manifest.files) == ["model.onnx", "tokenizer.json"]
+    assert sorted(manifest.files) == ["model.onnx", "reference.json", "tokenizer.json"]
     assert {"torch", "transformers", "onnx", "onnxruntime", "tokenizers"} <= set(manifest.versions)
     assert manifest.source["kind"] == "hf-sequence-classification"
     assert manifest.source["model_type"] == "bert"
@@ -104,7 +104,7 @@ def test_missing_bundle(tmp_path):
 def test_verify_accepts_an_intact_bundle(bundle, capsys):
     assert main(["verify", str(bundle)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"ok: {bundle} (bert0, text model, variant fp32, 3 labels, max_length 24, 2 files verified")
+    assert out.startswith(f"ok: {bundle} (bert0, text model, variant fp32, 3 labels, max_length 24, 3 files verified")
 
 
 def test_verify_catches_a_tokenizer_that_no_longer_truncates(bundle):
@@ -174,7 +174,7 @@ def _manifest(**changes) -> Manifest:
         ),
         pytest.param(
             {"files": {"model.onnx": "", "tokenizer.json": "", "notes.txt": ""}},
-            "files may list only model.onnx, tokenizer.json and external_data, not ['notes.txt']",
+            "files may list only model.onnx, tokenizer.json, reference_set and external_data, not ['notes.txt']",
             id="extra-file",
         ),
         pytest.param(

@@ -271,6 +271,7 @@ def test_corrupt_and_half_copied_versions_are_refused_while_the_old_one_answers(
         assert labels(predict()) == V1
         assert httpx.get(server.url + "/health").status_code == 200
         shutil.copyfile(second_bundle / "tokenizer.json", half / "tokenizer.json")
+        shutil.copyfile(second_bundle / "reference.json", half / "reference.json")
         shutil.copyfile(second_bundle / "bundle.json", half / "bundle.json")
         wait_until(lambda: labels(predict()) == V2)
         assert index(server) == [{"name": "alpha", "version": "3", "state": "READY", "reason": ""}, refused]

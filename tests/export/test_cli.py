@@ -170,7 +170,7 @@ def test_force_replaces_an_existing_bundle(tiny_checkpoint, tmp_path, capsys):
         ["--model", str(tiny_checkpoint("bert")), "--out", str(out), "--variant", "fp32", "--force", "--quiet"], capsys
     )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "model.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "model.onnx", "reference.json", "tokenizer.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
     assert stdout.splitlines()[-1] == f"bundle: {out} (fp32, 3 labels, max_length 24)"
 

@@ -56,15 +56,16 @@ def test_the_bundle_holds_one_hashed_external_data_file(external, capsys):
         "bundle.json",
         "model.onnx",
         "model.onnx.data",
+        "reference.json",
         "tokenizer.json",
     ]
     manifest = load_verified(bundle)
     assert manifest.external_data == "model.onnx.data"
-    assert sorted(manifest.files) == ["model.onnx", "model.onnx.data", "tokenizer.json"]
+    assert sorted(manifest.files) == ["model.onnx", "model.onnx.data", "reference.json", "tokenizer.json"]
     assert (bundle / "model.onnx.data").stat().st_size > (bundle / "model.onnx").stat().st_size
     assert all(v["passed"] for v in manifest.verification["variants"])
     assert main(["verify", str(bundle)]) == 0
-    assert "3 files verified" in capsys.readouterr().out
+    assert "4 files verified" in capsys.readouterr().out
 
 
 def test_external_data_serves_the_same_logits(external):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from export.pipeline import AUTO_ORDER, choose
-from export.verify import VariantReport
+from service.core.gate import VariantReport
 from tests.conftest import needs_export
 
 pytestmark = needs_export

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")  # the gate lives in the export stage
 
-from export.verify import Thresholds, compare, top1_margin  # noqa: E402
+from service.core.gate import Thresholds, compare, top1_margin  # noqa: E402
 
 SINGLE = "single_label_classification"
 MULTI = "multi_label_classification"

@@ -66,6 +66,10 @@ def failing_bundle(tiny_bundle, tmp_path_factory) -> Path:
     failing_graph(out / MODEL_FILE, len(read_manifest(out).id2label))
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     manifest["files"][MODEL_FILE] = sha256_file(out / MODEL_FILE)
+    # A graph that answers nothing like the original: it carries no reference set to be held to, as
+    # a bundle exported with --no-reference-set (otherwise it would be refused at load).
+    (out / manifest.pop("reference_set")).unlink()
+    del manifest["files"]["reference.json"]
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     return out
 

@@ -104,6 +104,9 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = Field(
+        None, description="reverification: the bundle's reference set run again on this CPU at load"
+    )
 
 
 class Ready(BaseModel):
@@ -236,14 +239,15 @@ async def server_ready(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     held = _model(request)
     engine = held.engine
-    return JSONResponse(
-        infer.model_metadata(
-            held.name,
-            len(engine.manifest.id2label),
-            engine.takes_pairs,
-            versions=request.app.state.registry.versions(held.name),
-        )
+    metadata = infer.model_metadata(
+        held.name,
+        len(engine.manifest.id2label),
+        engine.takes_pairs,
+        versions=request.app.state.registry.versions(held.name),
     )
+    if engine.reverification is not None:  # KServe's metadata allows parameters; gRPC's message has none
+        metadata["parameters"] = {"reverification": engine.reverification.to_dict()}
+    return JSONResponse(metadata)
 
 
 async def model_ready(request: Request) -> Response:

@@ -56,6 +56,21 @@ class VerificationSummary(BaseModel):
     max_logit_diff: float | None
 
 
+class Reverified(BaseModel):
+    """The bundle's reference set, run again on this CPU at load and held to the export's gate."""
+
+    passed: bool
+    inputs: int
+    measure: str
+    agreement: float
+    max_logit_diff: float
+    max_score_diff: float
+    failures: list[str]
+    seconds: float = Field(description="what the check cost at load")
+    cpu_flags: list[str] = Field(description="the instruction sets that decide ONNX Runtime's kernels")
+    onnxruntime: str
+
+
 class Limits(BaseModel):
     max_inputs: int
     max_body_bytes: int
@@ -88,6 +103,7 @@ class Info(BaseModel):
     opset: int
     input_names: list[str]
     verification: VerificationSummary
+    reverification: Reverified | None = Field(description="null for a bundle exported without a reference set")
     versions: dict[str, dict[str, str]]
     limits: Limits
     models: list[ModelState]

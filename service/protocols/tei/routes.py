@@ -207,6 +207,7 @@ async def info(request: Request) -> Response:
                 "max_prob_diff": chosen.get("max_prob_diff"),
                 "max_logit_diff": chosen.get("max_logit_diff"),
             },
+            "reverification": None if engine.reverification is None else engine.reverification.to_dict(),
             "versions": {"export": manifest.versions, "serve": serve_versions()},
             "limits": {
                 "max_inputs": settings.max_inputs,

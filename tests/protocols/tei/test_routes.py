@@ -138,7 +138,10 @@ def test_v2_metadata(client):
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2/models/classifier/ready").json() == {"name": "classifier", "ready": True}
-    assert client.get("/v2/models/classifier").json() == {
+    metadata = client.get("/v2/models/classifier").json()
+    reverified = metadata.pop("parameters")["reverification"]
+    assert reverified == client.get("/info").json()["reverification"] and reverified["passed"] is True
+    assert metadata == {
         "name": "classifier",
         "versions": ["1"],
         "platform": "onnxruntime_onnx",

@@ -1,5 +1,9 @@
 """The accuracy gate: compare a variant's outputs with the original model's.
 
+The export stage gates every variant with it, and the service runs it again on the
+CPU that serves a bundle, against the reference set the bundle carries
+(``service.core.reverify``); so it lives here, beside the manifest, with no torch.
+
 What is compared is what the bundle's users act on, by score function
 (``service.core.manifest.score_function``):
 
@@ -23,9 +27,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from export.variants import INT8_VARIANTS
 from service.core.manifest import DEFAULT_THRESHOLD, IDENTITY, SIGMOID, score_function
 from service.core.scoring import decisions, probabilities
+
+# The variants held to the int8 tolerances (the export stage's names, ``export.variants``).
+INT8_VARIANTS = ("int8", "int8-selective")
 
 
 @dataclass(frozen=True)
