@@ -54,6 +54,8 @@ class Settings:
     log_level: str = "info"
     log_inputs: bool = False
     on_failed_verification: str = "refuse"
+    drift_window: int = 1000
+    low_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         positive = (
@@ -68,6 +70,7 @@ class Settings:
             "max_header_bytes",
             "max_connections",
             "grpc_max_streams",
+            "drift_window",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -92,6 +95,8 @@ class Settings:
             raise SettingsError(f"--poll-interval must be greater than 0, got {self.poll_interval}")
         if self.version_policy not in VERSION_POLICIES:
             raise SettingsError(f"--version-policy must be latest or all, got {self.version_policy!r}")
+        if not 0 <= self.low_confidence <= 1:
+            raise SettingsError(f"--low-confidence must be between 0 and 1, got {self.low_confidence}")
         if self.on_failed_verification not in ("refuse", "warn"):
             raise SettingsError(f"--on-failed-verification must be refuse or warn, got {self.on_failed_verification!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -156,6 +161,9 @@ HELP = {
     "closes. Higher values admit more clients but each may hold up to MAX_BODY_BYTES while its body is read",
     "log_level": "debug, info, warning or error",
     "log_inputs": "include input texts in debug logs (off: logs never contain user text)",
+    "drift_window": "inputs the drift gauges (classifier_drift_*_psi) compare with the bundle's reference set: "
+    "the last this many. Larger windows move slower and are less noisy",
+    "low_confidence": "top score under which an input counts in classifier_low_confidence_inputs",
     "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
     "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
     "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "

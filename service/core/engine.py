@@ -30,6 +30,7 @@ from service.core.classifier import (
 from service.core.failures import Failure, InputTooLong, InvalidInput, NotReady
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
+from service.core.predictions import PredictionMonitor
 from service.core.reverify import FailedVerification, Reverification, reverify
 from service.settings import Settings
 
@@ -78,6 +79,7 @@ class Engine:
         self.batcher: MicroBatcher | None = None
         self.not_ready_reason = "model is loading"
         self.reverification: Reverification | None = None
+        self.predictions: PredictionMonitor | None = None
         self.failed_verification = False
         self._model_hash = manifest.files[MODEL_FILE]
         self.cache = LogitsCache(settings.cache_size, settings.cache_bytes) if settings.cache_size else None
@@ -126,6 +128,13 @@ class Engine:
         self.metrics.admitted.set_function(lambda: batcher.admitted)
         self.metrics.admitted_peak.set_function(lambda: batcher.admitted_peak)
         self.metrics.dropped.set_function(lambda: batcher.dropped)
+        self.predictions = PredictionMonitor(
+            self.manifest,
+            Path(self.settings.bundle),
+            self.metrics,
+            window=self.settings.drift_window,
+            low_confidence=self.settings.low_confidence,
+        )
         verdict = self.reverification
         if verdict is not None:
             self.metrics.verified.set_function(lambda: float(verdict.passed))
@@ -198,6 +207,9 @@ class Engine:
                     for index, item in zip(missing, encoded):
                         if (item.full_length or 0) > item.length:
                             raise InputTooLong(index, item.full_length or 0, classifier.max_length)
+                cut = sum(item.full_length is None or item.full_length > item.length for item in encoded)
+                if cut:
+                    self.metrics.truncated.inc(cut)
                 results = await batcher.submit(encoded, admission)
             queue = max(r.queue_seconds for r in results)
             inference = max(r.inference_seconds for r in results)
@@ -211,6 +223,8 @@ class Engine:
         self.metrics.inputs.inc(len(texts))
         rows = [row for row in cached if row is not None]  # every input has its row by now
         logits = rows[0][np.newaxis] if len(rows) == 1 else np.stack(rows)  # a view, not a copy, for one
+        if self.predictions is not None:
+            self.predictions.observe(logits)
         return Classified(logits, tokenize_seconds, queue, inference)
 
     def _key(self, item: TextInput, truncate: bool, direction: str) -> tuple:

@@ -49,6 +49,18 @@ _GAUGES: dict[str, tuple[str, str, Callable[[list[float]], float]]] = {
         "anyway (ON_FAILED_VERIFICATION=warn); absent for a bundle without a reference set",
         min,
     ),
+    "drift_label": (
+        "classifier_drift_label_psi",
+        "Population stability index of the predicted labels of the last DRIFT_WINDOW inputs against the bundle's "
+        "reference set (softmax models with a reference set)",
+        max,
+    ),
+    "drift_top_score": (
+        "classifier_drift_top_score_psi",
+        "Population stability index of the top scores of the last DRIFT_WINDOW inputs (ten bins) against the "
+        "bundle's reference set",
+        max,
+    ),
     "verified_agreement": (
         "classifier_verified_agreement",
         "Agreement with the original model on the bundle's reference set, measured on this CPU at load",
@@ -101,6 +113,31 @@ class Metrics:
             "classifier_cache_misses", "Response cache misses", ["model"], registry=self.registry
         )
         self.inputs = Counter("classifier_inputs", "Texts classified", ["model"], registry=self.registry)
+        self.predictions = Counter(
+            "classifier_predictions",
+            "Predicted labels: the top label of a softmax model, each label decided at the threshold of a sigmoid one",
+            ["model", "label"],
+            registry=self.registry,
+        )
+        self.top_score = Histogram(
+            "classifier_top_score",
+            "The top score of each classified input",
+            ["model"],
+            buckets=tuple(round(0.1 * step, 1) for step in range(1, 11)),
+            registry=self.registry,
+        )
+        self.low_confidence = Counter(
+            "classifier_low_confidence_inputs",
+            "Inputs whose top score is under LOW_CONFIDENCE",
+            ["model"],
+            registry=self.registry,
+        )
+        self.truncated = Counter(
+            "classifier_truncated_inputs",
+            "Inputs that reached the model's max length (cut, or exactly at it)",
+            ["model"],
+            registry=self.registry,
+        )
         self._views: list[ModelMetrics] = []
         # Routes x statuses x models: as many entries as the series prometheus_client keeps anyway.
         self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
@@ -164,6 +201,10 @@ class ModelMetrics:
         self.model = model
         self.phase_seconds = _Labelled(metrics.phase_seconds, model)
         self.inputs = metrics.inputs.labels(model)
+        self.predictions = _Labelled(metrics.predictions, model)
+        self.top_score = metrics.top_score.labels(model)
+        self.low_confidence = metrics.low_confidence.labels(model)
+        self.truncated = metrics.truncated.labels(model)
         self.cache_hits = metrics.cache_hits.labels(model)
         self.cache_misses = metrics.cache_misses.labels(model)
         self._batch_size = metrics.batch_size.labels(model)
@@ -173,6 +214,7 @@ class ModelMetrics:
             self.gauges[name] for name in ("queue_depth", "admitted", "admitted_peak", "dropped", "cache_entries")
         )
         self.verified, self.verified_agreement = self.gauges["verified"], self.gauges["verified_agreement"]
+        self.drift_label, self.drift_top_score = self.gauges["drift_label"], self.gauges["drift_top_score"]
 
     def observe_batch(self, stats: BatchStats) -> None:
         self._batch_size.observe(stats.size)
