@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.core.failures import all_failures
+from service.protocols.oip import grpc_service
 from service.web import errors as http_errors
 from tests.conftest import ROOT
 
@@ -85,7 +86,6 @@ def test_every_failure_has_an_http_answer():
     ],
 )
 def test_the_tables_agree_on_the_documented_cases(failure, status, error_type, grpc_code):
-    grpc_service = pytest.importorskip("service.protocols.oip.grpc_service")
     cls = next(cls for cls in all_failures() if cls.__name__ == failure)
     assert (http_errors.FAILURES[cls].status, http_errors.FAILURES[cls].error_type) == (status, error_type)
     assert grpc_service.STATUS[cls].name == grpc_code
