@@ -12,6 +12,10 @@ rather than on whichever server happened to run during it. The servers:
 - ``naive``: bench/naive_server.py, FastAPI and one ``session.run`` per request;
 - ``pytorch``: bench/torch_server.py, the original model (the default model only);
 - ``ours-cache``: ours with ``CACHE_SIZE``, for the repeating workload only;
+- ``ours-shadow``: ours serving a repository whose model has a shadow version
+  (``SHADOW_FRACTION`` of ``--shadow-fraction``; the shadow is a copy of the same
+  bundle, so it costs what a retrained candidate of the same architecture would),
+  on the short workload at ``--shadow-concurrency``;
 - ``wire``: bench/wire_floor.py, which answers at once: the bare round trip, at concurrency 1.
 
 Workloads, each a fresh seeded mix, so every server gets the same texts:
@@ -27,8 +31,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,7 @@ SETTLE_SECONDS = 0.5
 BASELINE_ENV = {"naive": {"ORT_DISABLE_TELEMETRY": "1"}}
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 SERVERS = ("ours", "naive", "pytorch")
+SHADOWED = "classifier"  # the model name in the shadow run's repository
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,12 @@ def add_arguments(parser) -> None:
         "--cache-concurrency", type=levels_arg, default=[1, 32], help="levels of the repeating workload"
     )
     parser.add_argument(
+        "--shadow-fraction", type=float, default=0.1, help="SHADOW_FRACTION of the shadow-version run; 0 skips it"
+    )
+    parser.add_argument(
+        "--shadow-concurrency", type=levels_arg, default=[1, 32], help="levels of the shadow-version run"
+    )
+    parser.add_argument(
         "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
     )
 
@@ -105,16 +118,28 @@ def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
     runs += [(name, name, BASELINE_ENV.get(name, {}), common) for name in SERVERS[1:] if name in args.servers]
     if repeat:
         runs.append(("ours-cache", "ours", {"CACHE_SIZE": str(args.cache_size)}, repeat))
+    if args.shadow_fraction:
+        shadowed = {"CACHE_SIZE": "0", "SHADOW": f"{SHADOWED}:2", "SHADOW_FRACTION": str(args.shadow_fraction)}
+        runs.append(("ours-shadow", "ours-shadow", shadowed, [Workload("short", args.shadow_concurrency)]))
     return runs
+
+
+def shadow_repository(bundle: Path) -> Path:
+    """A repository whose model serves ``bundle`` as version 1 and holds a copy of it as version 2."""
+    root = Path(tempfile.mkdtemp(prefix="shadow-repository-"))
+    for version in ("1", "2"):
+        shutil.copytree(bundle, root / SHADOWED / version)
+    return root
 
 
 def _serve_python() -> str:
     return str(SERVE_PYTHON if SERVE_PYTHON.exists() else sys.executable)
 
 
-def command(server: str, bundle: Path, port: int) -> list[str]:
+def command(server: str, bundle: Path, port: int, repository: Path | None = None) -> list[str]:
     return {
         "ours": [_serve_python(), "-m", "service", "--bundle", str(bundle)],
+        "ours-shadow": [_serve_python(), "-m", "service", "--repository", str(repository)],
         "naive": [sys.executable, "-m", "bench.naive_server", "--bundle", str(bundle)],
         "pytorch": [sys.executable, "-m", "bench.torch_server"],
         "wire": [_serve_python(), "-m", "bench.wire_floor"],
@@ -146,7 +171,7 @@ def start_server(name: str, server: str, extra_env: dict[str, str], workloads: l
     port = free_port()
     started = time.perf_counter()
     proc = subprocess.Popen(
-        command(server, Path(args.bundle), port),
+        command(server, Path(args.bundle), port, args.shadow_repository),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -239,6 +264,7 @@ def compare(args) -> int:
     manifest = json.loads((bundle / "bundle.json").read_text())
     _check_pytorch_model(args, manifest)
     servers: list[Started] = []
+    args.shadow_repository = shadow_repository(bundle) if args.shadow_fraction else None
     try:
         for name, kind, env, workloads in plan(args):
             servers.append(start_server(name, kind, env, workloads, args))
@@ -248,6 +274,8 @@ def compare(args) -> int:
             server.proc.terminate()
         for server in servers:
             server.proc.wait(timeout=60)
+        if args.shadow_repository is not None:
+            shutil.rmtree(args.shadow_repository, ignore_errors=True)
     floor = summarize_floor(floor_slices)
     print(
         f"in-process: p50 {floor['single_p50_ms']} ms, {floor['batch_texts_per_s']} texts/s in batches",
@@ -284,6 +312,8 @@ def _settings(args) -> dict:
         "cache_size",
         "distinct",
         "cache_concurrency",
+        "shadow_fraction",
+        "shadow_concurrency",
         "servers",
     )
     return {name: getattr(args, name) for name in names}

@@ -55,6 +55,8 @@ class LevelResult:
     peak_rss_mb: float | None = None
     mean_batch_size: float | None = None
     cache_hit_rate: float | None = None
+    shadow_share: float | None = None  # of the inputs served, the share a shadow version also ran
+    shadow_skipped_share: float | None = None  # ... and the share picked for it but skipped
 
 
 def check_target(url: str) -> None:
@@ -116,6 +118,8 @@ _COUNTERS = (
     "classifier_batch_size_count",
     "classifier_cache_hits_total",
     "classifier_cache_misses_total",
+    "classifier_shadow_inputs_total",
+    "classifier_shadow_skipped_inputs_total",
 )
 
 
@@ -142,6 +146,10 @@ def scrape_counters(url: str, headers: dict[str, str] | None) -> dict[str, float
 
 
 def fill_from_counters(result: LevelResult, delta: Mapping[str, float]) -> None:
+    ran, skipped = delta.get("classifier_shadow_inputs_total"), delta.get("classifier_shadow_skipped_inputs_total")
+    if (ran or skipped) and result.requests:
+        result.shadow_share = round((ran or 0) / result.requests, 4)
+        result.shadow_skipped_share = round((skipped or 0) / result.requests, 4)
     if delta.get("classifier_batch_size_count"):
         result.mean_batch_size = round(delta["classifier_batch_size_sum"] / delta["classifier_batch_size_count"], 2)
     hits = delta.get("classifier_cache_hits_total", 0)

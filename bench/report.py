@@ -306,6 +306,50 @@ def _cache_section(report: Report) -> list[str]:
     )
 
 
+def _shadow_section(report: Report) -> list[str]:
+    if "ours-shadow" not in report.runs:
+        return []
+    alone, shadowed = report.runs["ours"], report.runs["ours-shadow"]
+    rows = []
+    for c in report.settings["shadow_concurrency"]:
+        a, b = alone.measured("short", c), shadowed.measured("short", c)
+        rows.append(
+            [
+                str(c),
+                f"{a.throughput:.0f}",
+                f"{b.throughput:.0f}",
+                _pair(a),
+                _pair(b),
+                f"{b.p99_ms / a.p99_ms:.2f}×",
+                "-" if b.shadow_share is None else f"{100 * b.shadow_share:.1f}",
+                "-" if b.shadow_skipped_share is None else f"{100 * b.shadow_skipped_share:.1f}",
+            ]
+        )
+    return [
+        "",
+        "## A shadow version beside the serving one",
+        "",
+        f"Ours serving a repository whose model has a shadow version (`SHADOW_FRACTION="
+        f"{report.settings['shadow_fraction']:g}`, default budget and threads; the shadow is a copy of the same "
+        "bundle, so it costs what a retrained candidate of the same architecture would), against ours without "
+        "one, same short queries. The last columns: the share of served inputs the shadow ran, and the share "
+        "picked for it but skipped because the serving queue was busy or its CPU budget spent.",
+        "",
+    ] + _table(
+        [
+            "concurrency",
+            "no shadow req/s",
+            "shadow req/s",
+            "no shadow p50 / p99 ms",
+            "shadow p50 / p99 ms",
+            "p99 ratio",
+            "shadow ran %",
+            "skipped %",
+        ],
+        rows,
+    )
+
+
 def _resources_section(report: Report) -> list[str]:
     ours = report.runs["ours"]
 
@@ -365,7 +409,13 @@ def markdown(report: Report) -> str:
         "",
     ]
     lines += _main_section(report, numbers) + _floor_section(report, numbers) + _long_mix_section(report)
-    lines += _cache_section(report) + _resources_section(report) + _targets_section(numbers) + _raw_section(report)
+    lines += (
+        _cache_section(report)
+        + _shadow_section(report)
+        + _resources_section(report)
+        + _targets_section(numbers)
+        + _raw_section(report)
+    )
     return "\n".join(lines) + "\n"
 
 

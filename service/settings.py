@@ -56,6 +56,10 @@ class Settings:
     on_failed_verification: str = "refuse"
     drift_window: int = 1000
     low_confidence: float = 0.5
+    shadow: tuple[str, ...] = ()
+    shadow_fraction: float = 0.1
+    shadow_cpu_budget: float = 0.25
+    shadow_threads: int = 1
 
     def __post_init__(self) -> None:
         positive = (
@@ -71,6 +75,7 @@ class Settings:
             "max_connections",
             "grpc_max_streams",
             "drift_window",
+            "shadow_threads",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -97,6 +102,18 @@ class Settings:
             raise SettingsError(f"--version-policy must be latest or all, got {self.version_policy!r}")
         if not 0 <= self.low_confidence <= 1:
             raise SettingsError(f"--low-confidence must be between 0 and 1, got {self.low_confidence}")
+        for name in ("shadow_fraction", "shadow_cpu_budget"):
+            if not 0 < getattr(self, name) <= 1:
+                raise SettingsError(f"{_flag(name)} must be greater than 0 and at most 1, got {getattr(self, name)}")
+        if self.shadow and not self.repository:
+            raise SettingsError("--shadow needs --repository: a shadow is another version of a repository's model")
+        for entry in self.shadow:
+            name, _, version = entry.rpartition(":")
+            if not name or not version.isdigit() or version.startswith("0"):
+                raise SettingsError(f"--shadow takes MODEL:VERSION entries, as intent:3; got {entry!r}")
+        names = [entry.rpartition(":")[0] for entry in self.shadow]
+        if len(set(names)) != len(names):
+            raise SettingsError("--shadow names a model twice: a model has at most one shadow version")
         if self.on_failed_verification not in ("refuse", "warn"):
             raise SettingsError(f"--on-failed-verification must be refuse or warn, got {self.on_failed_verification!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -164,6 +181,16 @@ HELP = {
     "drift_window": "inputs the drift gauges (classifier_drift_*_psi) compare with the bundle's reference set: "
     "the last this many. Larger windows move slower and are less noisy",
     "low_confidence": "top score under which an input counts in classifier_low_confidence_inputs",
+    "shadow": "comma-separated MODEL:VERSION entries of a repository: that version of that model is a shadow. "
+    "It is loaded beside the serving versions (which are then the others), receives SHADOW_FRACTION of the "
+    "inputs the newest of them answers, off the request's path, and never answers a client; the "
+    "classifier_shadow_* metrics compare the two. With MODEL_CONTROL=explicit the repository API's load "
+    "sets, changes or clears it (parameters shadow_version and shadow_fraction)",
+    "shadow_fraction": "share of the serving version's inputs also run on its shadow version",
+    "shadow_cpu_budget": "share of wall-clock time shadow versions may spend tokenizing and running, refilled "
+    "continuously; picked inputs beyond it are skipped, as they are whenever inputs wait in the serving queue",
+    "shadow_threads": "onnxruntime threads of a shadow version's session; one leaves the serving session the "
+    "other cores while a shadow batch runs",
     "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
     "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
     "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "

@@ -80,6 +80,30 @@ def test_client_limits_come_from_flags_and_env():
             "--version-policy must be latest or all, got 'newest'",
             id="version-policy",
         ),
+        pytest.param(
+            ["--shadow", "intent:2"],
+            {},
+            "--shadow needs --repository: a shadow is another version of a repository's model",
+            id="shadow-no-repo",
+        ),
+        pytest.param(
+            ["--repository", "r"],
+            {"SHADOW": "intent"},
+            "--shadow takes MODEL:VERSION entries, as intent:3; got 'intent'",
+            id="shadow-entry",
+        ),
+        pytest.param(
+            ["--repository", "r", "--shadow", "intent:2,intent:3"],
+            {},
+            "--shadow names a model twice: a model has at most one shadow version",
+            id="shadow-twice",
+        ),
+        pytest.param(
+            [],
+            {"SHADOW_FRACTION": "1.5"},
+            "--shadow-fraction must be greater than 0 and at most 1, got 1.5",
+            id="shadow-fraction",
+        ),
     ],
 )
 def test_errors_name_the_setting(argv, env, message):

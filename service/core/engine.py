@@ -32,6 +32,7 @@ from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
 from service.core.reverify import FailedVerification, Reverification, reverify
+from service.core.shadow import Shadow
 from service.settings import Settings
 
 log = logging.getLogger("service.core.engine")
@@ -81,6 +82,8 @@ class Engine:
         self.reverification: Reverification | None = None
         self.predictions: PredictionMonitor | None = None
         self.failed_verification = False
+        # A version that sees a share of this one's inputs (``service.core.shadow``), set by the registry.
+        self.shadow: Shadow | None = None
         self._model_hash = manifest.files[MODEL_FILE]
         self.cache = LogitsCache(settings.cache_size, settings.cache_bytes) if settings.cache_size else None
         if self.cache is not None:
@@ -225,6 +228,8 @@ class Engine:
         logits = rows[0][np.newaxis] if len(rows) == 1 else np.stack(rows)  # a view, not a copy, for one
         if self.predictions is not None:
             self.predictions.observe(logits)
+        if self.shadow is not None:
+            self.shadow.offer(texts, truncate, direction, logits)
         return Classified(logits, tokenize_seconds, queue, inference)
 
     def _key(self, item: TextInput, truncate: bool, direction: str) -> tuple:

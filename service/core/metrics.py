@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from service.core.batcher import BatchStats
@@ -21,6 +22,7 @@ from service.core.batcher import BatchStats
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+_DEVIATION_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -52,7 +54,8 @@ _GAUGES: dict[str, tuple[str, str, Callable[[list[float]], float]]] = {
     "drift_label": (
         "classifier_drift_label_psi",
         "Population stability index of the predicted labels of the last DRIFT_WINDOW inputs against the bundle's "
-        "reference set (softmax models with a reference set)",
+        "reference set (classifiers with a reference set; for a sigmoid model each decided label counts, and inputs "
+        "with none in a bin of their own)",
         max,
     ),
     "drift_top_score": (
@@ -138,6 +141,45 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.shadow_inputs = Counter(
+            "classifier_shadow_inputs",
+            "Inputs run on a shadow version and compared with the serving version's answers",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.shadow_agreements = Counter(
+            "classifier_shadow_agreements",
+            "Shadow inputs on which the shadow predicted the serving version's label (softmax) or labels (sigmoid)",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.shadow_agreement = Gauge(
+            "classifier_shadow_agreement",
+            "classifier_shadow_agreements / classifier_shadow_inputs since the shadow was attached",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.shadow_deviation = Histogram(
+            "classifier_shadow_score_deviation",
+            "Per shadow input, the largest |score difference| from the serving version over the labels both have",
+            ["model", "version"],
+            buckets=_DEVIATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_seconds = Histogram(
+            "classifier_shadow_seconds",
+            "Time a shadow version took for the inputs mirrored from one call (its queue, tokenizing and inference)",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_skipped = Counter(
+            "classifier_shadow_skipped_inputs",
+            "Inputs picked for a shadow but not run on it, by reason: busy (the serving queue held inputs), budget "
+            "(SHADOW_CPU_BUDGET spent), backlog (a batch of shadow inputs already pending), failed",
+            ["model", "version", "reason"],
+            registry=self.registry,
+        )
         self._views: list[ModelMetrics] = []
         # Routes x statuses x models: as many entries as the series prometheus_client keeps anyway.
         self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
@@ -152,6 +194,9 @@ class Metrics:
     def forget(self, view: ModelMetrics) -> None:
         if view in self._views:
             self._views.remove(view)
+
+    def for_shadow(self, model: str, version: str) -> ShadowView:
+        return ShadowView(self, model, version)
 
     def record_request(self, protocol: str, endpoint: str, status: str, model: str, seconds: float) -> None:
         """Count one request and its duration (the series children are looked up once, then reused)."""
@@ -219,6 +264,41 @@ class ModelMetrics:
     def observe_batch(self, stats: BatchStats) -> None:
         self._batch_size.observe(stats.size)
         self._batch_tokens.observe(stats.padded_tokens)
+
+
+class ShadowView:
+    """What one shadow version records (``service.core.shadow.ShadowMetrics``)."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        self._labels = (model, version)
+        self._metrics = metrics
+        self._inputs = metrics.shadow_inputs.labels(model, version)
+        self._agreements = metrics.shadow_agreements.labels(model, version)
+        self._deviation = metrics.shadow_deviation.labels(model, version)
+        self._seconds = metrics.shadow_seconds.labels(model, version)
+        self._compared = self._agreed = 0
+
+    def ran(self, seconds: float, agreed: np.ndarray | None, deviation: np.ndarray) -> None:
+        self._seconds.observe(seconds)
+        self._inputs.inc(len(deviation))
+        for value in deviation:
+            self._deviation.observe(float(value))
+        if agreed is not None:
+            self._compared += len(agreed)
+            self._agreed += int(agreed.sum())
+            self._agreements.inc(int(agreed.sum()))
+            # Set at the first comparison, never before: an agreement of 0 before any would read as total disagreement.
+            self._metrics.shadow_agreement.labels(*self._labels).set(self._agreed / self._compared)
+
+    def skipped(self, reason: str, count: int) -> None:
+        self._metrics.shadow_skipped.labels(*self._labels, reason).inc(count)
+
+    def close(self) -> None:
+        """The shadow is detached: its agreement gauge goes (its counters stay, as counters do)."""
+        try:
+            self._metrics.shadow_agreement.remove(*self._labels)
+        except KeyError:
+            pass
 
 
 class _LoadedGauges:

@@ -4,7 +4,8 @@ For every classified input: its predicted labels (the top label of a softmax mod
 decided at the threshold of a sigmoid model), its top score, and whether that score is under
 LOW_CONFIDENCE. Drift is the population stability index (PSI) of the last DRIFT_WINDOW inputs
 against the bundle's reference set (``service.core.reverify``): of the predicted-label
-distribution, and of the top score's distribution over ten bins. PSI = Σ (p − q) · ln(p / q);
+distribution, and of the top score's distribution over ten bins. For a sigmoid model the
+label distribution counts every decided label, plus one bin for inputs with none. PSI = Σ (p − q) · ln(p / q);
 under 0.1 is usually read as no shift, 0.1-0.25 as a moderate one, above 0.25 as a large one.
 Regression models get no label or score metrics; bundles without a reference set get no drift.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,34 +48,44 @@ class PredictionMonitor:
         self._metrics = metrics
         self._counted = [metrics.predictions.labels(label) for label in self.labels]
         self._lock = threading.Lock()  # the window is read at scrape time, on another thread
-        self._labels: deque[int] = deque(maxlen=window)
+        self._labels: deque[tuple[int, ...]] = deque(maxlen=window)  # each input's predicted labels
         self._scores: deque[float] = deque(maxlen=window)
         self.expected_labels: np.ndarray | None = None
         self.expected_scores: np.ndarray | None = None
-        if manifest.reference_set is not None and self.function == SOFTMAX:
+        # A sigmoid model's inputs may have no label at all: that is one more bin.
+        self.bins = len(self.labels) + (self.function == SIGMOID)
+        if manifest.reference_set is not None and self.function != IDENTITY:
             data = json.loads((directory / manifest.reference_set).read_text(encoding="utf-8"))
             scores = probabilities(np.asarray(data["logits"], dtype=np.float64), self.problem_type)
-            self.expected_labels = np.bincount(scores.argmax(axis=1), minlength=len(self.labels))
+            self.expected_labels = self._count(self._predicted(scores))
             self.expected_scores = np.histogram(scores.max(axis=1), SCORE_BINS)[0]
             metrics.drift_label.set_function(self.label_drift)
             metrics.drift_top_score.set_function(self.score_drift)
+
+    def _predicted(self, scores: np.ndarray) -> list[tuple[int, ...]]:
+        """Each input's predicted labels; a sigmoid input with none gets the extra bin."""
+        if self.function == SOFTMAX:
+            return [(int(index),) for index in scores.argmax(axis=1)]
+        nothing = (len(self.labels),)
+        return [tuple(int(i) for i in np.flatnonzero(row)) or nothing for row in scores >= self.threshold]
+
+    def _count(self, predicted: Iterable[tuple[int, ...]]) -> np.ndarray:
+        flat = np.fromiter((index for labels in predicted for index in labels), dtype=np.int64)
+        return np.bincount(flat, minlength=self.bins)
 
     def observe(self, logits: np.ndarray) -> None:
         if self.function == IDENTITY:
             return
         scores = probabilities(logits.astype(np.float64), self.problem_type)
         top = scores.max(axis=1)
-        if self.function == SIGMOID:
-            for row in scores >= self.threshold:
-                for index in np.flatnonzero(row):
+        predicted = self._predicted(scores)
+        for labels in predicted:
+            for index in labels:
+                if index < len(self._counted):  # not the no-label bin
                     self._counted[index].inc()
-        else:
-            winners = scores.argmax(axis=1)
-            for index in winners:
-                self._counted[index].inc()
-            with self._lock:
-                self._labels.extend(int(index) for index in winners)
-                self._scores.extend(float(score) for score in top)
+        with self._lock:
+            self._labels.extend(predicted)
+            self._scores.extend(float(score) for score in top)
         for score in top:
             self._metrics.top_score.observe(score)
         self._metrics.low_confidence.inc(int(np.count_nonzero(top < self.low_confidence)))
@@ -81,7 +93,7 @@ class PredictionMonitor:
     def label_drift(self) -> float:
         assert self.expected_labels is not None
         with self._lock:
-            seen = np.bincount(np.fromiter(self._labels, dtype=np.int64), minlength=len(self.labels))
+            seen = self._count(self._labels)
         return psi(seen, self.expected_labels) if seen.sum() else 0.0
 
     def score_drift(self) -> float:

@@ -16,6 +16,14 @@ bundle that fails any step (missing or extra files, a hash mismatch, a
 half-copied directory, a session that does not load) is refused and logged,
 whatever served keeps serving, and it is retried once its files change.
 
+A version can be a shadow of the serving one (SHADOW, or the repository API's load
+with ``shadow_version``): it loads the same way, on a session of its own
+(SHADOW_THREADS) whose metrics are not scraped as the model's, and is told a share
+of the inputs the newest serving version answers (``service.core.shadow``). It
+never answers a client: asking for it by version is 404. Clearing the shadow
+promotes it through the same swap as any new version: it loads again as a serving
+version beside the one serving, then takes over.
+
 Readiness: ready once every model found at start has loaded or been refused,
 while at least one model serves. Models that appear later do not make the
 server unready while they load (replicas polling the same volume would
@@ -38,6 +46,7 @@ from service.core.failures import Failure, LoadRefused, ModelNotFound, NotReady,
 from service.core.manifest import BundleError, Manifest, load_verified
 from service.core.metrics import Metrics, ModelMetrics
 from service.core.repository import Found
+from service.core.shadow import Shadow
 from service.settings import Settings
 
 log = logging.getLogger("service.core.registry")
@@ -49,9 +58,12 @@ LOADING_REASON = "model is loading"
 class Loaded:
     """One loaded version: its engine, and how many requests still use it."""
 
-    def __init__(self, name: str, version: str, engine: Engine, view: ModelMetrics, fingerprint: str) -> None:
+    def __init__(
+        self, name: str, version: str, engine: Engine, view: ModelMetrics, fingerprint: str, *, shadow: bool = False
+    ) -> None:
         self.name = name
         self.version = version
+        self.shadow = shadow  # loaded as a shadow version: a session of its own, metrics not scraped
         self.engine = engine
         self.view = view
         self.fingerprint = fingerprint
@@ -79,6 +91,9 @@ class Model:
     loading: str | None = None  # the version being brought in
     refused: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # version -> (fingerprint, why)
     unloaded: bool = False  # by the repository API, until loaded again
+    shadow_version: str = ""  # the version loaded as a shadow of the serving one; "" for none
+    shadow_fraction: float = 0.1
+    shadow: Loaded | None = None
 
     @property
     def state(self) -> str:
@@ -122,6 +137,10 @@ class ModelRegistry:
         self._started = False
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
+        # Shadow versions record their own engine metrics here, never scraped: /metrics shows what the model
+        # served, and the classifier_shadow_* series show the shadow.
+        self._unscraped = Metrics()
+        self._shadows = dict(entry.rpartition(":")[::2] for entry in settings.shadow)
 
     # Where versions come from --------------------------------------------------
 
@@ -135,6 +154,13 @@ class ModelRegistry:
         if self.root is None and self._manifest is not None:
             return self._manifest
         return load_verified(path)
+
+    def _model(self, name: str) -> Model:
+        if name not in self.models:
+            self.models[name] = Model(
+                name, shadow_version=self._shadows.get(name, ""), shadow_fraction=self.settings.shadow_fraction
+            )
+        return self.models[name]
 
     # Life cycle ------------------------------------------------------------------
 
@@ -154,8 +180,7 @@ class ModelRegistry:
             await asyncio.gather(self._poller, return_exceptions=True)
         async with self._lock:
             for model in self.models.values():
-                loaded, model.loaded = model.loaded, {}
-                for version in loaded.values():
+                for version in self._take_all(model):
                     self._retire(version, ShuttingDown())
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -172,15 +197,18 @@ class ModelRegistry:
         async with self._lock:
             found = await asyncio.to_thread(self._scan)
             for name in found:
-                self.models.setdefault(name, Model(name))  # listed as LOADING at once
+                self._model(name)  # listed as LOADING at once
             for name in sorted(set(self.models)):
                 if name in found:
                     await self._sync_model(self.models[name], found[name])
                 else:
                     self._remove(name)
 
-    async def load(self, name: str) -> Model:
-        """Load or reload one model from the repository (the repository API's load)."""
+    async def load(
+        self, name: str, *, shadow_version: str | None = None, shadow_fraction: float | None = None
+    ) -> Model:
+        """Load or reload one model from the repository (the repository API's load); ``shadow_version`` names
+        the version to load as its shadow ("" for none, None to keep what it was)."""
         assert self.root is not None, "explicit model control needs a repository"
         async with self._lock:
             if not repository.is_model_name(name):
@@ -195,7 +223,16 @@ class ModelRegistry:
                 )
             if not found:
                 raise ModelNotFound(f"model {name!r} is not in the repository: {directory} holds no bundle")
-            model = self.models.setdefault(name, Model(name))
+            if shadow_version and shadow_version not in {item.version for item in found}:
+                raise ModelNotFound(
+                    f"model {name!r} has no version {shadow_version!r} to shadow it with; the repository holds "
+                    f"{_quoted([item.version for item in found])}"
+                )
+            model = self._model(name)
+            if shadow_version is not None:
+                model.shadow_version = shadow_version
+            if shadow_fraction is not None:
+                model.shadow_fraction = shadow_fraction
             model.unloaded = False
             await self._sync_model(model, found)
             if not model.loaded:
@@ -216,10 +253,10 @@ class ModelRegistry:
             model = self.models.get(name)
             if model is None:
                 raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {_quoted(sorted(self.models))}")
-            loaded, model.loaded = model.loaded, {}
+            retired = self._take_all(model)
             model.reason, model.pending, model.refused = f"model {name!r} is unloaded", False, {}
             model.unloaded = True
-            for version in loaded.values():
+            for version in retired:
                 self._retire(version)
 
     # Versions in and out ------------------------------------------------------------
@@ -227,15 +264,26 @@ class ModelRegistry:
     async def _sync_model(self, model: Model, found: list[Found]) -> None:
         keep: dict[str, Loaded] = {}
         for item in found:  # newest first
-            loaded = await self._bring_in(model, item)
+            if item.version == model.shadow_version:
+                continue
+            loaded = await self._bring_in(model, item, model.loaded.get(item.version))
             if loaded is not None:
                 keep[item.version] = loaded
                 if self.settings.version_policy == "latest":
                     break
+        shadow = None
+        for item in found:
+            if item.version == model.shadow_version:
+                current = model.shadow if model.shadow is not None and model.shadow.version == item.version else None
+                shadow = await self._bring_in(model, item, current, shadow=True)
         present = {item.version for item in found}
         model.refused = {version: why for version, why in model.refused.items() if version in present}
         retired = [loaded for version, loaded in model.loaded.items() if keep.get(version) is not loaded]
-        model.loaded, model.pending = keep, False
+        if model.shadow is not None and model.shadow is not shadow:
+            retired.append(model.shadow)
+        previous = list(model.loaded.values())
+        model.loaded, model.shadow, model.pending = keep, shadow, False
+        self._attach_shadow(model, previous)
         model.reason = (
             ""
             if keep
@@ -246,9 +294,10 @@ class ModelRegistry:
         for loaded in retired:
             self._retire(loaded)
 
-    async def _bring_in(self, model: Model, item: Found) -> Loaded | None:
-        """The loaded engine for ``item``: the one serving if unchanged, a new one, or the one serving if refused."""
-        current = model.loaded.get(item.version)
+    async def _bring_in(
+        self, model: Model, item: Found, current: Loaded | None, *, shadow: bool = False
+    ) -> Loaded | None:
+        """The loaded engine for ``item``: ``current`` if unchanged, a new one, or ``current`` if refused."""
         if current is not None and current.fingerprint == item.fingerprint:
             return current
         refused = model.refused.get(item.version)
@@ -263,8 +312,10 @@ class ModelRegistry:
             if current is not None and current.engine.manifest.files == manifest.files:
                 current.fingerprint = item.fingerprint  # the same files, touched or copied again
                 return current
-            view = self.metrics.for_model(model.name)
+            view = (self._unscraped if shadow else self.metrics).for_model(model.name)
             settings = dataclasses.replace(self.settings, bundle=str(item.path), model_name=model.name)
+            if shadow:
+                settings = dataclasses.replace(settings, intra_op_threads=self.settings.shadow_threads, cache_size=0)
             engine = Engine(settings, view, manifest, sole_caller=self._sole_caller)
             await engine.start()
             problem = None if engine.ready else engine.not_ready_reason
@@ -274,7 +325,7 @@ class ModelRegistry:
                 problem = "its files changed while it loaded; it is read again at the next scan"
             if problem is not None:
                 await engine.stop()
-                self.metrics.forget(view)
+                self._forget(view)
                 return self._refuse(model, item, problem, current)
         finally:
             model.loading = None
@@ -289,10 +340,60 @@ class ModelRegistry:
                     "model_id": manifest.model_id,
                     "variant": manifest.variant,
                     "replaces": current is not None,
+                    "shadow": shadow,
                 }
             },
         )
-        return Loaded(model.name, item.version, engine, view, item.fingerprint)
+        return Loaded(model.name, item.version, engine, view, item.fingerprint, shadow=shadow)
+
+    def _attach_shadow(self, model: Model, previous: list[Loaded]) -> None:
+        """Point the newest serving version at the model's shadow, and every other version (``previous`` holds
+        those that served before) at none."""
+        newest = model.loaded[max(model.loaded, key=int)] if model.loaded else None
+        for loaded in {id(item): item for item in [*previous, *model.loaded.values()]}.values():
+            watched = loaded.engine.shadow
+            keep = (
+                loaded is newest
+                and watched is not None
+                and watched.candidate is model.shadow
+                and watched.sampler.fraction == model.shadow_fraction
+            )
+            if watched is not None and not keep:
+                loaded.engine.shadow = None
+                watched.metrics.close()
+        if newest is None or model.shadow is None or newest.engine.shadow is not None:
+            return
+        shadow = Shadow(
+            newest.engine,
+            model.shadow,
+            fraction=model.shadow_fraction,
+            cpu_budget=self.settings.shadow_cpu_budget,
+            metrics=self.metrics.for_shadow(model.name, model.shadow.version),
+        )
+        newest.engine.shadow = shadow
+        log.info(
+            "shadow attached",
+            extra={
+                "fields": {
+                    "model": model.name,
+                    "version": model.shadow.version,
+                    "serving_version": newest.version,
+                    "fraction": model.shadow_fraction,
+                }
+            },
+        )
+
+    def _take_all(self, model: Model) -> list[Loaded]:
+        """Every version of ``model``, serving and shadow, taken out of service (to be retired)."""
+        serving = list(model.loaded.values())
+        taken = [*serving, *([model.shadow] if model.shadow is not None else [])]
+        model.loaded, model.shadow = {}, None
+        self._attach_shadow(model, serving)
+        return taken
+
+    def _forget(self, view: ModelMetrics) -> None:
+        self.metrics.forget(view)
+        self._unscraped.forget(view)
 
     def _refuse(self, model: Model, item: Found, reason: str, current: Loaded | None) -> Loaded | None:
         model.refused[item.version] = (item.fingerprint, reason)
@@ -314,7 +415,7 @@ class ModelRegistry:
     def _remove(self, name: str) -> None:
         model = self.models.pop(name)
         log.info("model removed from the repository", extra={"fields": {"model": name}})
-        for loaded in model.loaded.values():
+        for loaded in self._take_all(model):
             self._retire(loaded)
 
     def _retire(self, loaded: Loaded, why: Failure | None = None) -> None:
@@ -335,7 +436,7 @@ class ModelRegistry:
                 extra={"fields": {"model": loaded.name, "version": loaded.version, "in_flight": loaded.in_flight}},
             )
         await loaded.engine.stop(why)
-        self.metrics.forget(loaded.view)
+        self._forget(loaded.view)
         log.info("model version unloaded", extra={"fields": {"model": loaded.name, "version": loaded.version}})
 
     # Serving -----------------------------------------------------------------------
@@ -362,6 +463,11 @@ class ModelRegistry:
             raise NotReady(model.reason)
         if not version:
             return loaded[max(loaded, key=int)]
+        if version == model.shadow_version and model.shadow is not None:
+            raise ModelNotFound(
+                f"model {name!r} version {version!r} is a shadow: it sees a share of the inputs but never answers; "
+                f"clear the shadow to promote it"
+            )
         if version not in loaded:
             versions = sorted(loaded, key=int)
             has = f"version {versions[0]!r}" if len(versions) == 1 else f"versions {_quoted(versions)}"
@@ -411,9 +517,14 @@ class ModelRegistry:
             versions = set(model.loaded) | set(model.refused) | ({model.loading} if model.loading else set())
             if not versions:
                 rows.append({"name": name, "version": "", "state": model.state, "reason": model.reason})
+            if model.shadow is not None:
+                versions.add(model.shadow.version)
             for version in sorted(versions, key=int, reverse=True):
                 if version in model.loaded:
                     state, reason = READY, ""
+                elif model.shadow is not None and version == model.shadow.version:
+                    state = READY
+                    reason = f"shadow: sees {model.shadow_fraction:g} of the inputs served, never answers"
                 elif version == model.loading:
                     state, reason = LOADING, ""
                 else:

@@ -228,6 +228,8 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
         "2",
         "--distinct",
         "8",
+        "--shadow-concurrency",
+        "1",
         "--rounds",
         "2",
     )
@@ -241,6 +243,7 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
         "ours": {"short", "long-mix", "repeat"},
         "naive": {"short", "long-mix"},
         "ours-cache": {"repeat"},
+        "ours-shadow": {"short"},
     }
     levels = [level for server in servers.values() for run in server["workloads"].values() for level in run]
     assert all(level["errors"] == 0 for level in levels)
@@ -249,6 +252,11 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
     # Eight distinct texts: after the first request for each, the cache answers.
     assert servers["ours-cache"]["workloads"]["repeat"][0]["cache_hit_rate"] > 0.5
     assert servers["ours"]["workloads"]["repeat"][0]["cache_hit_rate"] is None
+    # A tenth of the inputs served was picked for the shadow version: run, or skipped when the queue was busy.
+    shadowed = servers["ours-shadow"]["workloads"]["short"][0]
+    assert shadowed["shadow_share"] + shadowed["shadow_skipped_share"] == pytest.approx(0.1, abs=0.01)
+    assert shadowed["shadow_share"] > 0.05
+    assert servers["ours"]["workloads"]["short"][0]["shadow_share"] is None
     floor, figures = data["floor"], data["figures"]
     assert floor["batch_size"] == 32 and floor["single_p50_ms"] > 0 and floor["batch_texts_per_s"] > 0
     ours_c1 = servers["ours"]["workloads"]["short"][0]
@@ -266,6 +274,7 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
         "## Against the in-process floor",
         "## Long texts among short queries (concurrency 4)",
         "## Response cache: a repeating workload (labelled, not the main figures)",
+        "## A shadow version beside the serving one",
         "## Cold start and memory",
         "## Targets (issue #8)",
         "## Per server and workload",
@@ -286,7 +295,9 @@ def test_compare_refuses_what_it_cannot_compare(tiny_bundle, tmp_path, capsys):
 def test_compare_all_three_servers_on_the_default_bundle(default_bundle, tmp_path):
     require_serve_env()
     out = tmp_path / "report"
-    proc = _compare(default_bundle, out, "--concurrency", "1", "--long-fraction", "0", "--cache-size", "0")
+    proc = _compare(
+        default_bundle, out, "--concurrency", "1", "--long-fraction", "0", "--cache-size", "0", "--shadow-fraction", "0"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "report.json").read_text())
     assert set(data["servers"]) == {"ours", "naive", "pytorch"}

@@ -66,3 +66,35 @@ def test_a_shift_in_the_input_mix_moves_the_drift_gauges(default_bundle):
     assert gauge(shifted.replace("_count{", "{"), "classifier_top_score") == inputs
     assert gauge(shifted.replace("_total{", "{"), "classifier_low_confidence_inputs") <= inputs
     assert gauge(shifted.replace("_total{", "{"), "classifier_truncated_inputs") >= 1  # the long reference texts
+
+
+def test_a_multi_label_models_drift_counts_each_decided_label_and_inputs_with_none(tiny_bundle, tmp_path):
+    """The monitor itself, on crafted logits: a sigmoid model's label distribution has a bin for 'no label'."""
+    import dataclasses
+
+    from service.core.manifest import load_verified
+    from service.core.metrics import Metrics
+    from service.core.predictions import PredictionMonitor
+
+    manifest = dataclasses.replace(
+        load_verified(tiny_bundle("bert")), problem_type="multi_label_classification", reference_set="reference.json"
+    )
+    yes, no = 3.0, -3.0  # sigmoid 0.95 and 0.05
+    # Reference: a quarter of the inputs have label 0, a quarter labels 0 and 1, half have none.
+    reference = [[yes, no, no]] * 25 + [[yes, yes, no]] * 25 + [[no, no, no]] * 50
+    (tmp_path / "reference.json").write_text(json.dumps({"logits": reference}))
+    metrics = Metrics()
+    monitor = PredictionMonitor(manifest, tmp_path, metrics.for_model("m"), window=100, low_confidence=0.5)
+    assert monitor.expected_labels is not None and monitor.expected_labels.tolist() == [50, 25, 0, 50]
+    monitor.observe(np.array(reference, dtype=np.float32))
+    assert monitor.label_drift() < 1e-9
+    monitor.observe(np.array([[no, no, yes]] * 100, dtype=np.float32))  # only label 2, never seen before
+    assert monitor.label_drift() > 5.0
+    counted = {
+        sample.labels["label"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "classifier_predictions"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert counted == {"label_0": 50.0, "label_1": 25.0, "label_2": 100.0}

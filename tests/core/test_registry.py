@@ -99,8 +99,9 @@ class Answer:
 class Load:
     """Requests in a loop, one thread per target, every answer kept in the order it came."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self.headers = headers or {}
         self.answers: list[Answer] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -111,7 +112,7 @@ class Load:
         thread.start()
 
     def _run(self, target: str, path: str, body: dict) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as client:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:

@@ -4,14 +4,23 @@ The repository API (``POST /v2/repository/index``,
 ``/v2/repository/models/{model_name}/load`` and ``/unload``) changes what the
 server serves, so it is off unless MODEL_CONTROL=explicit and is never open: it
 answers 403 while API_KEYS is empty, and 401 without a valid key.
+
+A load's ``parameters`` may name a shadow version (``service.core.shadow``):
+``{"parameters": {"shadow_version": "3", "shadow_fraction": 0.1}}`` loads version 3
+as a shadow of the serving version; ``"shadow_version": ""`` clears it, which
+promotes it. Other parameters (Triton's ``config`` and ``file:`` overrides) are
+refused: a bundle is its own configuration.
 """
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.core.failures import Forbidden
+from service.core.failures import BadRequest, Forbidden
+from service.protocols.validation import parse
+from service.web.bodies import read_body
 from service.web.responses import ModelState
 from service.web.routing import Endpoint
 
@@ -34,10 +43,25 @@ async def repository_index(request: Request) -> Response:
     return JSONResponse(request.app.state.registry.index(unloaded=True))
 
 
+class LoadParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shadow_version: str | None = Field(default=None, pattern=r"^([1-9][0-9]{0,17})?$")
+    shadow_fraction: float | None = Field(default=None, gt=0, le=1)
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parameters: LoadParameters = LoadParameters()
+
+
 async def load(request: Request) -> Response:
     _control(request)
     name = request.path_params["model_name"]
-    await request.app.state.registry.load(name)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    asked = parse(LoadRequest, body, invalid=BadRequest).parameters if body.strip() else LoadParameters()
+    await request.app.state.registry.load(
+        name, shadow_version=asked.shadow_version, shadow_fraction=asked.shadow_fraction
+    )
     return JSONResponse([row for row in request.app.state.registry.index() if row["name"] == name])
 
 
@@ -69,7 +93,10 @@ ENDPOINTS = [
         "Load or reload a model",
         "Reads the model's directory again: a new or changed version is hash-checked, loaded and warmed beside "
         "the one serving, then takes over; a bundle that fails is refused (400) and the old version keeps "
-        "serving. Answers the model's rows of the index. Needs MODEL_CONTROL=explicit and an API key.",
+        "serving. `parameters.shadow_version` loads that version as a shadow of the serving one, seeing "
+        "`parameters.shadow_fraction` of its inputs; an empty `shadow_version` clears the shadow (promoting it). "
+        "Answers the model's rows of the index. Needs MODEL_CONTROL=explicit and an API key.",
+        request=LoadRequest,
         response=list[ModelState],
         errors=_CONTROL_ERRORS,
         dialect="v2",
