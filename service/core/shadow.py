@@ -24,6 +24,7 @@ a shadow batch leaves the serving session the other cores.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from service.core.failures import Failure
 from service.core.manifest import IDENTITY, SIGMOID, Manifest
 from service.core.scoring import decisions, probabilities
 
+log = logging.getLogger("service.core.shadow")
 # The budget's bucket holds at most this many seconds of refill, so a shadow idle for an
 # hour cannot then spend minutes at once.
 BURST_SECONDS = 5.0
@@ -178,6 +180,10 @@ class Shadow:
         try:
             result = await engine.classify(items, truncate=truncate, direction=direction)
         except Failure:
+            self.metrics.skipped("failed", len(items))
+            return
+        except Exception:  # a shadow's fault must never reach the serving path; it is logged and counted
+            log.exception("shadow version failed on mirrored inputs")
             self.metrics.skipped("failed", len(items))
             return
         finally:

@@ -46,7 +46,7 @@ def lively_bundle(tmp_path_factory, seed: int):
     from export.pipeline import export_bundle
     from tests import tiny_models
 
-    checkpoint = tiny_models.build("bert", tmp_path_factory.mktemp(f"lively{seed}"), seed=seed, initializer_range=0.5)
+    checkpoint = tiny_models.build("bert", tmp_path_factory.mktemp(f"lively{seed}"), seed=seed, initializer_range=0.3)
     out = tmp_path_factory.mktemp(f"lively-bundle{seed}") / "bundle"
     export_bundle(out=out, model=str(checkpoint), variant="fp32")
     return out
