@@ -61,6 +61,8 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _REFERENCE_BATCH = 16
 SETFIT_CONFIG = "config_setfit.json"
 SETFIT_HEAD = "model_head.pkl"
+# One input's windows: their logits (a row each) and their real tokens.
+Windows = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -80,6 +82,9 @@ class Source:
     details: dict[str, Any] = field(default_factory=dict)
     task: str = TEXT
     threshold: float = DEFAULT_THRESHOLD
+    # PyTorch logits of every window of each input (``export.windows_check``): the original
+    # tokenizer's own overflow windows, ``overlap`` tokens shared, of a pair the ``side`` one windowed.
+    window_reference: Callable[[Sequence[TextInput], int, str], list[Windows]] | None = None
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -325,6 +330,19 @@ def _load_checkpoint(
                 outputs.append(original(**features).logits.float().numpy())
         return np.concatenate(outputs)
 
+    def window_reference(inputs: Sequence[TextInput], overlap: int, side: str) -> list[Windows]:
+        def run(features: dict[str, torch.Tensor]) -> np.ndarray:
+            logits = []
+            for start in range(0, len(features["input_ids"]), step):  # one window at a time for decoders
+                chunk = {name: value[start : start + step] for name, value in features.items()}
+                if step == 1:  # without its padding, on whichever side the tokenizer put it
+                    real = chunk["attention_mask"][0].bool()
+                    chunk = {name: value[:, real] for name, value in chunk.items()}
+                logits.append(original(**chunk).logits.float().numpy())
+            return np.concatenate(logits)
+
+        return _windows_of(hf_tokenizer, input_names, limit, inputs, overlap, side, run)
+
     return Source(
         model_id=hub_id or Path(model).resolve().name,
         kind="hf-sequence-classification",
@@ -341,7 +359,42 @@ def _load_checkpoint(
             "task_from": task_from,
         },
         task=detected,
+        window_reference=window_reference,
     )
+
+
+def _windows_of(
+    hf_tokenizer: Any,
+    input_names: list[str],
+    limit: int,
+    inputs: Sequence[TextInput],
+    overlap: int,
+    side: str,
+    run: Callable[[dict[str, torch.Tensor]], np.ndarray],
+) -> list[Windows]:
+    """Each input's windows as transformers makes them (``return_overflowing_tokens`` with ``stride``),
+    run by ``run``: per input, the logits (a row per window) and each window's real tokens."""
+    results = []
+    for item in inputs:
+        if isinstance(item, str):
+            texts: tuple[str, ...] = (item,)
+            truncation: str | bool = True
+        else:
+            texts = (item[0], item[1])
+            truncation = "only_second" if side == "second" else "only_first"
+        batch = hf_tokenizer(
+            *texts,
+            truncation=truncation,
+            max_length=limit,
+            stride=overlap,
+            return_overflowing_tokens=True,
+            padding=True,
+            return_tensors="pt",
+        )
+        features = {name: batch[name] for name in input_names if name in batch}
+        with torch.inference_mode():
+            results.append((run(features), batch["attention_mask"].sum(dim=1).numpy()))
+    return results
 
 
 def _split_pairs(chunk: Sequence[TextInput]) -> tuple[list[str], list[str]]:
@@ -453,6 +506,17 @@ def _load_sentence_head(
         )
         return linear.logits(embeddings)
 
+    def run_windows(features: dict[str, torch.Tensor]) -> np.ndarray:
+        embeddings = st.forward(dict(features))["sentence_embedding"]
+        if extra_normalize:
+            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+        return linear.logits(embeddings.float().numpy())
+
+    def window_reference(texts: Sequence[TextInput], overlap: int, side: str) -> list[Windows]:
+        # sentence-transformers strips every text before tokenizing, as it does in ``encode``.
+        stripped = [text.strip() for text in texts if isinstance(text, str)]
+        return _windows_of(hf_tokenizer, input_names, limit, stripped, overlap, side, run_windows)
+
     is_setfit = setfit is not None and head.resolve() == (body / SETFIT_HEAD).resolve()
     return Source(
         model_id=model_id or (body.resolve().name if is_setfit else f"{body.resolve().name}+{head.name}"),
@@ -466,6 +530,7 @@ def _load_sentence_head(
         reference=reference,
         # sentence-transformers strips every text before tokenizing.
         strip_whitespace=True,
+        window_reference=window_reference,
         details={
             "body": str(body.resolve()),
             "head": str(head.resolve()),

@@ -18,6 +18,9 @@ class SettingsError(ValueError):
 
 MODEL_CONTROLS = ("none", "poll", "explicit")
 VERSION_POLICIES = ("latest", "all")
+AGGREGATION_SETTINGS = ("auto", "mean", "max")
+# The settings a repository's NAME/serving.json may set for one model.
+PER_MODEL = ("windows", "window_overlap", "max_windows", "aggregation")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,12 @@ class Settings:
     shadow_fraction: float = 0.1
     shadow_cpu_budget: float = 0.25
     shadow_threads: int = 1
+    windows: bool = False
+    window_overlap: int = 32
+    max_windows: int = 32
+    aggregation: str = "auto"
+    long_input_tokens: int = 64
+    long_batch_tokens: int = 512
 
     def __post_init__(self) -> None:
         positive = (
@@ -76,11 +85,15 @@ class Settings:
             "grpc_max_streams",
             "drift_window",
             "shadow_threads",
+            "max_windows",
+            "long_input_tokens",
+            "long_batch_tokens",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout", "cache_size"):
+        not_negative = ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout", "cache_size")
+        for name in (*not_negative, "window_overlap"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("header_timeout", "body_timeout"):
@@ -114,6 +127,8 @@ class Settings:
         names = [entry.rpartition(":")[0] for entry in self.shadow]
         if len(set(names)) != len(names):
             raise SettingsError("--shadow names a model twice: a model has at most one shadow version")
+        if self.aggregation not in AGGREGATION_SETTINGS:
+            raise SettingsError(f"--aggregation must be auto, mean or max, got {self.aggregation!r}")
         if self.on_failed_verification not in ("refuse", "warn"):
             raise SettingsError(f"--on-failed-verification must be refuse or warn, got {self.on_failed_verification!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -191,6 +206,21 @@ HELP = {
     "continuously; picked inputs beyond it are skipped, as they are whenever inputs wait in the serving queue",
     "shadow_threads": "onnxruntime threads of a shadow version's session; one leaves the serving session the "
     "other cores while a shadow batch runs",
+    "windows": "read an input longer than the model's max length whole, in overlapping windows of that length "
+    "whose answers are combined into one (docs/long-texts.md), instead of its first window only. A request "
+    "may ask either way (windows: true/false); a repository's NAME/serving.json may set it per model. Each "
+    "window costs what a text of the max length costs",
+    "window_overlap": "tokens consecutive windows share, so no passage is only ever read cut in two; more "
+    "overlap costs more windows. At most half a window's room is used",
+    "max_windows": "windows one input may take; a longer input is cut to this many (reported as truncated), "
+    "or refused with 413 when the request sets truncate to false",
+    "aggregation": "how the windows' scores become one: mean (weighted by tokens), max (each label's largest), "
+    "or auto (max for sigmoid models: multi-label, one-logit, rerankers; mean for the others)",
+    "long_input_tokens": "inputs longer than this many tokens (long texts, windows) queue in their own lane; when "
+    "both lanes hold inputs they take turns, so short queries wait for at most one batch of long ones",
+    "long_batch_tokens": "padded tokens in one batch of long inputs (at most MAX_BATCH_TOKENS). It bounds what a "
+    "short query waits behind long work (about 28 ms a 256-token window for the default model on 2 cores); "
+    "larger batches of long inputs gain little throughput on CPU",
     "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
     "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
     "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "

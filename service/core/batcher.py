@@ -5,12 +5,16 @@ A request first asks for admission (``admit``): it gets slots for its inputs, or
 input has run or been dropped, so queued plus running inputs never exceed
 ``max_queue_size``.
 
-One worker builds one batch at a time from the front of the queue: inputs join
-in arrival order until the next one would break the size or padded-token
-budget, or would leave less than half the batch's padded tokens real (one
-256-token text would otherwise pad every short query beside it to 256); that
-one waits at the front for the next batch. So no input waits
-behind work that arrived after it, and a long text cannot be overtaken forever.
+The queue has two lanes: inputs of at most ``long_input_tokens`` tokens (queries,
+short texts) and longer ones (long texts, the windows of a whole document). One
+worker builds one batch at a time from the front of one lane: inputs join in
+arrival order until the next one would break the size or padded-token budget, or
+would leave less than half the batch's padded tokens real; that one waits at the
+front for the next batch. When both lanes hold inputs they take turns, and a
+batch of long inputs holds at most ``long_batch_tokens`` padded tokens, so a
+short query waits for at most one such batch however many windows are queued
+(a 256-token window costs about ten short queries), and long work still gets
+every other batch. Within a lane no input waits behind one that arrived after it.
 Inputs whose caller has gone (a cancelled future) are dropped before they run.
 
 The worker is a dedicated thread: it forms a batch, runs it, and hands the
@@ -79,6 +83,11 @@ class Admission:
         self._batcher._release(self.count)
         self.count = 0
 
+    def grow(self, count: int) -> None:
+        """``count`` more slots (a long document's further windows) or QueueFull."""
+        self._batcher._reserve(count)
+        self.count += count
+
 
 class MicroBatcher:
     def __init__(
@@ -89,6 +98,8 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_size: int,
+        long_input_tokens: int | None = None,
+        long_batch_tokens: int | None = None,
         on_batch: Callable[[BatchStats], None] = lambda _: None,
         sole_caller: Callable[[], bool] | None = None,
     ) -> None:
@@ -99,9 +110,14 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.max_queue_size = max_queue_size
+        # Without them every input is short: one lane, as before lanes existed.
+        self.long_input_tokens = long_input_tokens if long_input_tokens is not None else max_batch_tokens
+        self.long_batch_tokens = min(long_batch_tokens or max_batch_tokens, max_batch_tokens)
         self._on_batch = on_batch
         self._sole_caller = sole_caller
         self._pending: deque[_Item] = deque()
+        self._long: deque[_Item] = deque()
+        self._long_turn = False  # whose turn it is when both lanes hold inputs
         # Guards the queue and the stop flag between the event loop and the worker thread.
         self._ready = threading.Condition()
         self._stopping = False
@@ -114,7 +130,7 @@ class MicroBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._long)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -129,7 +145,8 @@ class MicroBatcher:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)  # lets a running batch finish and deliver
         with self._ready:
-            left, self._pending = list(self._pending), deque()
+            left = [*self._pending, *self._long]
+            self._pending, self._long = deque(), deque()
         for item in left:
             if not item.future.done():
                 item.future.set_exception(why or ShuttingDown())
@@ -143,12 +160,15 @@ class MicroBatcher:
 
     def admit(self, count: int) -> Admission:
         """Reserve ``count`` slots or raise QueueFull; use as a context manager."""
+        self._reserve(count)
+        return Admission(self, count)
+
+    def _reserve(self, count: int) -> None:
         with self._counts:
             if self.admitted + count > self.max_queue_size:
                 raise QueueFull(self.admitted, count, self.max_queue_size)
             self.admitted += count
             self.admitted_peak = max(self.admitted_peak, self.admitted)
-        return Admission(self, count)
 
     def _release(self, count: int, dropped: int = 0) -> None:
         with self._counts:
@@ -169,11 +189,16 @@ class MicroBatcher:
             self._run(items, on_loop=True)
             return [items[0].future.result()]
         with self._ready:
-            self._pending.extend(items)
+            self._enqueue(items)
             self._ready.notify()
         if len(items) == 1:  # the common case, without gather's bookkeeping
             return [await items[0].future]
         return list(await asyncio.gather(*(item.future for item in items)))
+
+    def _enqueue(self, items: list[_Item]) -> None:
+        """Each input into its lane, by its length (the lock is held)."""
+        for item in items:
+            (self._long if item.encoded.length > self.long_input_tokens else self._pending).append(item)
 
     def _alone(self, items: list[_Item]) -> bool:
         """Whether these inputs are all the batcher holds and no other client can be waiting."""
@@ -185,7 +210,7 @@ class MicroBatcher:
         """The worker thread: wait for inputs, cut a batch, run it, deliver; until stopped."""
         while True:
             with self._ready:
-                while not self._pending and not self._stopping:
+                while not self.queue_depth and not self._stopping:
                     self._ready.wait()
                 if self._stopping:
                     return
@@ -197,34 +222,49 @@ class MicroBatcher:
 
     def _wait_for_company(self) -> None:
         """Hold the first input up to ``max_wait`` for others to join it (the lock is held)."""
-        deadline = self._pending[0].queued_at + self.max_wait
+        deadline = (self._pending or self._long)[0].queued_at + self.max_wait
         while (
-            len(self._pending) < self.max_batch_size
+            self.queue_depth < self.max_batch_size
             and not self._stopping
             and (delay := deadline - time.perf_counter()) > 0
         ):
             self._ready.wait(delay)
 
     def next_batch(self) -> list[_Item]:
-        """Take inputs from the front, in arrival order, while they fit the budgets."""
+        """The next batch: from the lane whose turn it is when both hold inputs, else from the one that does."""
+        self._drop_gone(self._pending)
+        self._drop_gone(self._long)
+        take_long = bool(self._long) and (not self._pending or self._long_turn)
+        if self._pending and self._long:
+            self._long_turn = not take_long
+        if take_long:
+            return self._cut(self._long, self.long_batch_tokens)
+        return self._cut(self._pending, self.max_batch_tokens)
+
+    def _drop_gone(self, lane: deque[_Item]) -> None:
+        """Drop the inputs at the front whose caller has gone (a future cancelled on the loop), unrun."""
+        while lane and lane[0].future.done():
+            lane.popleft()
+            self._release(1, dropped=1)
+
+    def _cut(self, lane: deque[_Item], max_tokens: int) -> list[_Item]:
+        """Take inputs from the lane's front, in arrival order, while they fit the budgets."""
         batch: list[_Item] = []
         longest = real = 0
-        while self._pending:
-            item = self._pending[0]
-            # The caller has gone (its future was cancelled on the loop): drop it without running it.
+        while lane:
+            item = lane[0]
             if item.future.done():
-                self._pending.popleft()
-                self._release(1, dropped=1)
+                self._drop_gone(lane)
                 continue
             width = max(longest, item.encoded.length)
             padded = (len(batch) + 1) * width
             if batch and (
                 len(batch) >= self.max_batch_size
-                or padded > self.max_batch_tokens
+                or padded > max_tokens
                 or real + item.encoded.length < MIN_FILL * padded
             ):
                 break
-            batch.append(self._pending.popleft())
+            batch.append(lane.popleft())
             longest, real = width, real + item.encoded.length
         return batch
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ from tokenizers import Tokenizer
 
 from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
 from service.core.scoring import probabilities, sigmoid, softmax
+from service.core.windows import KEPT_SIDE_SHARE, SECOND
 
 __all__ = [
     "Encoded",
@@ -147,6 +149,22 @@ class Encoded:
         return len(self.ids)
 
 
+@dataclass(frozen=True)
+class Windowed:
+    """One input read in windows: the first ``len(windows)`` of the ``needed`` it takes whole.
+
+    ``cut`` says the kept side of a pair was longer than its share of a window and was cut.
+    """
+
+    windows: list[Encoded]
+    needed: int
+    cut: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        return self.cut or self.needed > len(self.windows)
+
+
 class OnnxClassifier:
     def __init__(
         self,
@@ -164,6 +182,8 @@ class OnnxClassifier:
         self._counter.no_padding()
         self._counter.no_truncation()
         self._left: Tokenizer | None = None
+        self._windowing: dict[tuple[str, int], Tokenizer] = {}
+        self._window_lock = threading.Lock()
         # One long tokenization at a time: each holds every token of its texts until it is
         # cut (about 100 bytes a token), and encode_batch already spreads over the cores.
         self._exclusive = threading.Lock()
@@ -248,6 +268,75 @@ class OnnxClassifier:
     def _count(self, item: TextInput) -> list[int]:
         return self._counter.encode(*_as_args(item)).ids
 
+    @property
+    def window_length(self) -> int:
+        """The tokens of one window, special tokens included: what the tokenizer cuts at."""
+        return int((self.tokenizer.truncation or {}).get("max_length") or self.manifest.max_length)
+
+    def special_tokens(self, pair: bool) -> int:
+        processor = self.tokenizer.post_processor
+        return 0 if processor is None else int(processor.num_special_tokens_to_add(pair))
+
+    def encode_windows(
+        self,
+        texts: Sequence[TextInput],
+        *,
+        overlap: int,
+        max_windows: int,
+        side: str = SECOND,
+        exclusive: bool = False,
+    ) -> list[Windowed]:
+        """Each input as windows of ``window_length`` tokens sharing ``overlap`` tokens (fewer when
+        a window has too little room for that many), made by the tokenizer's overflow support so
+        every window carries the special tokens the model expects. Of a pair, ``side`` is windowed
+        and the other side kept whole in every window (cut to half a window when longer). At most
+        ``max_windows`` windows are kept per input. Raises InputKindError like ``encode``."""
+        if exclusive:
+            with self._exclusive, _trimmed(texts):
+                return self.encode_windows(texts, overlap=overlap, max_windows=max_windows, side=side)
+        if overlap < 0 or max_windows < 1:
+            raise ValueError("overlap must be at least 0 and max_windows at least 1")
+        results = []
+        for index, item in enumerate(self._prepare(texts)):
+            if isinstance(item, str):
+                windowed = self._windows_of_text(item, overlap)
+            else:
+                windowed = self._windows_of_pair(item, overlap, side)
+            if not windowed.windows[0].length:
+                raise NoTokens(f"input {index} has no tokens for this model; send a non-empty text")
+            results.append(Windowed(windowed.windows[:max_windows], windowed.needed, windowed.cut))
+        return results
+
+    def _windows_of_text(self, text: str, overlap: int) -> Windowed:
+        room = self.window_length - self.special_tokens(False)
+        tokenizer = self._window_tokenizer("longest_first", min(overlap, room // 2))
+        return _windowed(tokenizer.encode(text, add_special_tokens=True))
+
+    def _windows_of_pair(self, pair: tuple[str, str], overlap: int, side: str) -> Windowed:
+        keep = 0 if side == SECOND else 1
+        room = self.window_length - self.special_tokens(True)
+        share = int(room * KEPT_SIDE_SHARE)
+        kept = self._counter.encode(pair[keep], add_special_tokens=False)
+        cut = len(kept.ids) > share
+        if cut:  # the text up to the last token that fits its share
+            texts = list(pair)
+            texts[keep] = pair[keep][: kept.offsets[share - 1][1]]
+            pair = (texts[0], texts[1])
+        strategy = "only_second" if side == SECOND else "only_first"
+        tokenizer = self._window_tokenizer(strategy, min(overlap, (room - min(len(kept.ids), share)) // 2))
+        return dataclasses.replace(_windowed(tokenizer.encode(*pair, add_special_tokens=True)), cut=cut)
+
+    def _window_tokenizer(self, strategy: str, stride: int) -> Tokenizer:
+        """A copy of the tokenizer that cuts with ``strategy`` and keeps the rest as overlapping windows."""
+        with self._window_lock:
+            tokenizer = self._windowing.get((strategy, stride))
+            if tokenizer is None:
+                tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
+                tokenizer.no_padding()
+                tokenizer.enable_truncation(self.window_length, stride=stride, strategy=strategy, direction="right")
+                self._windowing[(strategy, stride)] = tokenizer
+            return tokenizer
+
     def tokens(
         self,
         texts: Sequence[str],
@@ -302,6 +391,14 @@ class OnnxClassifier:
             chunk = order[start : start + batch_size]
             out[chunk] = self.run([encoded[i] for i in chunk])
         return out
+
+
+def _windowed(encoding: Any) -> Windowed:
+    windows = [encoding, *encoding.overflowing]
+    encoded = [
+        Encoded(np.array(e.ids, dtype=np.int64), np.array(e.type_ids, dtype=np.int64), len(e.ids)) for e in windows
+    ]
+    return Windowed(encoded, len(encoded))
 
 
 def _listed(text: str, encoding: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import numpy as np
 from service.core.batcher import MicroBatcher
 from service.core.cache import LogitsCache
 from service.core.classifier import (
-    Encoded,
     InputKindError,
     NoTokens,
     OnnxClassifier,
     TextInput,
     TooManyTokens,
+    Windowed,
     probabilities,
 )
 from service.core.failures import Failure, InputTooLong, InvalidInput, NotReady
@@ -33,6 +32,7 @@ from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
 from service.core.reverify import FailedVerification, Reverification, reverify
 from service.core.shadow import Shadow
+from service.core.windows import SECOND, InputReport, Reading, Windowing, aggregate, default_aggregation
 from service.settings import Settings
 
 log = logging.getLogger("service.core.engine")
@@ -48,11 +48,41 @@ def _chars(item: TextInput) -> int:
     return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
 
 
-def _encode(classifier: OnnxClassifier, items: Sequence[TextInput], **options: Any) -> list[Encoded]:
+def _encode(
+    classifier: OnnxClassifier, items: Sequence[TextInput], reading: Reading, exclusive: bool = False
+) -> list[Windowed]:
+    """Each input as the windows the model reads: its first only (cut to the max length), or as many
+    as ``reading.windowing`` allows."""
+    windowing = reading.windowing
     try:
-        return classifier.encode(items, **options)
+        if windowing.enabled:
+            return classifier.encode_windows(
+                items,
+                overlap=windowing.overlap,
+                max_windows=windowing.max_windows,
+                side=reading.side,
+                exclusive=exclusive,
+            )
+        encoded = classifier.encode(items, count_full=True, direction=reading.direction, exclusive=exclusive)
     except (InputKindError, NoTokens) as exc:
         raise InvalidInput(str(exc)) from None
+    # count_full: every cut input has its whole length
+    return [Windowed([item], 1 + ((item.full_length or 0) > item.length)) for item in encoded]
+
+
+def _refuse_cut(indices: Sequence[int], windowed: Sequence[Windowed], reading: Reading, max_length: int) -> None:
+    """InputTooLong for the first input that was cut, when the call asked not to cut."""
+    for index, item in zip(indices, windowed):
+        if not item.truncated:
+            continue
+        if not reading.windowing.enabled:
+            raise InputTooLong.tokens(index, item.windows[0].full_length or 0, max_length)
+        if item.cut:
+            raise InputTooLong(
+                f"input {index}: the text kept whole in every window is longer than half a window; "
+                "send a shorter one or set truncate to true to cut it"
+            )
+        raise InputTooLong.windows(index, item.needed, reading.windowing.max_windows)
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,8 @@ class Classified:
     tokenize_seconds: float
     queue_seconds: float
     inference_seconds: float
+    # What happened to each input: cut or not, in how many windows, how many tokens were read.
+    reports: list[InputReport]
 
 
 class Engine:
@@ -85,6 +117,13 @@ class Engine:
         # A version that sees a share of this one's inputs (``service.core.shadow``), set by the registry.
         self.shadow: Shadow | None = None
         self._model_hash = manifest.files[MODEL_FILE]
+        self.windowing = Windowing(
+            settings.windows,
+            settings.window_overlap,
+            settings.max_windows,
+            None if settings.aggregation == "auto" else settings.aggregation,
+        )
+        self.aggregation = default_aggregation(manifest.score_function)
         self.cache = LogitsCache(settings.cache_size, settings.cache_bytes) if settings.cache_size else None
         if self.cache is not None:
             cache = self.cache
@@ -122,6 +161,8 @@ class Engine:
             max_batch_size=self.settings.max_batch_size,
             max_wait_ms=self.settings.max_wait_ms,
             max_queue_size=self.settings.max_queue_size,
+            long_input_tokens=self.settings.long_input_tokens,
+            long_batch_tokens=self.settings.long_batch_tokens,
             on_batch=self.metrics.observe_batch,
             sole_caller=self._sole_caller,
         )
@@ -186,60 +227,91 @@ class Engine:
             raise NotReady(self.not_ready_reason)
         self.batcher.check_room(count)
 
-    async def classify(self, texts: Sequence[TextInput], *, truncate: bool, direction: str = "right") -> Classified:
-        """Logits for texts or (text, text_pair) pairs: admitted (or refused) before any work, then batched."""
+    async def classify(
+        self,
+        texts: Sequence[TextInput],
+        *,
+        truncate: bool,
+        direction: str = "right",
+        windowing: Windowing | None = None,
+        side: str = SECOND,
+    ) -> Classified:
+        """Logits for texts or (text, text_pair) pairs, one row each: admitted (or refused) before any work,
+        then batched. An input over the max length is cut (or refused without ``truncate``), or read in
+        windows (``windowing``, default the model's) whose answers are combined into its row; of a pair,
+        ``side`` is the one windowed."""
         batcher, classifier = self.batcher, self.classifier
         if batcher is None or classifier is None:
             raise NotReady(self.not_ready_reason)
         if self.settings.log_inputs:
             log.debug("inputs", extra={"fields": {"texts": list(texts)}})
-        cached = self._cached(texts, truncate, direction)
+        reading = Reading(truncate, direction, windowing or self.windowing, side)
+        cached = self._cached(texts, reading)
         missing = [i for i, hit in enumerate(cached) if hit is None]
         tokenize_seconds = queue = inference = 0.0
         if missing:
             with batcher.admit(len(missing)) as admission:
                 started = time.perf_counter()
                 todo = [texts[i] for i in missing]
-                encode = partial(_encode, classifier, todo, count_full=not truncate, direction=direction)
                 if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
-                    encoded = encode()  # cheaper than a hop to a thread (~30 us against ~0.5 ms for a short query)
+                    windowed = _encode(classifier, todo, reading)  # cheaper than a hop to a thread (~30 us
+                    # against ~0.5 ms for a short query)
                 else:
-                    encoded = await asyncio.to_thread(encode, exclusive=True)  # bounds tokenizer memory
+                    windowed = await asyncio.to_thread(_encode, classifier, todo, reading, True)  # bounds memory
                 tokenize_seconds = time.perf_counter() - started
                 if not truncate:
-                    for index, item in zip(missing, encoded):
-                        if (item.full_length or 0) > item.length:
-                            raise InputTooLong(index, item.full_length or 0, classifier.max_length)
-                cut = sum(item.full_length is None or item.full_length > item.length for item in encoded)
+                    _refuse_cut(missing, windowed, reading, classifier.max_length)
+                flat = [window for item in windowed for window in item.windows]
+                if len(flat) > len(todo):
+                    admission.grow(len(flat) - len(todo))
+                if reading.windowing.enabled:
+                    self.metrics.windows.inc(len(flat))
+                cut = sum(item.truncated for item in windowed)
                 if cut:
                     self.metrics.truncated.inc(cut)
-                results = await batcher.submit(encoded, admission)
+                results = await batcher.submit(flat, admission)
             queue = max(r.queue_seconds for r in results)
             inference = max(r.inference_seconds for r in results)
-            for index, result in zip(missing, results):
-                cached[index] = result.logits
+            start = 0
+            for index, item in zip(missing, windowed):
+                count = len(item.windows)
+                row, report = self._combined(item, results[start : start + count], reading)
+                start += count
+                cached[index] = (row, report)
                 if self.cache is not None:
-                    self.cache.put(self._key(texts[index], truncate, direction), result.logits)
+                    self.cache.put(self._key(texts[index], reading), row, report)
             self.metrics.phase_seconds.labels("tokenize").observe(tokenize_seconds)
             self.metrics.phase_seconds.labels("queue").observe(queue)
             self.metrics.phase_seconds.labels("inference").observe(inference)
         self.metrics.inputs.inc(len(texts))
-        rows = [row for row in cached if row is not None]  # every input has its row by now
+        entries = [entry for entry in cached if entry is not None]  # every input has its row by now
+        rows = [row for row, _ in entries]
         logits = rows[0][np.newaxis] if len(rows) == 1 else np.stack(rows)  # a view, not a copy, for one
         if self.predictions is not None:
             self.predictions.observe(logits)
         if self.shadow is not None:
-            self.shadow.offer(texts, truncate, direction, logits)
-        return Classified(logits, tokenize_seconds, queue, inference)
+            self.shadow.offer(texts, reading, logits)
+        return Classified(logits, tokenize_seconds, queue, inference, [report for _, report in entries])
 
-    def _key(self, item: TextInput, truncate: bool, direction: str) -> tuple:
-        # Whatever changes the logits: the model, the exact input, and how it is cut.
-        return (self._model_hash, item, truncate, direction)
+    def _combined(self, item: Windowed, results: Sequence[Any], reading: Reading) -> tuple[np.ndarray, InputReport]:
+        """One input's row of logits from its windows' results, and its report."""
+        tokens = np.array([window.length for window in item.windows])
+        report = InputReport(item.truncated, len(item.windows), int(tokens.sum()))
+        if len(results) == 1:
+            return results[0].logits, report
+        how = reading.windowing.aggregation or self.aggregation
+        windows = np.stack([result.logits for result in results])
+        row = aggregate(windows, tokens, self.manifest.score_function, how).astype(np.float32)
+        return row, report
 
-    def _cached(self, texts: Sequence[TextInput], truncate: bool, direction: str) -> list[np.ndarray | None]:
+    def _key(self, item: TextInput, reading: Reading) -> tuple:
+        # Whatever changes the logits: the model, the exact input, and how it is read.
+        return (self._model_hash, item, *reading.key())
+
+    def _cached(self, texts: Sequence[TextInput], reading: Reading) -> list[tuple[np.ndarray, InputReport] | None]:
         if self.cache is None:
             return [None] * len(texts)
-        found = [self.cache.get(self._key(text, truncate, direction)) for text in texts]
+        found = [self.cache.get(self._key(text, reading)) for text in texts]
         hits = sum(hit is not None for hit in found)
         self.metrics.cache_hits.inc(hits)
         self.metrics.cache_misses.inc(len(found) - hits)

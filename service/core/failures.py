@@ -7,7 +7,7 @@ Failure
 ├── NotReady              the server or the model is loading, or failed to load
 ├── ModelNotFound         no such model, or no such version of it
 ├── InvalidInput          an input the model cannot take (a single text to a pair model, ...)
-│   └── InputTooLong      a text over the max length with truncation off
+│   └── InputTooLong      a text over the max length (or over MAX_WINDOWS windows) with truncation off
 ├── EmptyInput            an empty list of inputs, or an input with no tokens
 ├── BadRequest            a request the protocol does not allow (Open Inference Protocol checks)
 ├── MalformedBody         a body that is not JSON, not the protocol's message, or not valid compressed data
@@ -68,10 +68,18 @@ class InvalidInput(Failure):
 
 
 class InputTooLong(InvalidInput):
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
-        super().__init__(
+    @classmethod
+    def tokens(cls, index: int, tokens: int, limit: int) -> InputTooLong:
+        return cls(
             f"input {index} has {tokens} tokens, more than the model's limit of {limit}; "
             "send shorter text or set truncate to true"
+        )
+
+    @classmethod
+    def windows(cls, index: int, needed: int, limit: int) -> InputTooLong:
+        return cls(
+            f"input {index} needs {needed} windows, more than the limit of {limit} per input (MAX_WINDOWS); "
+            "send shorter text or set truncate to true to read its first windows"
         )
 
 

@@ -137,7 +137,13 @@ class Metrics:
         )
         self.truncated = Counter(
             "classifier_truncated_inputs",
-            "Inputs that reached the model's max length (cut, or exactly at it)",
+            "Inputs of which the model did not read every token (cut at its max length or at MAX_WINDOWS windows)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.windows = Counter(
+            "classifier_windows",
+            "Windows run for inputs read whole in windows (one per window, so a long document counts several)",
             ["model"],
             registry=self.registry,
         )
@@ -250,6 +256,7 @@ class ModelMetrics:
         self.top_score = metrics.top_score.labels(model)
         self.low_confidence = metrics.low_confidence.labels(model)
         self.truncated = metrics.truncated.labels(model)
+        self.windows = metrics.windows.labels(model)
         self.cache_hits = metrics.cache_hits.labels(model)
         self.cache_misses = metrics.cache_misses.labels(model)
         self._batch_size = metrics.batch_size.labels(model)

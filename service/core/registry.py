@@ -47,7 +47,7 @@ from service.core.manifest import BundleError, Manifest, load_verified
 from service.core.metrics import Metrics, ModelMetrics
 from service.core.repository import Found
 from service.core.shadow import Shadow
-from service.settings import Settings
+from service.settings import PER_MODEL, Settings
 
 log = logging.getLogger("service.core.registry")
 # Triton's model states, as its repository index reports them.
@@ -312,8 +312,11 @@ class ModelRegistry:
             if current is not None and current.engine.manifest.files == manifest.files:
                 current.fingerprint = item.fingerprint  # the same files, touched or copied again
                 return current
+            try:
+                settings = self._settings_of(model, item)
+            except ValueError as exc:
+                return self._refuse(model, item, str(exc), current)
             view = (self._unscraped if shadow else self.metrics).for_model(model.name)
-            settings = dataclasses.replace(self.settings, bundle=str(item.path), model_name=model.name)
             if shadow:
                 settings = dataclasses.replace(settings, intra_op_threads=self.settings.shadow_threads, cache_size=0)
             engine = Engine(settings, view, manifest, sole_caller=self._sole_caller)
@@ -394,6 +397,18 @@ class ModelRegistry:
     def _forget(self, view: ModelMetrics) -> None:
         self.metrics.forget(view)
         self._unscraped.forget(view)
+
+    def _settings_of(self, model: Model, item: Found) -> Settings:
+        """The process's settings for one version: its bundle, its model's name, and what its model's
+        ``serving.json`` sets (SettingsError, a ValueError, when a value is out of range)."""
+        overrides = {}
+        if self.root is not None:
+            overrides = repository.serving_overrides(self.root / model.name, PER_MODEL)
+        for name, value in overrides.items():
+            expected = type(getattr(self.settings, name))
+            if type(value) is not expected:  # exact: JSON's true is not a number of windows
+                raise ValueError(f"{repository.SERVING_FILE}: {name} must be a {expected.__name__}, got {value!r}")
+        return dataclasses.replace(self.settings, bundle=str(item.path), model_name=model.name, **overrides)
 
     def _refuse(self, model: Model, item: Found, reason: str, current: Loaded | None) -> Loaded | None:
         model.refused[item.version] = (item.fingerprint, reason)

@@ -21,19 +21,48 @@ read; the registry then verifies it in full before anything loads from it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.core.manifest import MANIFEST_NAME
+
+# A model's own serving settings, beside its versions: REPOSITORY/NAME/serving.json.
+SERVING_FILE = "serving.json"
 
 log = logging.getLogger("service.core.repository")
 FLAT_VERSION = "1"
 # Matched whole (fullmatch): "$" alone would also accept a name that ends in a newline.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def serving_overrides(model_directory: Path, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The settings ``NAME/serving.json`` sets for its model (none without one); ValueError names the problem.
+
+    Read when a version loads, so a change applies to the versions loaded after it.
+    """
+    path = model_directory / SERVING_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ValueError(f"{SERVING_FILE} cannot be read: {exc.strerror}") from None
+    try:
+        overrides = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{SERVING_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{SERVING_FILE} must hold a JSON object of settings")
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"{SERVING_FILE} sets {', '.join(unknown)}; a model may set only {', '.join(allowed)}")
+    return overrides
 
 
 @dataclass(frozen=True)

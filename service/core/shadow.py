@@ -35,6 +35,7 @@ from service.core.classifier import TextInput
 from service.core.failures import Failure
 from service.core.manifest import IDENTITY, SIGMOID, Manifest
 from service.core.scoring import decisions, probabilities
+from service.core.windows import Reading
 
 log = logging.getLogger("service.core.shadow")
 # The budget's bucket holds at most this many seconds of refill, so a shadow idle for an
@@ -148,8 +149,8 @@ class Shadow:
         self.backlog = 0
         self._tasks: set[asyncio.Task] = set()
 
-    def offer(self, texts: Sequence[TextInput], truncate: bool, direction: str, logits: np.ndarray) -> None:
-        """Called by the serving engine once it has answered ``texts`` with ``logits``."""
+    def offer(self, texts: Sequence[TextInput], reading: Reading, logits: np.ndarray) -> None:
+        """Called by the serving engine once it has answered ``texts``, read as ``reading`` says, with ``logits``."""
         picked = self.sampler.pick(len(texts))
         if not picked:
             return
@@ -159,7 +160,7 @@ class Shadow:
             return
         self.backlog += len(picked)
         items = [texts[i] for i in picked]
-        task = asyncio.get_running_loop().create_task(self._run(items, logits[picked], truncate, direction))
+        task = asyncio.get_running_loop().create_task(self._run(items, logits[picked], reading))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -173,12 +174,18 @@ class Shadow:
             return "backlog"
         return None
 
-    async def _run(self, items: list[TextInput], served: np.ndarray, truncate: bool, direction: str) -> None:
+    async def _run(self, items: list[TextInput], served: np.ndarray, reading: Reading) -> None:
         engine = self.candidate.engine
         self.candidate.acquire()
         started = time.perf_counter()
         try:
-            result = await engine.classify(items, truncate=truncate, direction=direction)
+            result = await engine.classify(
+                items,
+                truncate=reading.truncate,
+                direction=reading.direction,
+                windowing=reading.windowing,
+                side=reading.side,
+            )
         except Failure:
             self.metrics.skipped("failed", len(items))
             return

@@ -33,7 +33,7 @@ def plan(lengths: list[int], **budgets: int) -> list[list[int]]:
         loop = asyncio.get_running_loop()
         with batcher.admit(len(lengths)) as admission:
             futures = [loop.create_future() for _ in lengths]
-            batcher._pending.extend(_Item(FakeEncoded(n), f) for n, f in zip(lengths, futures))
+            batcher._enqueue([_Item(FakeEncoded(n), f) for n, f in zip(lengths, futures)])  # type: ignore[arg-type]
             admission.count = 0
         batches = []
         while batch := batcher.next_batch():
@@ -57,6 +57,39 @@ def plan(lengths: list[int], **budgets: int) -> list[list[int]]:
     ],
 )
 def test_batches_in_arrival_order_under_budgets(lengths, budgets, batches):
+    assert plan(lengths, **budgets) == batches
+
+
+@pytest.mark.parametrize(
+    "lengths, budgets, batches",
+    [
+        pytest.param(
+            [100, 100, 100, 10, 10, 100, 10],
+            {"long_input_tokens": 50, "long_batch_tokens": 200},
+            [[10, 10, 10], [100, 100], [100, 100]],
+            id="short-first-then-long-under-its-budget",
+        ),
+        pytest.param(
+            [100, 10, 100, 10, 100, 10, 100, 10],
+            {"long_input_tokens": 50, "long_batch_tokens": 100, "max_batch_size": 2},
+            [[10, 10], [100], [10, 10], [100], [100], [100]],
+            id="lanes-take-turns",
+        ),
+        pytest.param(
+            [100, 60, 100],
+            {"long_input_tokens": 50, "long_batch_tokens": 5000, "max_batch_tokens": 300},
+            [[100, 60, 100]],
+            id="long-budget-at-most-max-batch-tokens",
+        ),
+        pytest.param(
+            [300, 10],
+            {"long_input_tokens": 50, "long_batch_tokens": 100},
+            [[10], [300]],
+            id="one-long-input-over-the-budget-still-runs",
+        ),
+    ],
+)
+def test_long_inputs_have_their_own_lane(lengths, budgets, batches):
     assert plan(lengths, **budgets) == batches
 
 

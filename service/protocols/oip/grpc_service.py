@@ -143,6 +143,8 @@ def to_grpc(response: infer.InferResponse) -> pb.ModelInferResponse:
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id or ""
     )
+    for key, value in response.parameters.items():
+        message.parameters[key].string_param = value
     # tritonclient reads every output from raw_output_contents, in output order.
     for tensor in response.outputs:
         message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.array.shape)
@@ -193,7 +195,10 @@ class InferenceService:
         max_inputs = self.registry.settings.max_inputs
         engine.check_room(infer.declared_inputs(request.inputs, max_inputs))
         checked = infer.decode(from_grpc(request), max_inputs=max_inputs, pairs=engine.takes_pairs)
-        result = await engine.classify(checked.texts, truncate=True)
+        long_texts = checked.long_texts
+        result = await engine.classify(
+            checked.texts, truncate=long_texts.truncate, windowing=long_texts.windowing(engine.windowing)
+        )
         response = infer.respond(
             checked,
             result.logits,
@@ -201,6 +206,7 @@ class InferenceService:
             engine.manifest.labels,
             model_name=held.name,
             model_version=held.version,
+            reports=result.reports,
         )
         return to_grpc(response)
 

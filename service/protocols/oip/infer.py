@@ -8,7 +8,10 @@ model's side of the protocol lives here, so HTTP and gRPC cannot disagree:
 - one BYTES input ``text`` (and ``text_pair`` for a pair model), shape ``[n]`` or ``[n, 1]``;
 - outputs ``logits`` and ``probabilities`` (FP32) and ``label`` (BYTES), each at most once;
 - no shared-memory regions (inputs or outputs), no classification extension;
-- ``binary_data`` / ``binary_data_output`` are booleans.
+- ``binary_data`` / ``binary_data_output`` are booleans;
+- long texts (docs/long-texts.md): request parameters ``truncate`` and ``windows`` (booleans),
+  ``window_overlap`` (a whole number of tokens) and ``aggregation`` (``mean`` or ``max``); the
+  response parameters ``truncated_inputs`` and ``windows`` say what happened (``service.protocols.reports``).
 
 Every refusal is a ``BadRequest``, as Triton answers a bad request.
 """
@@ -24,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from service.core.failures import BadRequest
+from service.core.windows import AGGREGATIONS, InputReport, Windowing
+from service.protocols.reports import report_fields
 
 INPUT_NAME = "text"
 PAIR_INPUT_NAME = "text_pair"
@@ -64,12 +69,26 @@ class RequestedOutput:
 
 
 @dataclass(frozen=True)
+class LongTexts:
+    """A request's long-text parameters; None leaves the model's default."""
+
+    truncate: bool = True
+    windows: bool | None = None
+    window_overlap: int | None = None
+    aggregation: str | None = None
+
+    def windowing(self, defaults: Windowing) -> Windowing:
+        return defaults.overridden(enabled=self.windows, overlap=self.window_overlap, aggregation=self.aggregation)
+
+
+@dataclass(frozen=True)
 class InferCall:
-    """A checked request: the texts to classify and the outputs to send back."""
+    """A checked request: the texts to classify, how to read them and the outputs to send back."""
 
     texts: list[str | tuple[str, str]]
     outputs: tuple[RequestedOutput, ...]
     id: str | None = None
+    long_texts: LongTexts = LongTexts()
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,7 @@ class InferResponse:
     model_version: str
     id: str | None
     outputs: list[OutputTensor]
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
 def input_names(pairs: bool) -> tuple[str, ...]:
@@ -124,7 +144,22 @@ def decode(request: InferRequest, *, max_inputs: int, pairs: bool) -> InferCall:
         if tensor.raw is None and tensor.data is None:  # gRPC always has data, if only an empty list
             raise BadRequest(f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
     outputs = requested_outputs(request)
-    return InferCall(texts_from(request.inputs, max_inputs=max_inputs, pairs=pairs), outputs, request.id)
+    texts = texts_from(request.inputs, max_inputs=max_inputs, pairs=pairs)
+    return InferCall(texts, outputs, request.id, long_texts(request.parameters))
+
+
+def long_texts(parameters: Mapping[str, Any]) -> LongTexts:
+    """The request's long-text parameters, checked."""
+    windows = parameters.get("windows")
+    if windows is not None and not isinstance(windows, bool):
+        raise BadRequest(f"parameter 'windows' must be true or false, got {windows!r}")
+    overlap = parameters.get("window_overlap")
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0):
+        raise BadRequest(f"parameter 'window_overlap' must be a whole number of tokens, at least 0, got {overlap!r}")
+    aggregation = parameters.get("aggregation")
+    if aggregation is not None and aggregation not in AGGREGATIONS:
+        raise BadRequest(f"parameter 'aggregation' must be 'mean' or 'max', got {aggregation!r}")
+    return LongTexts(_bool_parameter(parameters, "truncate", True), windows, overlap, aggregation)
 
 
 def requested_outputs(request: InferRequest) -> tuple[RequestedOutput, ...]:
@@ -262,6 +297,7 @@ def respond(
     *,
     model_name: str,
     model_version: str,
+    reports: Sequence[InputReport] = (),
 ) -> InferResponse:
     """The requested outputs of a classified call, in the order asked."""
     arrays = {
@@ -273,7 +309,7 @@ def respond(
         OutputTensor(wanted.name, OUTPUT_DATATYPES[wanted.name], arrays[wanted.name](), wanted.binary)
         for wanted in call.outputs
     ]
-    return InferResponse(model_name, model_version, call.id, outputs)
+    return InferResponse(model_name, model_version, call.id, outputs, report_fields(reports))
 
 
 def raw_bytes(array: np.ndarray) -> bytes:

@@ -66,7 +66,10 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: StrictStr | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="binary_data_output; and for long texts truncate, windows, window_overlap, aggregation",
+    )
     inputs: list[InferInputTensor] = Field(min_length=1)
     outputs: list[InferRequestedOutput] | None = None
 
@@ -83,6 +86,11 @@ class InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, str] | None = Field(
+        None,
+        description="present when an input was cut or read in windows: truncated_inputs (their positions, "
+        "comma-separated) and windows (each input's window count, comma-separated)",
+    )
     outputs: list[InferOutputTensor]
 
 
@@ -197,6 +205,8 @@ def to_http(response: infer.InferResponse) -> tuple[bytes, dict[str, str]]:
     head: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id is not None:
         head["id"] = response.id
+    if response.parameters:
+        head["parameters"] = response.parameters
     outputs, chunks = [], []
     for tensor in response.outputs:
         output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.array.shape)}
@@ -268,7 +278,9 @@ async def infer_route(request: Request) -> Response:
     wire = from_http(body, request.headers, max_body_bytes=settings.max_body_bytes)
     engine.check_room(infer.declared_inputs(wire.inputs, settings.max_inputs))
     call = infer.decode(wire, max_inputs=settings.max_inputs, pairs=engine.takes_pairs)
-    result = await engine.classify(call.texts, truncate=True)
+    result = await engine.classify(
+        call.texts, truncate=call.long_texts.truncate, windowing=call.long_texts.windowing(engine.windowing)
+    )
     response = infer.respond(
         call,
         result.logits,
@@ -276,6 +288,7 @@ async def infer_route(request: Request) -> Response:
         engine.manifest.labels,
         model_name=held.name,
         model_version=held.version,
+        reports=result.reports,
     )
     content, headers = to_http(response)
     return Response(content, headers={**headers, **timing_headers(result, request)})

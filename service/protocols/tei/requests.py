@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from service.core.windows import Windowing
+
 
 def _within_limit(count: int, info: ValidationInfo) -> None:
     limit = (info.context or {}).get("max_inputs")
@@ -52,20 +54,44 @@ class InferenceParameters(BaseModel):
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
 
 
-class _Truncation(BaseModel):
-    """TEI's truncation options, shared by the routes that take them."""
+class _LongTexts(BaseModel):
+    """What to do with inputs longer than the model reads at once (docs/long-texts.md), shared by the
+    routes that classify."""
 
     truncate: StrictBool | None = Field(
         None,
-        description="cut inputs longer than the model's max length (null or absent: true) instead of refusing them",
+        description="cut inputs longer than the model's max length, or than MAX_WINDOWS windows, "
+        "(null or absent: true) instead of refusing them",
     )
-    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
-        "Right", description="which end of a long input is cut"
+    windows: StrictBool | None = Field(
+        None,
+        description="read a long input whole, in overlapping windows whose scores are combined "
+        "(null or absent: the model's default, WINDOWS)",
     )
+    window_overlap: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        None, description="tokens consecutive windows share (null or absent: WINDOW_OVERLAP)"
+    )
+    aggregation: Literal["mean", "max"] | None = Field(
+        None, description="how the windows' scores become one (null or absent: AGGREGATION)"
+    )
+    details: StrictBool = Field(
+        False, description="add what happened to each input (truncated, windows, tokens) to the answer"
+    )
+
+    def windowing(self, defaults: Windowing) -> Windowing:
+        return defaults.overridden(enabled=self.windows, overlap=self.window_overlap, aggregation=self.aggregation)
 
     @property
     def should_truncate(self) -> bool:
         return self.truncate is not False
+
+
+class _Truncation(_LongTexts):
+    """TEI's truncation options, with the long-text ones."""
+
+    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
+        "Right", description="which end of a long input is cut"
+    )
 
     @property
     def direction(self) -> Literal["left", "right"]:
@@ -184,14 +210,13 @@ class _ZeroShotPeek(BaseModel):
     parameters: _PeekParameters | None = None
 
 
-class ZeroShotRequest(BaseModel):
+class ZeroShotRequest(_LongTexts):
     """Hugging Face's zero-shot-classification body (what ``InferenceClient.zero_shot_classification`` sends)."""
 
     model_config = ConfigDict(extra="ignore")
 
     inputs: StrictStr
     parameters: ZeroShotParameters
-    truncate: StrictBool | None = None
 
     @staticmethod
     def is_one(raw: bytes) -> bool:

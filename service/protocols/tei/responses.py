@@ -21,10 +21,26 @@ class Prediction(BaseModel):
     )
 
 
+class InputDetails(BaseModel):
+    """What happened to one input (with ``details``)."""
+
+    truncated: bool = Field(description="part of the input went unread (cut at the max length or at MAX_WINDOWS)")
+    windows: int = Field(description="windows the input was read in; 1 unless read whole in windows")
+    tokens: int = Field(description="tokens the model read, special tokens included, overlaps once per window")
+
+
+class PredictionsWithDetails(BaseModel):
+    """``/predict`` with ``details``: the usual answer, and what happened to each input."""
+
+    predictions: list[Prediction] | list[list[Prediction]]
+    details: list[InputDetails]
+
+
 class RerankResult(BaseModel):
     index: int = Field(description="position in the request's texts")
     text: str | None = Field(None, description="present only with return_text")
     score: float
+    details: InputDetails | None = Field(None, description="present only with details")
 
 
 class ZeroShotResult(BaseModel):
@@ -33,6 +49,9 @@ class ZeroShotResult(BaseModel):
     sequence: str
     labels: list[str]
     scores: list[float]
+    details: InputDetails | None = Field(
+        None, description="present only with details; tokens count every candidate label's reading"
+    )
 
 
 class Token(BaseModel):

@@ -20,10 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service import __version__
-from service.core.engine import Engine
+from service.core.engine import Classified, Engine
 from service.core.failures import EmptyInput, InvalidInput
 from service.core.manifest import ZeroShotIds
 from service.core.scoring import sigmoid, softmax, zero_shot_scores
+from service.core.windows import FIRST, InputReport
+from service.protocols.reports import report_headers
 from service.protocols.tei.requests import (
     DecodeRequest,
     PredictRequest,
@@ -31,7 +33,14 @@ from service.protocols.tei.requests import (
     TokenizeRequest,
     ZeroShotRequest,
 )
-from service.protocols.tei.responses import Info, Prediction, RerankResult, Token, ZeroShotResult
+from service.protocols.tei.responses import (
+    Info,
+    Prediction,
+    PredictionsWithDetails,
+    RerankResult,
+    Token,
+    ZeroShotResult,
+)
 from service.protocols.validation import parse
 from service.web.bodies import json_body
 from service.web.responses import json_response, timing_headers
@@ -72,7 +81,12 @@ async def predict(request: Request) -> Response:
 
 async def _predict(request: Request, engine: Engine, raw: bytes) -> Response:
     body = parse(PredictRequest, raw, context(request, engine))
-    result = await engine.classify(body.items, truncate=body.should_truncate, direction=body.direction)
+    result = await engine.classify(
+        body.items,
+        truncate=body.should_truncate,
+        direction=body.direction,
+        windowing=body.windowing(engine.windowing),
+    )
     function = body.parameters.function_to_apply if body.parameters else None
     if body.raw_scores:
         scores = result.logits
@@ -81,7 +95,14 @@ async def _predict(request: Request, engine: Engine, raw: bytes) -> Response:
     else:
         scores = engine.scores(result.logits, raw=False)
     ranked = [_ranked(engine.manifest.labels, row, body.k) for row in scores]
-    return JSONResponse(ranked if body.nested else ranked[0], headers=timing_headers(result, request))
+    answer: Any = ranked if body.nested else ranked[0]
+    if body.details:
+        answer = {"predictions": answer, "details": [report.to_dict() for report in result.reports]}
+    return JSONResponse(answer, headers=_headers(result, request))
+
+
+def _headers(result: Classified, request: Request, reports: Sequence[InputReport] | None = None) -> dict[str, str]:
+    return {**timing_headers(result, request), **report_headers(result.reports if reports is None else reports)}
 
 
 async def rerank(request: Request) -> Response:
@@ -96,7 +117,12 @@ async def _rerank(request: Request, engine: Engine, raw: bytes) -> Response:
     if not body.texts:
         raise EmptyInput("`texts` cannot be empty")
     pairs = [(body.query, text) for text in body.texts]
-    result = await engine.classify(pairs, truncate=body.should_truncate, direction=body.direction)
+    result = await engine.classify(
+        pairs,
+        truncate=body.should_truncate,
+        direction=body.direction,
+        windowing=body.windowing(engine.windowing),
+    )
     logits = result.logits[:, 0]
     scores = logits if body.raw_scores else sigmoid(logits.astype(np.float64))
     ranked = []
@@ -104,8 +130,10 @@ async def _rerank(request: Request, engine: Engine, raw: bytes) -> Response:
         entry: dict[str, Any] = {"index": int(index), "score": float(scores[index])}
         if body.return_text:
             entry["text"] = body.texts[index]
+        if body.details:
+            entry["details"] = result.reports[index].to_dict()
         ranked.append(entry)
-    return JSONResponse(ranked, headers=timing_headers(result, request))
+    return JSONResponse(ranked, headers=_headers(result, request))
 
 
 def _zero_shot_ids(engine: Engine) -> ZeroShotIds:
@@ -127,14 +155,32 @@ async def zero_shot(request: Request) -> Response:
 async def _zero_shot(request: Request, engine: Engine, raw: bytes) -> Response:
     ids = _zero_shot_ids(engine)
     body = parse(ZeroShotRequest, raw, context(request, engine))
-    # The pairs of one request (text, hypothesis for each label) go through the batcher together.
-    result = await engine.classify(body.pairs, truncate=body.truncate is not False)
+    # The pairs of one request (text, hypothesis for each label) go through the batcher together; the
+    # text is the side read in windows, each window paired with the whole hypothesis.
+    result = await engine.classify(
+        body.pairs, truncate=body.should_truncate, windowing=body.windowing(engine.windowing), side=FIRST
+    )
     scores = zero_shot_scores(result.logits[np.newaxis], ids, multi_label=body.parameters.multi_label)[0]
     order = np.argsort(-scores, kind="stable")
     labels = body.parameters.candidate_labels
-    return JSONResponse(
-        {"sequence": body.inputs, "labels": [labels[i] for i in order], "scores": [float(scores[i]) for i in order]},
-        headers=timing_headers(result, request),
+    answer: dict[str, Any] = {
+        "sequence": body.inputs,
+        "labels": [labels[i] for i in order],
+        "scores": [float(scores[i]) for i in order],
+    }
+    text = _text_report(result.reports)
+    if body.details:
+        answer["details"] = text.to_dict()
+    return JSONResponse(answer, headers=_headers(result, request, [text]))
+
+
+def _text_report(pairs: Sequence[InputReport]) -> InputReport:
+    """The one text of a zero-shot request, read once per candidate label: cut if cut for any, in the
+    windows of its longest reading, and every token read."""
+    return InputReport(
+        any(report.truncated for report in pairs),
+        max(report.windows for report in pairs),
+        sum(report.tokens for report in pairs),
     )
 
 
@@ -226,7 +272,7 @@ def serve_versions() -> dict[str, str]:
 
 
 _INPUT_ERRORS = (400, 401, 413, 415, 422, 429, 503)
-_SCORES = list[Prediction] | list[list[Prediction]]
+_SCORES = list[Prediction] | list[list[Prediction]] | PredictionsWithDetails
 ENDPOINTS = [
     Endpoint(
         "/",

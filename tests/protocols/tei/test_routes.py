@@ -447,6 +447,7 @@ def test_openapi_lists_every_endpoint(client):
         "anyOf": [
             {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
             {"type": "array", "items": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}},
+            {"$ref": "#/components/schemas/PredictionsWithDetails"},
         ]
     }
     assert predict["responses"]["429"]["content"]["application/json"]["schema"] == {
