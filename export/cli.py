@@ -107,11 +107,29 @@ def _verify_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_windows_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export check-windows",
+        description="Check a bundle reading long documents in windows (the service's WINDOWS) against its "
+        "original PyTorch model run window by window and aggregated the same way, held to the bundle's gate.",
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--model", help="the original the bundle was exported from (default: the built-in model)")
+    parser.add_argument("--head", help="its scikit-learn head, for a sentence-transformers body")
+    parser.add_argument("--overlap", type=int, default=32, help="tokens windows share (default: 32)")
+    parser.add_argument(
+        "--aggregation", choices=("mean", "max"), help="how windows combine (default: the model kind's)"
+    )
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["verify"]:
             return _run_verify(_verify_parser().parse_args(argv[1:]))
+        if argv[:1] == ["check-windows"]:
+            return _run_check_windows(_check_windows_parser().parse_args(argv[1:]))
         return _run_export(_export_parser().parse_args(argv))
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -168,6 +186,34 @@ def _run_export(args: argparse.Namespace) -> int:
         f"bundle: {result.out} ({kind}{manifest.variant}, {len(manifest.id2label)} labels, "
         f"max_length {manifest.max_length})"
     )
+    return ExitCode.OK
+
+
+def _run_check_windows(args: argparse.Namespace) -> int:
+    from export.check import check_bundle
+    from export.sources import load_source
+    from export.windows_check import check_bundle_windows
+
+    if args.overlap < 0:
+        print("error: --overlap must not be negative", file=sys.stderr)
+        return ExitCode.USAGE
+    check_bundle(args.bundle)  # hashes and manifest first: a damaged bundle is refused as verify refuses it
+    source = load_source(args.model, head=args.head)
+    failures = []
+    for check in check_bundle_windows(source, args.bundle, overlap=args.overlap, aggregation=args.aggregation):
+        report = check.report
+        print(
+            f"{len(check.windows)} documents, {sum(check.windows)} windows ({min(check.windows)} to "
+            f"{max(check.windows)} each): {report.measure} agreement {report.agreement:.2%}, "
+            f"max |logit difference| {report.max_logit_diff:.2e}, max |score difference| {report.max_prob_diff:.2e}"
+        )
+        failures.extend(check.failures)
+    if failures:
+        print("error: windowed answers fall outside the bundle's gate:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return ExitCode.VERIFICATION_FAILED
+    print("windows: passed")
     return ExitCode.OK
 
 

@@ -332,14 +332,7 @@ def _load_checkpoint(
 
     def window_reference(inputs: Sequence[TextInput], overlap: int, side: str) -> list[Windows]:
         def run(features: dict[str, torch.Tensor]) -> np.ndarray:
-            logits = []
-            for start in range(0, len(features["input_ids"]), step):  # one window at a time for decoders
-                chunk = {name: value[start : start + step] for name, value in features.items()}
-                if step == 1:  # without its padding, on whichever side the tokenizer put it
-                    real = chunk["attention_mask"][0].bool()
-                    chunk = {name: value[:, real] for name, value in chunk.items()}
-                logits.append(original(**chunk).logits.float().numpy())
-            return np.concatenate(logits)
+            return original(**features).logits.float().numpy()
 
         return _windows_of(hf_tokenizer, input_names, limit, inputs, overlap, side, run)
 
@@ -373,7 +366,8 @@ def _windows_of(
     run: Callable[[dict[str, torch.Tensor]], np.ndarray],
 ) -> list[Windows]:
     """Each input's windows as transformers makes them (``return_overflowing_tokens`` with ``stride``),
-    run by ``run``: per input, the logits (a row per window) and each window's real tokens."""
+    each run alone by ``run`` (no padding to blur the reference; decoders may have no pad token): per
+    input, the logits (a row per window) and each window's tokens."""
     results = []
     for item in inputs:
         if isinstance(item, str):
@@ -383,17 +377,14 @@ def _windows_of(
             texts = (item[0], item[1])
             truncation = "only_second" if side == "second" else "only_first"
         batch = hf_tokenizer(
-            *texts,
-            truncation=truncation,
-            max_length=limit,
-            stride=overlap,
-            return_overflowing_tokens=True,
-            padding=True,
-            return_tensors="pt",
+            *texts, truncation=truncation, max_length=limit, stride=overlap, return_overflowing_tokens=True
         )
-        features = {name: batch[name] for name in input_names if name in batch}
-        with torch.inference_mode():
-            results.append((run(features), batch["attention_mask"].sum(dim=1).numpy()))
+        logits = []
+        for window in range(len(batch["input_ids"])):
+            features = {name: torch.tensor([batch[name][window]]) for name in input_names if name in batch}
+            with torch.inference_mode():
+                logits.append(run(features))
+        results.append((np.concatenate(logits), np.array([len(ids) for ids in batch["input_ids"]])))
     return results
 
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from export.sources import Source
+from export.texts import builtin_texts
 from service.core.classifier import OnnxClassifier, TextInput
 from service.core.gate import Thresholds, VariantReport, compare
 from service.core.manifest import IDENTITY, SIGMOID, Manifest
 from service.core.scoring import probabilities
-from service.core.windows import MAX, SECOND, aggregate, default_aggregation
+from service.core.windows import FIRST, MAX, SECOND, aggregate, default_aggregation
 
 # Keeps log(p) and log(1 - p) finite for scores that round to 0 or 1.
 _EPSILON = 1e-12
@@ -89,7 +92,9 @@ def check_windows(
                 probabilities(aggregate(logits, tokens, function, how)[np.newaxis], manifest.problem_type)[0], function
             )
         )
-    original = source.window_reference(inputs, overlap, side)
+    # Each input with the overlap the bundle could give it (less than asked when a window has little room).
+    window_reference = source.window_reference
+    original = [window_reference([item], windows.overlap, side)[0] for item, windows in zip(inputs, windowed)]
     theirs = [as_logits(reference_scores(logits, tokens, function, how), function) for logits, tokens in original]
     report = compare(
         manifest.variant,
@@ -100,6 +105,46 @@ def check_windows(
         threshold=manifest.threshold,
     )
     return WindowsCheck(report, [len(item.windows) for item in windowed], [len(logits) for logits, _ in original])
+
+
+def documents(tokenizer: Tokenizer, window_length: int, *, count: int = 8) -> list[str]:
+    """``count`` long documents of the built-in texts, from one and a half to twelve windows long, each
+    starting at a different text so they differ in content as well as in length."""
+    texts = builtin_texts()
+    documents = []
+    for index, windows in enumerate(np.linspace(1.5, 12, count)):
+        target, tokens = int(windows * window_length), 0
+        parts: list[str] = []
+        while tokens < target:
+            text = texts[(index * 37 + len(parts)) % len(texts)]
+            parts.append(text)
+            tokens += len(tokenizer.encode(text, add_special_tokens=False).ids)
+        documents.append(" ".join(parts))
+    return documents
+
+
+def check_bundle_windows(source: Source, bundle: Path, *, overlap: int, aggregation: str | None) -> list[WindowsCheck]:
+    """The bundle against its original on long documents: alone for a text model; for a pair model as
+    the second text after a short query, and, for a zero-shot model, as the premise of a hypothesis."""
+    classifier = OnnxClassifier.from_bundle(bundle)
+    texts = documents(classifier.tokenizer, classifier.window_length)
+    manifest = classifier.manifest
+    if not manifest.is_pair:
+        return [check_windows(source, classifier, texts, overlap=overlap, aggregation=aggregation)]
+    queries = builtin_texts()
+    checks = [
+        check_windows(
+            source,
+            classifier,
+            [(queries[i], text) for i, text in enumerate(texts)],
+            overlap=overlap,
+            aggregation=aggregation,
+        )
+    ]
+    if manifest.zero_shot is not None:
+        pairs = [(text, f"This example is {label}.") for text in texts for label in ("travel", "banking")]
+        checks.append(check_windows(source, classifier, pairs, overlap=overlap, side=FIRST, aggregation=aggregation))
+    return checks
 
 
 def _thresholds(manifest: Manifest) -> Thresholds:

@@ -159,6 +159,7 @@ class Windowed:
     windows: list[Encoded]
     needed: int
     cut: bool = False
+    overlap: int = 0  # the tokens its windows share: what was asked, or less when a window had too little room
 
     @property
     def truncated(self) -> bool:
@@ -304,13 +305,14 @@ class OnnxClassifier:
                 windowed = self._windows_of_pair(item, overlap, side)
             if not windowed.windows[0].length:
                 raise NoTokens(f"input {index} has no tokens for this model; send a non-empty text")
-            results.append(Windowed(windowed.windows[:max_windows], windowed.needed, windowed.cut))
+            results.append(dataclasses.replace(windowed, windows=windowed.windows[:max_windows]))
         return results
 
     def _windows_of_text(self, text: str, overlap: int) -> Windowed:
         room = self.window_length - self.special_tokens(False)
-        tokenizer = self._window_tokenizer("longest_first", min(overlap, room // 2))
-        return _windowed(tokenizer.encode(text, add_special_tokens=True))
+        stride = min(overlap, room // 2)
+        tokenizer = self._window_tokenizer("longest_first", stride)
+        return dataclasses.replace(_windowed(tokenizer.encode(text, add_special_tokens=True)), overlap=stride)
 
     def _windows_of_pair(self, pair: tuple[str, str], overlap: int, side: str) -> Windowed:
         keep = 0 if side == SECOND else 1
@@ -323,8 +325,10 @@ class OnnxClassifier:
             texts[keep] = pair[keep][: kept.offsets[share - 1][1]]
             pair = (texts[0], texts[1])
         strategy = "only_second" if side == SECOND else "only_first"
-        tokenizer = self._window_tokenizer(strategy, min(overlap, (room - min(len(kept.ids), share)) // 2))
-        return dataclasses.replace(_windowed(tokenizer.encode(*pair, add_special_tokens=True)), cut=cut)
+        stride = min(overlap, (room - min(len(kept.ids), share)) // 2)
+        tokenizer = self._window_tokenizer(strategy, stride)
+        windowed = _windowed(tokenizer.encode(*pair, add_special_tokens=True))
+        return dataclasses.replace(windowed, cut=cut, overlap=stride)
 
     def _window_tokenizer(self, strategy: str, stride: int) -> Tokenizer:
         """A copy of the tokenizer that cuts with ``strategy`` and keeps the rest as overlapping windows."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -407,7 +408,8 @@ class ModelRegistry:
         for name, value in overrides.items():
             expected = type(getattr(self.settings, name))
             if type(value) is not expected:  # exact: JSON's true is not a number of windows
-                raise ValueError(f"{repository.SERVING_FILE}: {name} must be a {expected.__name__}, got {value!r}")
+                kind = {bool: "true or false", int: "a whole number", str: "a string"}[expected]
+                raise ValueError(f"{repository.SERVING_FILE}: {name} must be {kind}, got {json.dumps(value)}")
         return dataclasses.replace(self.settings, bundle=str(item.path), model_name=model.name, **overrides)
 
     def _refuse(self, model: Model, item: Found, reason: str, current: Loaded | None) -> Loaded | None:

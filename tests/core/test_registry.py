@@ -605,3 +605,55 @@ def test_health_names_models_and_states_not_server_paths(tmp_path, tiny_bundle):
         assert broken_row["reason"].startswith(f"bundle {broken} failed its integrity check: model.onnx: sha256 ")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "serving, reason",
+    [
+        pytest.param(
+            "{",
+            "serving.json is not valid JSON: Expecting property name enclosed in double quotes: line 1 "
+            "column 2 (char 1)",
+            id="json",
+        ),
+        pytest.param("[]", "serving.json must hold a JSON object of settings", id="not-an-object"),
+        pytest.param(
+            '{"port": 1, "windows": true}',
+            "serving.json sets port; a model may set only windows, window_overlap, max_windows, aggregation",
+            id="not-per-model",
+        ),
+        pytest.param('{"max_windows": true}', "serving.json: max_windows must be a whole number, got true", id="type"),
+        pytest.param('{"max_windows": 0}', "--max-windows must be at least 1, got 0", id="range"),
+        pytest.param('{"aggregation": "median"}', "--aggregation must be auto, mean or max, got 'median'", id="choice"),
+    ],
+)
+def test_a_models_serving_json_is_checked_before_its_versions_load(tmp_path, tiny_bundle, serving, reason):
+    repository = tmp_path / "repository"
+    place(tiny_bundle("bert"), repository / "good" / "1")
+    place(tiny_bundle("bert"), repository / "odd" / "1")
+    (repository / "odd" / "serving.json").write_text(serving)
+    server = serve(repository, "--model-control", "explicit", "--api-keys", KEY)
+    try:
+        rows = httpx.post(server.url + "/v2/repository/index", headers=AUTH).json()
+        assert {row["name"]: (row["state"], row["reason"]) for row in rows} == {
+            "good": ("READY", ""),
+            "odd": ("UNAVAILABLE", reason),
+        }
+    finally:
+        server.stop()
+
+
+def test_a_models_serving_json_sets_its_own_long_text_settings(tmp_path, tiny_bundle):
+    repository = tmp_path / "repository"
+    place(tiny_bundle("bert"), repository / "whole" / "1")
+    place(tiny_bundle("bert"), repository / "first" / "1")
+    (repository / "whole" / "serving.json").write_text('{"windows": true, "max_windows": 3, "window_overlap": 2}')
+    server = serve(repository)
+    try:
+        text = " ".join(["what is my balance"] * 30)
+        whole = httpx.post(server.url + "/models/whole/predict", json={"inputs": text, "details": True}).json()
+        first = httpx.post(server.url + "/models/first/predict", json={"inputs": text, "details": True}).json()
+        assert whole["details"] == [{"truncated": True, "windows": 3, "tokens": 72}]
+        assert first["details"] == [{"truncated": True, "windows": 1, "tokens": 24}]
+    finally:
+        server.stop()
