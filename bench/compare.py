@@ -24,7 +24,13 @@ Workloads, each a fresh seeded mix, so every server gets the same texts:
 - ``long-mix``: ``--long-fraction`` of texts cut at the max length, the rest
   short, at ``--mixed-concurrency``; the short queries' p50/p99 kept apart;
 - ``repeat``: short queries drawn from ``--distinct`` texts at
-  ``--cache-concurrency``, against ours without and with the cache.
+  ``--cache-concurrency``, against ours without and with the cache;
+- ``document-mix``: ``--document-fraction`` of whole documents (1,000 to 5,000
+  tokens, ``windows: true``), the rest short, at ``--mixed-concurrency``, ours
+  only (no baseline reads a document whole); its short queries' p99 against the
+  ``short`` workload's at the same concurrency;
+- ``documents``: whole documents only at ``--document-concurrency``: windows per
+  second, against the in-process floor's for the same documents.
 """
 
 from __future__ import annotations
@@ -63,9 +69,10 @@ class Workload:
     concurrency: list[int]
     long_fraction: float = 0.0
     distinct: int = 0
+    document_fraction: float = 0.0
 
     def mix(self) -> Mix:
-        return Mix(long_fraction=self.long_fraction, distinct=self.distinct)
+        return Mix(long_fraction=self.long_fraction, distinct=self.distinct, document_fraction=self.document_fraction)
 
 
 def server_names(text: str) -> list[str]:
@@ -104,6 +111,13 @@ def add_arguments(parser) -> None:
         "--shadow-concurrency", type=levels_arg, default=[1, 32], help="levels of the shadow-version run"
     )
     parser.add_argument(
+        "--document-fraction",
+        type=float,
+        default=0.1,
+        help="share of whole documents in the document-mix level; 0 skips the document runs",
+    )
+    parser.add_argument("--document-concurrency", type=int, default=4, help="concurrency of the documents-only level")
+    parser.add_argument(
         "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
     )
 
@@ -114,7 +128,16 @@ def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
     if args.long_fraction:
         common.append(Workload("long-mix", [args.mixed_concurrency], long_fraction=args.long_fraction))
     repeat = [Workload("repeat", args.cache_concurrency, distinct=args.distinct)] if args.cache_size else []
-    runs = [("wire", "wire", {}, [Workload("short", [1])]), ("ours", "ours", {"CACHE_SIZE": "0"}, common + repeat)]
+    documents = []
+    if args.document_fraction:
+        documents = [
+            Workload("document-mix", [args.mixed_concurrency], document_fraction=args.document_fraction),
+            Workload("documents", [args.document_concurrency], document_fraction=1.0),
+        ]
+    runs = [
+        ("wire", "wire", {}, [Workload("short", [1])]),
+        ("ours", "ours", {"CACHE_SIZE": "0"}, common + repeat + documents),
+    ]
     runs += [(name, name, BASELINE_ENV.get(name, {}), common) for name in SERVERS[1:] if name in args.servers]
     if repeat:
         runs.append(("ours-cache", "ours", {"CACHE_SIZE": str(args.cache_size)}, repeat))
@@ -314,6 +337,8 @@ def _settings(args) -> dict:
         "cache_concurrency",
         "shadow_fraction",
         "shadow_concurrency",
+        "document_fraction",
+        "document_concurrency",
         "servers",
     )
     return {name: getattr(args, name) for name in names}

@@ -7,7 +7,11 @@ OnnxClassifier). Two figures:
 - p50/p99 of tokenize + ``session.run`` for one short query: what a request at
   concurrency 1 cannot go below; the service's p50 minus this is its overhead;
 - texts per second in batches of 32 (tokenize + run): roughly what the service
-  can reach under load when its batches fill.
+  can reach under load when its batches fill;
+- windows per second for the load tool's whole documents (bench/workload.py
+  ``DOCUMENTS``, windowed as the service windows them by default), run in batches
+  of ``WINDOW_BATCH`` windows, the fastest size measured on the 2-core machine of the
+  report (28 ms a window alone, 26 in fours, 32 in sixteens).
 
     .venv-serve/bin/python -m bench.floor --bundle bundles/default --duration 10
 """
@@ -20,10 +24,12 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from bench.workload import Mix
+from bench.workload import DOCUMENTS, Mix
 from service.core.classifier import OnnxClassifier
+from service.settings import Settings
 
 BATCH = 32
+WINDOW_BATCH = 4
 WARMUP_SECONDS = 0.5
 
 
@@ -63,13 +69,36 @@ def batched_throughput(classifier: OnnxClassifier, duration: float) -> tuple[int
     return done, time.perf_counter() - started
 
 
+def window_throughput(classifier: OnnxClassifier, duration: float) -> tuple[int, float]:
+    """Windows and seconds, tokenizing the documents and running their windows for ``duration`` seconds."""
+    settings = Settings()
+    done = documents = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration:
+        (windowed,) = classifier.encode_windows(
+            [DOCUMENTS[documents % len(DOCUMENTS)]], overlap=settings.window_overlap, max_windows=settings.max_windows
+        )
+        for start in range(0, len(windowed.windows), WINDOW_BATCH):
+            classifier.run(windowed.windows[start : start + WINDOW_BATCH])
+        done += len(windowed.windows)
+        documents += 1
+    return done, time.perf_counter() - started
+
+
 def measure(bundle: str, duration: float) -> dict:
     """The raw samples of one slice: ``summarize`` pools the slices of a run."""
     classifier = OnnxClassifier.from_bundle(bundle)
     single_latencies(classifier, WARMUP_SECONDS)
     latencies = single_latencies(classifier, duration)
     texts, seconds = batched_throughput(classifier, duration)
-    return {"single_ms": latencies, "batch_texts": texts, "batch_seconds": seconds}
+    windows, window_seconds = window_throughput(classifier, duration)
+    return {
+        "single_ms": latencies,
+        "batch_texts": texts,
+        "batch_seconds": seconds,
+        "windows": windows,
+        "window_seconds": window_seconds,
+    }
 
 
 def summarize(slices: list[dict]) -> dict[str, float]:
@@ -81,6 +110,8 @@ def summarize(slices: list[dict]) -> dict[str, float]:
         "single_runs": len(latencies),
         "batch_size": BATCH,
         "batch_texts_per_s": round(sum(p["batch_texts"] for p in slices) / sum(p["batch_seconds"] for p in slices), 1),
+        "window_batch": WINDOW_BATCH,
+        "windows_per_s": round(sum(p["windows"] for p in slices) / sum(p["window_seconds"] for p in slices), 1),
     }
 
 

@@ -57,6 +57,9 @@ class LevelResult:
     cache_hit_rate: float | None = None
     shadow_share: float | None = None  # of the inputs served, the share a shadow version also ran
     shadow_skipped_share: float | None = None  # ... and the share picked for it but skipped
+    windows_per_s: float | None = None  # windows of documents read whole, per second
+    document_p50_ms: float | None = None  # whole documents alone, when the mix has them
+    document_p99_ms: float | None = None
 
 
 def check_target(url: str) -> None:
@@ -120,6 +123,7 @@ _COUNTERS = (
     "classifier_cache_misses_total",
     "classifier_shadow_inputs_total",
     "classifier_shadow_skipped_inputs_total",
+    "classifier_windows_total",
 )
 
 
@@ -152,6 +156,8 @@ def fill_from_counters(result: LevelResult, delta: Mapping[str, float]) -> None:
         result.shadow_skipped_share = round((skipped or 0) / result.requests, 4)
     if delta.get("classifier_batch_size_count"):
         result.mean_batch_size = round(delta["classifier_batch_size_sum"] / delta["classifier_batch_size_count"], 2)
+    if delta.get("classifier_windows_total") and result.seconds:
+        result.windows_per_s = round(delta["classifier_windows_total"] / result.seconds, 1)
     hits = delta.get("classifier_cache_hits_total", 0)
     lookups = hits + delta.get("classifier_cache_misses_total", 0)
     if lookups:
@@ -321,6 +327,8 @@ def summarize(samples: Samples, *, concurrency: int | None = None, rate: float |
     )
     if "short" in samples.latencies and len(samples.latencies) > 1:
         result.short_p50_ms, _, result.short_p99_ms = _percentiles(samples.latencies["short"])
+    if samples.latencies.get("document"):
+        result.document_p50_ms, _, result.document_p99_ms = _percentiles(samples.latencies["document"])
     if samples.cpu_seconds is not None:
         result.cpu_percent = round(100 * samples.cpu_seconds / samples.seconds, 1)
         result.peak_rss_mb = round(samples.peak_rss / 1e6, 1)

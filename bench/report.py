@@ -266,6 +266,73 @@ def _long_mix_section(report: Report) -> list[str]:
     ] + _table(["server", "req/s", "short p50 ms", "short p99 ms", "all p99 ms", "short p99 ms, short only"], rows)
 
 
+def _documents_section(report: Report) -> list[str]:
+    ours, level = report.runs["ours"], report.settings["mixed_concurrency"]
+    mixed, only = ours.at("document-mix", level), ours.at("documents", report.settings.get("document_concurrency", 0))
+    alone = ours.at("short", level)
+    if mixed is None or only is None or alone is None or mixed.short_p99_ms is None:
+        return []
+    floor = report.floor.get("windows_per_s")
+    mix_row = [
+        f"{mixed.throughput:.0f}",
+        _ms(mixed.short_p50_ms),
+        _ms(mixed.short_p99_ms),
+        _ms(alone.p99_ms),
+        f"{mixed.short_p99_ms / alone.p99_ms:.2f}×",
+        f"{_ms(mixed.document_p50_ms)} / {_ms(mixed.document_p99_ms)}",
+        _ms(mixed.windows_per_s),
+    ]
+    only_row = [
+        str(report.settings["document_concurrency"]),
+        f"{only.throughput:.2f}",
+        _ms(only.windows_per_s),
+        _ms(floor),
+        "-" if not floor or only.windows_per_s is None else f"{only.windows_per_s / floor:.0%}",
+        f"{_ms(only.document_p50_ms)} / {_ms(only.document_p99_ms)}",
+    ]
+    return (
+        [
+            "",
+            f"## Whole documents read in windows (concurrency {level})",
+            "",
+            f"{report.settings['document_fraction']:.0%} of requests are documents of 1,000 to 5,000 tokens sent with "
+            f"`windows: true` (read in windows of {report.manifest['max_length']} tokens sharing 32), the rest short "
+            "queries. Short p50/p99 count the short queries alone; beside them, their p99 with no documents at the "
+            "same concurrency, and the ratio of the two (the bound is 2×).",
+            "",
+        ]
+        + _table(
+            [
+                "req/s",
+                "short p50 ms",
+                "short p99 ms",
+                "short p99 ms, short only",
+                "p99 ratio",
+                "document p50 / p99 ms",
+                "windows/s",
+            ],
+            [mix_row],
+        )
+        + [
+            "",
+            f"Documents only; the in-process floor runs the same documents' windows in batches of "
+            f"{report.floor.get('window_batch', '-')} with no server around them (`bench/floor.py`).",
+            "",
+        ]
+        + _table(
+            [
+                "concurrency",
+                "documents/s",
+                "windows/s",
+                "in-process windows/s",
+                "of the floor",
+                "document p50 / p99 ms",
+            ],
+            [only_row],
+        )
+    )
+
+
 def _cache_section(report: Report) -> list[str]:
     if "ours-cache" not in report.runs:
         return []
@@ -409,6 +476,7 @@ def markdown(report: Report) -> str:
         "",
     ]
     lines += _main_section(report, numbers) + _floor_section(report, numbers) + _long_mix_section(report)
+    lines += _documents_section(report)
     lines += (
         _cache_section(report)
         + _shadow_section(report)

@@ -1,4 +1,4 @@
-"""What the load tool sends: a seeded mix of short queries, long texts and small batches.
+"""What the load tool sends: a seeded mix of short queries, long texts, whole documents and small batches.
 
 Kept free of HTTP and of the test packages so the in-process floor (bench/floor.py)
 draws exactly the same texts in the serving environment.
@@ -12,6 +12,24 @@ from dataclasses import dataclass, field
 from export.texts import IN_DOMAIN, LONG
 
 SHORT_TEXTS = [t for t in IN_DOMAIN if t]
+# About 5.3 characters a token for the default model's tokenizer on these texts.
+CHARS_PER_TOKEN = 5.3
+
+
+def _documents(count: int = 16, shortest: int = 1000, longest: int = 5000) -> list[str]:
+    """Documents of about ``shortest`` to ``longest`` tokens, each a different run of the long texts."""
+    pieces = LONG + SHORT_TEXTS
+    documents = []
+    for index in range(count):
+        target = CHARS_PER_TOKEN * (shortest + (longest - shortest) * index / (count - 1))
+        parts: list[str] = []
+        while sum(map(len, parts)) < target:
+            parts.append(pieces[(index * 5 + len(parts)) % len(pieces)])
+        documents.append(" ".join(parts))
+    return documents
+
+
+DOCUMENTS = _documents()
 
 
 @dataclass
@@ -25,6 +43,7 @@ class Mix:
     long_fraction: float = 0.0
     batch_fraction: float = 0.0
     distinct: int = 0
+    document_fraction: float = 0.0  # whole documents, read in windows (``windows: true``)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     @property
@@ -34,6 +53,9 @@ class Mix:
     def draw(self) -> tuple[str, str | list[str]]:
         """(kind, inputs) of the next request."""
         roll = self.rng.random()
+        if roll < self.document_fraction:
+            return "document", self.rng.choice(DOCUMENTS)
+        roll -= self.document_fraction
         if roll < self.long_fraction:
             return "long", self.rng.choice(LONG)
         if roll < self.long_fraction + self.batch_fraction:
@@ -43,4 +65,6 @@ class Mix:
 
     def payload(self) -> tuple[str, dict]:
         kind, inputs = self.draw()
+        if kind == "document":
+            return kind, {"inputs": inputs, "top_k": 1, "windows": True}
         return kind, {"inputs": inputs, "top_k": 1}

@@ -68,7 +68,7 @@ class Settings:
     max_windows: int = 32
     aggregation: str = "auto"
     long_input_tokens: int = 64
-    long_batch_tokens: int = 512
+    long_batch_tokens: int = 256
 
     def __post_init__(self) -> None:
         positive = (

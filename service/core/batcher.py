@@ -117,7 +117,7 @@ class MicroBatcher:
         self._sole_caller = sole_caller
         self._pending: deque[_Item] = deque()
         self._long: deque[_Item] = deque()
-        self._long_turn = False  # whose turn it is when both lanes hold inputs
+        self._last_long = True  # whether the last batch came from the long lane (at first: short ones go first)
         # Guards the queue and the stop flag between the event loop and the worker thread.
         self._ready = threading.Condition()
         self._stopping = False
@@ -234,9 +234,9 @@ class MicroBatcher:
         """The next batch: from the lane whose turn it is when both hold inputs, else from the one that does."""
         self._drop_gone(self._pending)
         self._drop_gone(self._long)
-        take_long = bool(self._long) and (not self._pending or self._long_turn)
-        if self._pending and self._long:
-            self._long_turn = not take_long
+        # With both lanes waiting, the one that did not run last; so neither waits behind two of the other's.
+        take_long = bool(self._long) and (not self._pending or not self._last_long)
+        self._last_long = take_long
         if take_long:
             return self._cut(self._long, self.long_batch_tokens)
         return self._cut(self._pending, self.max_batch_tokens)

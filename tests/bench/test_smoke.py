@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from bench import loadtest
-from bench.workload import SHORT_TEXTS, Mix
+from bench.workload import DOCUMENTS, SHORT_TEXTS, Mix
 from tests.conftest import ROOT, needs_export
 from tests.helpers import ServerProcess, free_port, require_serve_env, wait_ready
 
@@ -137,6 +137,13 @@ def test_workload_tags_kinds_and_repeats_a_small_set():
     draws = [mix.draw() for _ in range(400)]
     kinds = Counter(kind for kind, _ in draws)
     assert set(kinds) == {"short", "long", "batch"} and 150 < kinds["short"] < 250
+    documents = Mix(document_fraction=0.5)
+    drawn = [documents.payload() for _ in range(200)]
+    assert 70 < sum(kind == "document" for kind, _ in drawn) < 130
+    assert all(
+        payload["windows"] is True and payload["inputs"] in DOCUMENTS for kind, payload in drawn if kind == "document"
+    )
+    assert all("windows" not in payload for kind, payload in drawn if kind == "short")
     assert {inputs for kind, inputs in draws if kind == "short"} == set(SHORT_TEXTS[:3])
     assert all(len(inputs) == 3 and set(inputs) <= set(SHORT_TEXTS[:3]) for kind, inputs in draws if kind == "batch")
     # Seeded: every server in a comparison, and the in-process floor, get the same texts in the same order.
@@ -230,6 +237,8 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
         "8",
         "--shadow-concurrency",
         "1",
+        "--document-concurrency",
+        "2",
         "--rounds",
         "2",
     )
@@ -240,7 +249,7 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
     assert data["settings"]["rounds"] == 2
     servers = data["servers"]
     assert {name: set(server["workloads"]) for name, server in servers.items()} == {
-        "ours": {"short", "long-mix", "repeat"},
+        "ours": {"short", "long-mix", "repeat", "document-mix", "documents"},
         "naive": {"short", "long-mix"},
         "ours-cache": {"repeat"},
         "ours-shadow": {"short"},
@@ -257,6 +266,13 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
     assert shadowed["shadow_share"] + shadowed["shadow_skipped_share"] == pytest.approx(0.1, abs=0.01)
     assert shadowed["shadow_share"] > 0.05
     assert servers["ours"]["workloads"]["short"][0]["shadow_share"] is None
+    # Documents are read in windows, which the server counts; the floor runs the same documents' windows.
+    documents = servers["ours"]["workloads"]["documents"][0]
+    assert documents["windows_per_s"] > documents["throughput"] > 0
+    assert documents["document_p50_ms"] <= documents["document_p99_ms"] and documents["short_p99_ms"] is None
+    mixed_documents = servers["ours"]["workloads"]["document-mix"][0]
+    assert mixed_documents["short_p50_ms"] <= mixed_documents["short_p99_ms"] and mixed_documents["windows_per_s"] > 0
+    assert data["floor"]["windows_per_s"] > 0 and data["floor"]["window_batch"] == 4
     floor, figures = data["floor"], data["figures"]
     assert floor["batch_size"] == 32 and floor["single_p50_ms"] > 0 and floor["batch_texts_per_s"] > 0
     ours_c1 = servers["ours"]["workloads"]["short"][0]
@@ -273,6 +289,7 @@ def test_compare_report_sections_with_the_naive_server(tiny_bundle, tmp_path):
         "## Short queries, closed loop",
         "## Against the in-process floor",
         "## Long texts among short queries (concurrency 4)",
+        "## Whole documents read in windows (concurrency 4)",
         "## Response cache: a repeating workload (labelled, not the main figures)",
         "## A shadow version beside the serving one",
         "## Cold start and memory",
@@ -296,7 +313,18 @@ def test_compare_all_three_servers_on_the_default_bundle(default_bundle, tmp_pat
     require_serve_env()
     out = tmp_path / "report"
     proc = _compare(
-        default_bundle, out, "--concurrency", "1", "--long-fraction", "0", "--cache-size", "0", "--shadow-fraction", "0"
+        default_bundle,
+        out,
+        "--concurrency",
+        "1",
+        "--long-fraction",
+        "0",
+        "--cache-size",
+        "0",
+        "--shadow-fraction",
+        "0",
+        "--document-fraction",
+        "0",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "report.json").read_text())
@@ -304,7 +332,7 @@ def test_compare_all_three_servers_on_the_default_bundle(default_bundle, tmp_pat
     assert set(data["figures"]["ratios"]) == {"naive", "pytorch"}
     report = (out / "report.md").read_text()
     assert "| concurrency | ours req/s | naive req/s | PyTorch req/s |" in report
-    assert "## Long texts" not in report and "## Response cache" not in report
+    assert "## Long texts" not in report and "## Response cache" not in report and "## Whole documents" not in report
 
 
 def test_int8_options_study_runs(tiny_checkpoint):
