@@ -216,11 +216,11 @@ HELP = {
     "or refused with 413 when the request sets truncate to false",
     "aggregation": "how the windows' scores become one: mean (weighted by tokens), max (each label's largest), "
     "or auto (max for sigmoid models: multi-label, one-logit, rerankers; mean for the others)",
-    "long_input_tokens": "inputs longer than this many tokens (long texts, windows) queue in their own lane; when "
-    "both lanes hold inputs they take turns, so short queries wait for at most one batch of long ones",
-    "long_batch_tokens": "padded tokens in one batch of long inputs (at most MAX_BATCH_TOKENS). It bounds what a "
-    "short query waits behind long work (about 28 ms a 256-token window for the default model on 2 cores); "
-    "larger batches of long inputs gain little throughput on CPU",
+    "long_input_tokens": "inputs longer than this many tokens (long texts, windows) queue in a lane of their own, "
+    "run by a worker of its own beside the short inputs' one, so a short query never waits for long work to end",
+    "long_batch_tokens": "padded tokens in one batch of long inputs (at most MAX_BATCH_TOKENS). Small batches keep "
+    "the cores long work takes from short queries brief (about 28 ms a 256-token window for the default model on "
+    "2 cores); larger batches of long inputs gain little throughput on CPU",
     "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
     "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
     "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "

@@ -6,18 +6,18 @@ input has run or been dropped, so queued plus running inputs never exceed
 ``max_queue_size``.
 
 The queue has two lanes: inputs of at most ``long_input_tokens`` tokens (queries,
-short texts) and longer ones (long texts, the windows of a whole document). One
-worker builds one batch at a time from the front of one lane: inputs join in
-arrival order until the next one would break the size or padded-token budget, or
-would leave less than half the batch's padded tokens real; that one waits at the
-front for the next batch. When both lanes hold inputs they take turns, and a
-batch of long inputs holds at most ``long_batch_tokens`` padded tokens, so a
-short query waits for at most one such batch however many windows are queued
-(a 256-token window costs about ten short queries), and long work still gets
-every other batch. Within a lane no input waits behind one that arrived after it.
+short texts) and longer ones (long texts, the windows of a whole document), each
+with a worker of its own. A worker builds one batch at a time from the front of
+its lane: inputs join in arrival order until the next one would break the size or
+padded-token budget (``long_batch_tokens`` for long inputs), or would leave less
+than half the batch's padded tokens real; that one waits at the front for the
+next batch. Within a lane no input waits behind one that arrived after it, and a
+short query never waits behind long work: while a window runs, a batch of short
+queries runs beside it, the two sharing the cores (a 256-token window costs about
+ten short queries, and a batch of them would otherwise wait for it to end).
 Inputs whose caller has gone (a cancelled future) are dropped before they run.
 
-The worker is a dedicated thread: it forms a batch, runs it, and hands the
+Each worker is a dedicated thread: it forms a batch, runs it, and hands the
 results back to the loop in one call, with no task, executor future or extra
 loop turn in between. One case skips even that hand-off each way: when the
 transport says nobody else can be waiting on the event loop (``sole_caller``: one
@@ -117,12 +117,14 @@ class MicroBatcher:
         self._sole_caller = sole_caller
         self._pending: deque[_Item] = deque()
         self._long: deque[_Item] = deque()
-        self._last_long = True  # whether the last batch came from the long lane (at first: short ones go first)
-        # Guards the queue and the stop flag between the event loop and the worker thread.
-        self._ready = threading.Condition()
+        # One lock guards both lanes and the stop flag between the event loop and the workers; each
+        # worker waits on its own condition, so an input wakes the worker of its lane.
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        self._ready_long = threading.Condition(lock)
         self._stopping = False
-        self._counts = threading.Lock()  # admitted/dropped change on both threads
-        self._thread: threading.Thread | None = None
+        self._counts = threading.Lock()  # admitted/dropped change on every thread
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.admitted = 0  # queued + running inputs (and those being tokenized)
         self.admitted_peak = 0
@@ -134,16 +136,21 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, args=(False,), name="inference", daemon=True),
+            threading.Thread(target=self._work, args=(True,), name="inference-long", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self, why: Failure | None = None) -> None:
         """Finish the running batch; inputs still queued fail with ``why`` (ShuttingDown by default)."""
         with self._ready:
             self._stopping = True
             self._ready.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)  # lets a running batch finish and deliver
+            self._ready_long.notify()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)  # lets a running batch finish and deliver
         with self._ready:
             left = [*self._pending, *self._long]
             self._pending, self._long = deque(), deque()
@@ -190,15 +197,18 @@ class MicroBatcher:
             return [items[0].future.result()]
         with self._ready:
             self._enqueue(items)
-            self._ready.notify()
         if len(items) == 1:  # the common case, without gather's bookkeeping
             return [await items[0].future]
         return list(await asyncio.gather(*(item.future for item in items)))
 
     def _enqueue(self, items: list[_Item]) -> None:
-        """Each input into its lane, by its length (the lock is held)."""
+        """Each input into its lane, by its length, and its lane's worker woken (the lock is held)."""
         for item in items:
             (self._long if item.encoded.length > self.long_input_tokens else self._pending).append(item)
+        if self._pending:
+            self._ready.notify()
+        if self._long:
+            self._ready_long.notify()
 
     def _alone(self, items: list[_Item]) -> bool:
         """Whether these inputs are all the batcher holds and no other client can be waiting."""
@@ -206,38 +216,34 @@ class MicroBatcher:
         sole_caller = self._sole_caller
         return not self.max_wait and sole_caller is not None and self.admitted == len(items) and sole_caller()
 
-    def _work(self) -> None:
-        """The worker thread: wait for inputs, cut a batch, run it, deliver; until stopped."""
+    def _work(self, long: bool) -> None:
+        """A lane's worker thread: wait for inputs, cut a batch, run it, deliver; until stopped."""
+        lane, ready = (self._long, self._ready_long) if long else (self._pending, self._ready)
         while True:
-            with self._ready:
-                while not self.queue_depth and not self._stopping:
-                    self._ready.wait()
+            with ready:
+                while not lane and not self._stopping:
+                    ready.wait()
                 if self._stopping:
                     return
-                if self.max_wait:
+                if self.max_wait and not long:
                     self._wait_for_company()
-                batch = self.next_batch()
+                batch = self.next_batch(long=long)
             if batch:
                 self._run(batch)
 
     def _wait_for_company(self) -> None:
-        """Hold the first input up to ``max_wait`` for others to join it (the lock is held)."""
-        deadline = (self._pending or self._long)[0].queued_at + self.max_wait
+        """Hold the first short input up to ``max_wait`` for others to join it (the lock is held)."""
+        deadline = self._pending[0].queued_at + self.max_wait
         while (
-            self.queue_depth < self.max_batch_size
+            len(self._pending) < self.max_batch_size
             and not self._stopping
             and (delay := deadline - time.perf_counter()) > 0
         ):
             self._ready.wait(delay)
 
-    def next_batch(self) -> list[_Item]:
-        """The next batch: from the lane whose turn it is when both hold inputs, else from the one that does."""
-        self._drop_gone(self._pending)
-        self._drop_gone(self._long)
-        # With both lanes waiting, the one that did not run last; so neither waits behind two of the other's.
-        take_long = bool(self._long) and (not self._pending or not self._last_long)
-        self._last_long = take_long
-        if take_long:
+    def next_batch(self, *, long: bool = False) -> list[_Item]:
+        """The next batch of one lane (the lock is held)."""
+        if long:
             return self._cut(self._long, self.long_batch_tokens)
         return self._cut(self._pending, self.max_batch_tokens)
 

@@ -32,7 +32,7 @@ from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
 from service.core.reverify import FailedVerification, Reverification, reverify
 from service.core.shadow import Shadow
-from service.core.windows import SECOND, InputReport, Reading, Windowing, aggregate, default_aggregation
+from service.core.windows import FIRST, SECOND, InputReport, Reading, Windowing, aggregate, default_aggregation
 from service.settings import Settings
 
 log = logging.getLogger("service.core.engine")
@@ -201,6 +201,11 @@ class Engine:
         encoded = classifier.encode(warmup)
         for size in (1, 8):  # first runs allocate arenas; do it before taking traffic
             classifier.run([encoded[i % len(encoded)] for i in range(size)])
+        # The windowing tokenizers are built on first use (tens of ms, holding the GIL): build them now.
+        overlap = self.settings.window_overlap
+        classifier.encode_windows(warmup[:1], overlap=overlap, max_windows=1)
+        if self.manifest.zero_shot is not None:
+            classifier.encode_windows(warmup[:1], overlap=overlap, max_windows=1, side=FIRST)
         self.reverification = reverify(classifier, bundle, self.manifest)
         if self.reverification is not None and not self.reverification.passed:
             failures = "; ".join(self.reverification.failures)

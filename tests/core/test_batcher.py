@@ -21,7 +21,8 @@ class FakeEncoded:
 
 
 def plan(lengths: list[int], **budgets: int) -> list[list[int]]:
-    """The batches next_batch forms from inputs of these lengths, queued in this order."""
+    """The batches next_batch forms from inputs of these lengths, queued in this order: the short
+    lane's, then the long lane's (each lane has its own worker)."""
 
     async def run() -> list[list[int]]:
         batcher = MicroBatcher(
@@ -33,11 +34,13 @@ def plan(lengths: list[int], **budgets: int) -> list[list[int]]:
         loop = asyncio.get_running_loop()
         with batcher.admit(len(lengths)) as admission:
             futures = [loop.create_future() for _ in lengths]
-            batcher._enqueue([_Item(FakeEncoded(n), f) for n, f in zip(lengths, futures)])  # type: ignore[arg-type]
+            with batcher._ready:
+                batcher._enqueue([_Item(FakeEncoded(n), f) for n, f in zip(lengths, futures)])  # type: ignore[arg-type]
             admission.count = 0
         batches = []
-        while batch := batcher.next_batch():
-            batches.append([item.encoded.length for item in batch])
+        for long in (False, True):
+            while batch := batcher.next_batch(long=long):
+                batches.append([item.encoded.length for item in batch])
         return batches
 
     return asyncio.run(run())
@@ -72,8 +75,8 @@ def test_batches_in_arrival_order_under_budgets(lengths, budgets, batches):
         pytest.param(
             [100, 10, 100, 10, 100, 10, 100, 10],
             {"long_input_tokens": 50, "long_batch_tokens": 100, "max_batch_size": 2},
-            [[10, 10], [100], [10, 10], [100], [100], [100]],
-            id="lanes-take-turns",
+            [[10, 10], [10, 10], [100], [100], [100], [100]],
+            id="each-lane-in-arrival-order",
         ),
         pytest.param(
             [100, 60, 100],
@@ -91,6 +94,46 @@ def test_batches_in_arrival_order_under_budgets(lengths, budgets, batches):
 )
 def test_long_inputs_have_their_own_lane(lengths, budgets, batches):
     assert plan(lengths, **budgets) == batches
+
+
+def test_a_short_query_does_not_wait_for_long_work():
+    """Long work running (a slow batch of windows), a short query runs beside it on its lane's worker."""
+    long_started = threading.Event()
+    release_long = threading.Event()
+
+    def run_batch(batch):
+        if batch[0].length > 50:
+            long_started.set()
+            assert release_long.wait(10), "the long batch was never released"
+        return np.full((len(batch), 1), float(batch[0].length), dtype=np.float32)
+
+    async def run() -> list[str]:
+        batcher = MicroBatcher(
+            run_batch,
+            max_batch_tokens=1000,
+            max_batch_size=8,
+            max_wait_ms=0,
+            max_queue_size=10,
+            long_input_tokens=50,
+            long_batch_tokens=100,
+        )
+        batcher.start()
+        finished = []
+
+        async def request(length: int) -> None:
+            with batcher.admit(1) as admission:
+                (result,) = await batcher.submit([FakeEncoded(length)], admission)  # type: ignore[list-item]
+            finished.append(f"{length}: {float(result.logits[0]):g}")
+
+        long = asyncio.create_task(request(100))
+        await asyncio.to_thread(long_started.wait, 10)
+        await asyncio.wait_for(request(5), 5)  # answered while the long batch still runs
+        release_long.set()
+        await long
+        await batcher.stop()
+        return finished
+
+    assert asyncio.run(run()) == ["5: 5", "100: 100"]
 
 
 def test_admission_counts_queued_and_running_inputs():

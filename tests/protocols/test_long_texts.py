@@ -129,6 +129,8 @@ def test_a_document_is_one_answer_over_tei_predict(server, models):
     }
     assert response.headers["x-windows"] == f"{windows[0]},1"
     assert "x-truncated-inputs" not in response.headers
+    long_texts = httpx.get(server.url + "/info").json()["long_texts"]
+    assert long_texts == {"windows": True, "window_overlap": OVERLAP, "max_windows": MAX_WINDOWS, "aggregation": "mean"}
     # The same answer by the other aggregation, and TEI's own body shape without details.
     scores_max, _, _ = reference(sources["classifier"], [DOCUMENT], "softmax", "max")
     response = post(server, "/predict", {"inputs": DOCUMENT, "aggregation": "max"})

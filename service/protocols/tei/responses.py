@@ -90,6 +90,15 @@ class Reverified(BaseModel):
     onnxruntime: str
 
 
+class LongTexts(BaseModel):
+    """How this model reads inputs longer than its max length unless a request says otherwise."""
+
+    windows: bool = Field(description="read whole, in windows (WINDOWS, or the model's serving.json)")
+    window_overlap: int
+    max_windows: int
+    aggregation: str = Field(description="mean or max: the setting, or the model kind's default under auto")
+
+
 class Limits(BaseModel):
     max_inputs: int
     max_body_bytes: int
@@ -124,5 +133,6 @@ class Info(BaseModel):
     verification: VerificationSummary
     reverification: Reverified | None = Field(description="null for a bundle exported without a reference set")
     versions: dict[str, dict[str, str]]
+    long_texts: LongTexts
     limits: Limits
     models: list[ModelState]

@@ -255,6 +255,12 @@ async def info(request: Request) -> Response:
             },
             "reverification": None if engine.reverification is None else engine.reverification.to_dict(),
             "versions": {"export": manifest.versions, "serve": serve_versions()},
+            "long_texts": {
+                "windows": engine.windowing.enabled,
+                "window_overlap": engine.windowing.overlap,
+                "max_windows": engine.windowing.max_windows,
+                "aggregation": engine.windowing.aggregation or engine.aggregation,
+            },
             "limits": {
                 "max_inputs": settings.max_inputs,
                 "max_body_bytes": settings.max_body_bytes,

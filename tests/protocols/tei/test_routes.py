@@ -99,6 +99,7 @@ def test_info(client, bundle):
     assert body["verification"]["passed"] is True and body["verification"]["agreement"] == 1.0
     assert set(body["versions"]["serve"]) == {"service", "onnxruntime", "tokenizers", "starlette", "uvicorn"}
     assert body["limits"] == {"max_inputs": 4, "max_body_bytes": 4096, "max_batch_tokens": 4096}
+    assert body["long_texts"] == {"windows": False, "window_overlap": 32, "max_windows": 32, "aggregation": "mean"}
 
 
 def test_health_and_liveness(client):
