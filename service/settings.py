@@ -217,7 +217,8 @@ HELP = {
     "aggregation": "how the windows' scores become one: mean (weighted by tokens), max (each label's largest), "
     "or auto (max for sigmoid models: multi-label, one-logit, rerankers; mean for the others)",
     "long_input_tokens": "inputs longer than this many tokens (long texts, windows) queue in a lane of their own, "
-    "run by a worker of its own beside the short inputs' one, so a short query never waits for long work to end",
+    "run by a worker of its own that yields to short inputs (for at most 0.2 s a batch), so a short query never "
+    "waits for long work to end",
     "long_batch_tokens": "padded tokens in one batch of long inputs (at most MAX_BATCH_TOKENS). Small batches keep "
     "the cores long work takes from short queries brief (about 28 ms a 256-token window for the default model on "
     "2 cores); larger batches of long inputs gain little throughput on CPU",

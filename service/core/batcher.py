@@ -11,11 +11,13 @@ with a worker of its own. A worker builds one batch at a time from the front of
 its lane: inputs join in arrival order until the next one would break the size or
 padded-token budget (``long_batch_tokens`` for long inputs), or would leave less
 than half the batch's padded tokens real; that one waits at the front for the
-next batch. Within a lane no input waits behind one that arrived after it, and a
-short query never waits behind long work: while a window runs, a batch of short
-queries runs beside it, the two sharing the cores (a 256-token window costs about
-ten short queries, and a batch of them would otherwise wait for it to end).
-Inputs whose caller has gone (a cancelled future) are dropped before they run.
+next batch. Within a lane no input waits behind one that arrived after it.
+Short queries come first: a batch of long inputs starts only when no short one is
+queued or running, or once it has yielded for ``LONG_YIELD_SECONDS`` (so long work
+cannot starve), and a short batch never waits for a long one to end: it runs
+beside it, the two sharing the cores for at most one long batch (a 256-token
+window costs about ten short queries). Inputs whose caller has gone (a cancelled
+future) are dropped before they run.
 
 Each worker is a dedicated thread: it forms a batch, runs it, and hands the
 results back to the loop in one call, with no task, executor future or extra
@@ -46,6 +48,8 @@ log = logging.getLogger("service.core.batcher")
 RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
 # Real tokens over padded tokens below which a batch is cut rather than grown.
 MIN_FILL = 0.5
+# How long a batch of long inputs waits for short ones to be done before it runs beside them anyway.
+LONG_YIELD_SECONDS = 0.2
 
 
 @dataclass
@@ -123,6 +127,7 @@ class MicroBatcher:
         self._ready = threading.Condition(lock)
         self._ready_long = threading.Condition(lock)
         self._stopping = False
+        self._short_running = False  # a short batch is running (long work yields to it)
         self._counts = threading.Lock()  # admitted/dropped change on every thread
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,11 +230,31 @@ class MicroBatcher:
                     ready.wait()
                 if self._stopping:
                     return
-                if self.max_wait and not long:
+                if long:
+                    self._yield_to_short_work()
+                elif self.max_wait:
                     self._wait_for_company()
                 batch = self.next_batch(long=long)
+                self._short_running = not long and bool(batch)
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                finally:
+                    if not long:
+                        with ready:
+                            self._short_running = False
+                            self._ready_long.notify()
+
+    def _yield_to_short_work(self) -> None:
+        """Hold long work while short inputs are queued or running, up to ``LONG_YIELD_SECONDS`` (the lock is
+        held)."""
+        deadline = time.perf_counter() + LONG_YIELD_SECONDS
+        while (
+            (self._pending or self._short_running)
+            and not self._stopping
+            and (delay := deadline - time.perf_counter()) > 0
+        ):
+            self._ready_long.wait(delay)
 
     def _wait_for_company(self) -> None:
         """Hold the first short input up to ``max_wait`` for others to join it (the lock is held)."""

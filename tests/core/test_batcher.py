@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,3 +267,51 @@ def test_inputs_still_queued_at_stop_fail_with_the_reason(why, message):
         assert str(raised.value) == message
 
     asyncio.run(run())
+
+
+def test_long_work_yields_to_short_queries_for_a_bounded_time():
+    """A long input waits while a short batch runs, but not longer than LONG_YIELD_SECONDS: then it runs
+    beside it, so a stream of short queries cannot starve it."""
+    from service.core.batcher import LONG_YIELD_SECONDS
+
+    short_started, release_short, long_started = threading.Event(), threading.Event(), threading.Event()
+
+    def run_batch(batch):
+        if batch[0].length > 50:
+            long_started.set()
+        else:
+            short_started.set()
+            assert release_short.wait(10), "the short batch was never released"
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    async def run() -> tuple[bool, float]:
+        batcher = MicroBatcher(
+            run_batch,
+            max_batch_tokens=1000,
+            max_batch_size=8,
+            max_wait_ms=0,
+            max_queue_size=10,
+            long_input_tokens=50,
+            long_batch_tokens=100,
+        )
+        batcher.start()
+
+        async def request(length: int) -> None:
+            with batcher.admit(1) as admission:
+                await batcher.submit([FakeEncoded(length)], admission)  # type: ignore[list-item]
+
+        short = asyncio.create_task(request(5))
+        await asyncio.to_thread(short_started.wait, 10)
+        started = time.perf_counter()
+        long = asyncio.create_task(request(100))
+        held = not await asyncio.to_thread(long_started.wait, LONG_YIELD_SECONDS / 2)
+        await asyncio.to_thread(long_started.wait, 10)
+        waited = time.perf_counter() - started
+        release_short.set()
+        await asyncio.gather(short, long)
+        await batcher.stop()
+        return held, waited
+
+    held, waited = asyncio.run(run())
+    assert held  # the short batch was running: the long one waited
+    assert LONG_YIELD_SECONDS * 0.9 <= waited < LONG_YIELD_SECONDS * 5  # and then ran beside it, unreleased
