@@ -232,6 +232,8 @@ class MicroBatcher:
                     return
                 if long:
                     self._yield_to_short_work()
+                    if self._stopping:
+                        return
                 elif self.max_wait:
                     self._wait_for_company()
                 batch = self.next_batch(long=long)
