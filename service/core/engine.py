@@ -17,22 +17,15 @@ import numpy as np
 
 from service.core.batcher import MicroBatcher
 from service.core.cache import LogitsCache
-from service.core.classifier import (
-    InputKindError,
-    NoTokens,
-    OnnxClassifier,
-    TextInput,
-    TooManyTokens,
-    Windowed,
-    probabilities,
-)
-from service.core.failures import Failure, InputTooLong, InvalidInput, NotReady
+from service.core.classifier import OnnxClassifier, TextInput, TooManyTokens, Windowed, probabilities
+from service.core.failures import Failure, InvalidInput, NotReady
+from service.core.inputs import combine, encode, refuse_cut
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
 from service.core.reverify import FailedVerification, Reverification, reverify
 from service.core.shadow import Shadow
-from service.core.windows import FIRST, SECOND, InputReport, Reading, Windowing, aggregate, default_aggregation
+from service.core.windows import FIRST, SECOND, InputReport, Reading, Windowing, default_aggregation
 from service.settings import Settings
 
 log = logging.getLogger("service.core.engine")
@@ -46,43 +39,6 @@ INLINE_DECODE_IDS = 2048
 
 def _chars(item: TextInput) -> int:
     return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
-
-
-def _encode(
-    classifier: OnnxClassifier, items: Sequence[TextInput], reading: Reading, exclusive: bool = False
-) -> list[Windowed]:
-    """Each input as the windows the model reads: its first only (cut to the max length), or as many
-    as ``reading.windowing`` allows."""
-    windowing = reading.windowing
-    try:
-        if windowing.enabled:
-            return classifier.encode_windows(
-                items,
-                overlap=windowing.overlap,
-                max_windows=windowing.max_windows,
-                side=reading.side,
-                exclusive=exclusive,
-            )
-        encoded = classifier.encode(items, count_full=True, direction=reading.direction, exclusive=exclusive)
-    except (InputKindError, NoTokens) as exc:
-        raise InvalidInput(str(exc)) from None
-    # count_full: every cut input has its whole length
-    return [Windowed([item], 1 + ((item.full_length or 0) > item.length)) for item in encoded]
-
-
-def _refuse_cut(indices: Sequence[int], windowed: Sequence[Windowed], reading: Reading, max_length: int) -> None:
-    """InputTooLong for the first input that was cut, when the call asked not to cut."""
-    for index, item in zip(indices, windowed):
-        if not item.truncated:
-            continue
-        if not reading.windowing.enabled:
-            raise InputTooLong.tokens(index, item.windows[0].full_length or 0, max_length)
-        if item.cut:
-            raise InputTooLong(
-                f"input {index}: the text kept whole in every window is longer than half a window; "
-                "send a shorter one or set truncate to true to cut it"
-            )
-        raise InputTooLong.windows(index, item.needed, reading.windowing.max_windows)
 
 
 @dataclass(frozen=True)
@@ -259,13 +215,14 @@ class Engine:
                 started = time.perf_counter()
                 todo = [texts[i] for i in missing]
                 if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
-                    windowed = _encode(classifier, todo, reading)  # cheaper than a hop to a thread (~30 us
+                    windowed = encode(classifier, todo, reading)  # cheaper than a hop to a thread (~30 us
                     # against ~0.5 ms for a short query)
                 else:
-                    windowed = await asyncio.to_thread(_encode, classifier, todo, reading, True)  # bounds memory
+                    # exclusive: bounds memory
+                    windowed = await asyncio.to_thread(encode, classifier, todo, reading, exclusive=True)
                 tokenize_seconds = time.perf_counter() - started
                 if not truncate:
-                    _refuse_cut(missing, windowed, reading, classifier.max_length)
+                    refuse_cut(missing, windowed, reading, classifier.max_length)
                 flat = [window for item in windowed for window in item.windows]
                 if len(flat) > len(todo):
                     admission.grow(len(flat) - len(todo))
@@ -300,14 +257,8 @@ class Engine:
 
     def _combined(self, item: Windowed, results: Sequence[Any], reading: Reading) -> tuple[np.ndarray, InputReport]:
         """One input's row of logits from its windows' results, and its report."""
-        tokens = np.array([window.length for window in item.windows])
-        report = InputReport(item.truncated, len(item.windows), int(tokens.sum()))
-        if len(results) == 1:
-            return results[0].logits, report
         how = reading.windowing.aggregation or self.aggregation
-        windows = np.stack([result.logits for result in results])
-        row = aggregate(windows, tokens, self.manifest.score_function, how).astype(np.float32)
-        return row, report
+        return combine(item, [result.logits for result in results], self.manifest.score_function, how)
 
     def _key(self, item: TextInput, reading: Reading) -> tuple:
         # Whatever changes the logits: the model, the exact input, and how it is read.
