@@ -61,6 +61,14 @@ def test_grpc_does_not_import_the_web_edge():
     assert offending(SERVICE / "protocols" / "oip" / "grpc_service.py", ("starlette", "uvicorn", "service.web")) == {}
 
 
+def test_bulk_scoring_stands_on_the_core_alone():
+    """The bulk command needs no web server and no protocol, and nothing else needs it."""
+    forbidden = ("starlette", "uvicorn", "grpc", "service.web", "service.protocols", "ray")
+    assert offending(SERVICE / "bulk", forbidden) == {}
+    others = {path: names for path, names in imports(SERVICE).items() if "/bulk/" not in path}
+    assert {path for path, names in others.items() if any(n.startswith("service.bulk") for n in names)} == set()
+
+
 def test_the_service_never_imports_the_export_stage():
     heavy = ("torch", "transformers", "optimum", "sentence_transformers", "sklearn", "export")
     assert offending(SERVICE, heavy) == {}

@@ -104,7 +104,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _summary(outcome: Outcome, out: Path) -> str:
     rate = (outcome.rows - outcome.resumed_rows) / max(outcome.seconds, 1e-9)
     text = f"scored {outcome.scored:,} of {outcome.rows:,} rows in {timedelta(seconds=round(outcome.seconds))}"
-    text += f" ({rate:,.0f} rows/s); {outcome.bad:,} bad rows skipped; {outcome.truncated:,} truncated; wrote {out}"
+    bad = f"{outcome.bad:,} bad row{'' if outcome.bad == 1 else 's'} skipped"
+    text += f" ({rate:,.0f} rows/s); {bad}; {outcome.truncated:,} truncated; wrote {out}"
     return text
 
 

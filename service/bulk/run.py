@@ -134,17 +134,14 @@ def _fingerprint(job: Job, scorer: Scorer, columns: Sequence[str] | None) -> dic
 
 
 def output_columns(job: Job, scorer: Scorer, first: tables.Row | None) -> list[str] | None:
-    """A CSV output's columns: the input's, then the answers' (None for the other formats, which name
+    """A CSV output's columns: the first input's, then the answers' (None for the other formats, which name
     their columns row by row)."""
     if job.format != tables.CSV:
         return None
-    source = job.sources[0]
-    names = tables.csv_columns(source)
-    if names is None and source.format == tables.PARQUET:
-        names = list(tables._parquet().read_schema(source.path).names)
+    names = tables.columns(job.sources[0])
     if names is None:
         names = list(first.values) if first is not None and first.values is not None else []
-    return [*names, *(name for name in scorer.columns() if name not in names)]
+    return [*names, *scorer.columns()]
 
 
 class Runner:
@@ -211,10 +208,11 @@ class Runner:
         first = next(rows, None)
         if first is not None:
             rows = itertools.chain([first], rows)
+        for source in job.sources:  # a header or a schema names its columns before any row is read
+            taken = [name for name in self.answer_columns if name in (tables.columns(source) or ())]
+            if taken:
+                raise InputError(f"{source.name} already has a column {taken[0]!r}; choose another --column-prefix")
         columns = output_columns(job, self.scorer, first)
-        taken = [name for name in self.answer_columns if columns and columns.count(name) > 1]
-        if taken:
-            raise InputError(f"the input already has a column {taken[0]!r}; choose another --column-prefix")
         parts = Parts(job.out, job.format)
         done = parts.open(_fingerprint(job, self.scorer, columns), resume=job.resume, overwrite=job.overwrite)
         for summary in parts.summaries(done):

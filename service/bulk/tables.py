@@ -101,10 +101,11 @@ def count_rows(source: Source) -> int | None:
         return None
     if source.format == PARQUET:
         return int(_parquet().ParquetFile(source.path).metadata.num_rows)
-    with open(source.path, "rb") as file:
-        if source.format == JSONL:
+    if source.format == JSONL:
+        with open(source.path, "rb") as file:
             return sum(1 for _ in file)
-        return max(0, sum(1 for _ in csv.reader(io.TextIOWrapper(file, encoding="utf-8", newline=""))) - 1)
+    with open(source.path, encoding="utf-8", newline="") as text:
+        return max(0, sum(1 for _ in csv.reader(text)) - 1)
 
 
 def read(source: Source, batch_rows: int = 4096) -> Iterator[Row]:
@@ -171,12 +172,21 @@ def _read_parquet(source: Source, batch_rows: int) -> Iterator[Row]:
             yield Row(source.name, number, values)
 
 
-def csv_columns(source: Source) -> list[str] | None:
-    """A CSV file's header (None for standard input, read only once, or an empty file)."""
-    if source.format != CSV or source.path == STDIN:
+def columns(source: Source) -> list[str] | None:
+    """The columns a CSV file's header or a Parquet file's schema names (None for JSON Lines, whose rows
+    name their own, for standard input, read only once, and for an empty file)."""
+    if source.path == STDIN or source.format == JSONL:
         return None
-    with open(source.path, encoding="utf-8", newline="") as file:
-        return next(csv.reader(file), None)
+    if source.format == PARQUET:
+        try:
+            return list(_parquet().read_schema(source.path).names)
+        except Exception as exc:  # pyarrow raises its own ArrowInvalid for a file that is not Parquet
+            raise TableError(f"{source.name}: not a Parquet file ({exc})") from None
+    try:
+        with open(source.path, encoding="utf-8", newline="") as file:
+            return next(csv.reader(file), None)
+    except UnicodeDecodeError as exc:
+        raise TableError(f"{source.name}: not UTF-8 text ({exc.reason})") from None
 
 
 def write(rows: Sequence[dict[str, Any]], path: Path, format: str, columns: Sequence[str] | None) -> None:

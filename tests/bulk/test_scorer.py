@@ -29,7 +29,7 @@ def test_batches_cover_every_input_once_within_the_budget(lengths, max_tokens, m
         assert 1 <= size <= max_size
         # padded to its longest (the last, lengths ascending); a single input too long for the budget runs alone
         assert size * lengths[part.stop - 1] <= max_tokens or size == 1
-    for before, after in zip(found, found[1:]):  # full: the next input would not have fitted
+    for before in found[:-1]:  # full: the next input would not have fitted
         size = before.stop - before.start + 1
         assert size > max_size or size * lengths[before.stop] > max_tokens
 
@@ -69,9 +69,7 @@ def test_scores_are_the_services_for_the_same_inputs(tiny_bundle, windows, body)
     app = create_app(Settings(bundle=str(bundle)))
     with TestClient(app) as client:
         wait_app_ready(client)
-        served = client.post(
-            "/predict", json={"inputs": TEXTS, "truncate": True, "details": True, **body}
-        ).json()
+        served = client.post("/predict", json={"inputs": TEXTS, "truncate": True, "details": True, **body}).json()
     for answer, ranked, details in zip(answers, served["predictions"], served["details"]):
         assert answer["predicted_label"] == ranked[0]["label"]
         assert answer["predicted_score"] == pytest.approx(ranked[0]["score"], abs=1e-6)
