@@ -348,3 +348,24 @@ def test_int8_options_study_runs(tiny_checkpoint):
     assert len(lines) == 8 + 1 + 8  # 8 settings, embeddings only, 8 matrix products of a 2-layer BERT
     assert lines[0].startswith("per_channel=True reduce_range=True QInt8")
     assert all(line.rstrip().endswith(("passes", "fails")) for line in lines)
+
+
+def test_bulk_benchmark_runs_every_path_on_the_default_bundle(default_bundle, tmp_path):
+    """A small run of bench/bulk.py: every path scores every text it was given, the report says so."""
+    require_serve_env()
+    out = tmp_path / "bulk"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bulk", "--bundle", str(default_bundle), "--out", str(out)]
+        + ["--rows", "300", "--service-rows", "100", "--torch-rows", "50", "--ray-rows", "100"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out.with_suffix(".json")).read_text())
+    texts = {name: result["texts"] for name, result in data["results"].items()}
+    assert texts == {"floor": 300, "bulk": 300, "service": 100, "pytorch": 50, "ray": 100}
+    assert all(result["texts_per_s"] > 0 for result in data["results"].values())
+    assert data["memory"]["tenth_mb"] > 0 and 0 < data["bulk_of_floor"]
+    assert "| bulk | 300 |" in out.with_suffix(".md").read_text()
