@@ -22,3 +22,11 @@ def test_every_page_the_readme_links_exists():
 def test_the_readme_names_both_commands():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/serve-default.sh\n" in readme and "bash scripts/test.sh\n" in readme
+
+
+def test_the_bulk_page_names_every_option():
+    from service.bulk.cli import parser
+
+    page = (ROOT / "docs" / "bulk.md").read_text()
+    flags = [flag for action in parser()._actions for flag in action.option_strings if flag.startswith("--")]
+    assert [flag for flag in flags if not re.search(f"`{flag}[` ]", page) and flag != "--help"] == []
