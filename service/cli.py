@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service.core.manifest import BundleError, load_verified
+from service.core.tracing import TracingError
+from service.core.tracing import from_environment as tracing_from_environment
 from service.logs import configure_logging
 from service.settings import SettingsError, load_settings
 
@@ -37,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_BAD_SETTINGS)
     if settings.grpc_port and importlib.util.find_spec("grpc") is None:
         return _fail("--grpc-port needs grpcio; install requirements-grpc.txt", EXIT_BAD_SETTINGS)
+    try:
+        tracing = tracing_from_environment()  # off unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
+    except TracingError as exc:
+        return _fail(str(exc), EXIT_BAD_SETTINGS)
     manifest = None
     if settings.repository:
         # Its bundles are checked one by one as they load; a bad one is refused, not fatal.
@@ -64,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fatal.append(reason)
         server.should_exit = True
 
-    app = create_app(settings, manifest, sole_caller=sole_caller(settings, connections), on_fatal=stop_serving)
+    app = create_app(
+        settings, manifest, sole_caller=sole_caller(settings, connections), on_fatal=stop_serving, tracing=tracing
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

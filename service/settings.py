@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 
 class SettingsError(ValueError):
@@ -27,6 +28,7 @@ PER_MODEL = ("windows", "window_overlap", "max_windows", "aggregation")
 class Settings:
     bundle: str = "bundles/default"
     repository: str = ""
+    model_dir: str = ""
     default_model: str = ""
     model_control: str = "none"
     poll_interval: float = 5.0
@@ -50,6 +52,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     cors_allow_origins: tuple[str, ...] = ()
     drain_timeout: float = 20.0
+    request_timeout: float = 0.0
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     max_header_bytes: int = 32768
@@ -92,7 +95,14 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        not_negative = ("intra_op_threads", "inter_op_threads", "max_wait_ms", "drain_timeout", "cache_size")
+        not_negative = (
+            "intra_op_threads",
+            "inter_op_threads",
+            "max_wait_ms",
+            "drain_timeout",
+            "request_timeout",
+            "cache_size",
+        )
         for name in (*not_negative, "window_overlap"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)} must not be negative, got {getattr(self, name)}")
@@ -137,6 +147,8 @@ class Settings:
 
 HELP = {
     "bundle": "bundle directory written by 'python -m export'",
+    "model_dir": "a directory holding a bundle or a repository, whichever it is (a bundle.json in it makes it a "
+    "bundle): how KServe mounts a model at /mnt/models. Overrides --bundle and --repository",
     "repository": "model repository directory: each subdirectory NAME holds a bundle, or numbered version "
     "directories NAME/1, NAME/2, ... (newest serves); serves every model in it instead of --bundle",
     "default_model": "model the unprefixed routes (/, /predict, ...) serve in a repository; empty = the only model "
@@ -180,6 +192,9 @@ HELP = {
     "bodies in flight",
     "api_keys": "comma-separated bearer keys; empty disables authentication. Health, metrics and docs stay open",
     "cors_allow_origins": "comma-separated origins allowed by CORS; empty disables CORS",
+    "request_timeout": "seconds a request without a deadline of its own (gRPC's deadline, the x-request-timeout "
+    "header, the Open Inference Protocol's timeout parameter) may wait for its inputs to start; past it they are "
+    "dropped unrun and the request answered 504 (DEADLINE_EXCEEDED over gRPC). 0: no deadline",
     "drain_timeout": "seconds to finish in-flight requests after SIGTERM before exiting; requests still running "
     "then get 503 unavailable",
     "header_timeout": "seconds a client may take to send the request line and headers, from connecting (or from the "
@@ -297,4 +312,13 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             values[field.name] = _converter(field.default)(raw)
         except ValueError:
             raise SettingsError(f"{origin} has an invalid value {raw!r}") from None
-    return Settings(**values)
+    return with_model_dir(Settings(**values))
+
+
+def with_model_dir(settings: Settings) -> Settings:
+    """``--model-dir`` read as the bundle or the repository it holds."""
+    if not settings.model_dir:
+        return settings
+    if (Path(settings.model_dir) / "bundle.json").is_file():
+        return replace(settings, bundle=settings.model_dir, repository="")
+    return replace(settings, repository=settings.model_dir)

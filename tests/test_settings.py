@@ -147,3 +147,15 @@ def test_an_empty_env_var_means_not_set():
     # The image sets GRPC_PORT to "" when built without gRPC.
     settings = load_settings([], {"GRPC_PORT": "", "MAX_INPUTS": "", "API_KEYS": ""})
     assert (settings.grpc_port, settings.max_inputs, settings.api_keys) == (0, 64, ())
+
+
+def test_model_dir_is_a_bundle_or_a_repository(tmp_path):
+    from service.settings import load_settings
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{}")
+    settings = load_settings(["--model-dir", str(bundle)], environ={})
+    assert (settings.bundle, settings.repository) == (str(bundle), "")
+    settings = load_settings([], environ={"MODEL_DIR": str(tmp_path), "REPOSITORY": "elsewhere"})
+    assert settings.repository == str(tmp_path)

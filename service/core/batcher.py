@@ -11,7 +11,12 @@ with a worker of its own. A worker builds one batch at a time from the front of
 its lane: inputs join in arrival order until the next one would break the size or
 padded-token budget (``long_batch_tokens`` for long inputs), or would leave less
 than half the batch's padded tokens real; that one waits at the front for the
-next batch. Within a lane no input waits behind one that arrived after it.
+next batch. Within a lane no input waits behind one of its priority level (or a lower
+one) that arrived after it: a lane holds a queue per level (``service.core.urgency``), and
+a batch takes the higher levels' inputs first. So that a lower level cannot starve, a
+batch first takes one input of a lower level whose oldest has waited
+``PRIORITY_AGING_SECONDS`` (the longest waiting first): under any load from higher
+levels, the k-th input of a level waits at most that long plus k batches.
 Short queries come first: a batch of long inputs starts only when no short one is
 queued or running, or once it has yielded for ``LONG_YIELD_SECONDS`` (so long work
 cannot starve), and a short batch never waits for a long one to end: it runs
@@ -38,11 +43,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from service.core.classifier import Encoded
 from service.core.failures import Failure, QueueFull, ShuttingDown
+from service.core.tracing import OFF, Tracing
+from service.core.urgency import LEVELS, LOW, NORMAL
 
 log = logging.getLogger("service.core.batcher")
 RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
@@ -50,6 +58,10 @@ RunBatch = Callable[[Sequence[Encoded]], np.ndarray]
 MIN_FILL = 0.5
 # How long a batch of long inputs waits for short ones to be done before it runs beside them anyway.
 LONG_YIELD_SECONDS = 0.2
+# How long a lower priority level's oldest input waits before it takes a place in the next batch.
+PRIORITY_AGING_SECONDS = 0.5
+# The share of the queue bound low-priority inputs may fill: the rest stays free for the levels above.
+LOW_PRIORITY_QUEUE_SHARE = 0.75
 
 
 @dataclass
@@ -57,6 +69,44 @@ class _Item:
     encoded: Encoded
     future: asyncio.Future[ItemResult]
     queued_at: float = field(default_factory=time.perf_counter)
+    priority: int = NORMAL
+    trace: Any = None  # the span context of the request it belongs to, when tracing
+
+
+class _Lane:
+    """One lane's queued inputs: a queue per priority level, each in arrival order."""
+
+    def __init__(self) -> None:
+        self.levels: dict[int, deque[_Item]] = {level: deque() for level in LEVELS}
+
+    def __len__(self) -> int:
+        return sum(len(queue) for queue in self.levels.values())
+
+    def __bool__(self) -> bool:
+        return any(self.levels.values())
+
+    def append(self, item: _Item) -> None:
+        self.levels[item.priority].append(item)
+
+    def first(self) -> _Item:
+        """The input that has waited longest, of any level."""
+        return min((queue[0] for queue in self.levels.values() if queue), key=lambda item: item.queued_at)
+
+    def next_queue(self) -> deque[_Item] | None:
+        """The queue whose front goes next: the highest level that has inputs."""
+        return next((queue for queue in self.levels.values() if queue), None)
+
+    def aged_queue(self, now: float) -> deque[_Item] | None:
+        """A level below the highest waiting one whose front has waited PRIORITY_AGING_SECONDS (the longest first)."""
+        waiting = [queue for queue in self.levels.values() if queue]
+        aged = [queue for queue in waiting[1:] if now - queue[0].queued_at >= PRIORITY_AGING_SECONDS]
+        return min(aged, key=lambda queue: queue[0].queued_at) if aged else None
+
+    def take_all(self) -> list[_Item]:
+        items = [item for queue in self.levels.values() for item in queue]
+        for queue in self.levels.values():
+            queue.clear()
+        return items
 
 
 @dataclass(frozen=True)
@@ -76,9 +126,10 @@ class BatchStats:
 class Admission:
     """Slots held by one request; whatever it did not hand to the queue is returned on exit."""
 
-    def __init__(self, batcher: MicroBatcher, count: int) -> None:
+    def __init__(self, batcher: MicroBatcher, count: int, priority: int = NORMAL) -> None:
         self._batcher = batcher
         self.count = count
+        self.priority = priority
 
     def __enter__(self) -> Admission:
         return self
@@ -89,7 +140,7 @@ class Admission:
 
     def grow(self, count: int) -> None:
         """``count`` more slots (a long document's further windows) or QueueFull."""
-        self._batcher._reserve(count)
+        self._batcher._reserve(count, self.priority)
         self.count += count
 
 
@@ -106,6 +157,7 @@ class MicroBatcher:
         long_batch_tokens: int | None = None,
         on_batch: Callable[[BatchStats], None] = lambda _: None,
         sole_caller: Callable[[], bool] | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         """``sole_caller``: a check, made when an input is submitted, that no other caller can be
         waiting on the event loop; without it someone always might be."""
@@ -119,8 +171,9 @@ class MicroBatcher:
         self.long_batch_tokens = min(long_batch_tokens or max_batch_tokens, max_batch_tokens)
         self._on_batch = on_batch
         self._sole_caller = sole_caller
-        self._pending: deque[_Item] = deque()
-        self._long: deque[_Item] = deque()
+        self._tracing = tracing
+        self._pending = _Lane()
+        self._long = _Lane()
         # One lock guards both lanes and the stop flag between the event loop and the workers; each
         # worker waits on its own condition, so an input wakes the worker of its lane.
         lock = threading.Lock()
@@ -157,28 +210,34 @@ class MicroBatcher:
         for thread in self._threads:
             await asyncio.to_thread(thread.join)  # lets a running batch finish and deliver
         with self._ready:
-            left = [*self._pending, *self._long]
-            self._pending, self._long = deque(), deque()
+            left = [*self._pending.take_all(), *self._long.take_all()]
         for item in left:
             if not item.future.done():
                 item.future.set_exception(why or ShuttingDown())
 
-    def check_room(self, count: int) -> None:
+    def _bound(self, priority: int) -> int:
+        if priority == LOW:
+            return max(1, int(self.max_queue_size * LOW_PRIORITY_QUEUE_SHARE))
+        return self.max_queue_size
+
+    def check_room(self, count: int, priority: int = NORMAL) -> None:
         """Raise QueueFull if ``count`` inputs could not be admitted now: a request refused before its
         inputs are even decoded holds its bytes for less time. ``admit`` still decides."""
         admitted = self.admitted
-        if admitted + count > self.max_queue_size:
-            raise QueueFull(admitted, count, self.max_queue_size)
+        if admitted + count > self._bound(priority):
+            raise QueueFull(admitted, count, self._bound(priority))
 
-    def admit(self, count: int) -> Admission:
-        """Reserve ``count`` slots or raise QueueFull; use as a context manager."""
-        self._reserve(count)
-        return Admission(self, count)
+    def admit(self, count: int, priority: int = NORMAL) -> Admission:
+        """Reserve ``count`` slots or raise QueueFull; use as a context manager. Low-priority inputs may fill
+        only ``LOW_PRIORITY_QUEUE_SHARE`` of the bound."""
+        self._reserve(count, priority)
+        return Admission(self, count, priority)
 
-    def _reserve(self, count: int) -> None:
+    def _reserve(self, count: int, priority: int = NORMAL) -> None:
+        bound = self._bound(priority)
         with self._counts:
-            if self.admitted + count > self.max_queue_size:
-                raise QueueFull(self.admitted, count, self.max_queue_size)
+            if self.admitted + count > bound:
+                raise QueueFull(self.admitted, count, bound)
             self.admitted += count
             self.admitted_peak = max(self.admitted_peak, self.admitted)
 
@@ -187,14 +246,17 @@ class MicroBatcher:
             self.admitted -= count
             self.dropped += dropped
 
-    async def submit(self, inputs: Sequence[Encoded], admission: Admission) -> list[ItemResult]:
-        """Queue admitted inputs and wait for their results, in order."""
+    async def submit(
+        self, inputs: Sequence[Encoded], admission: Admission, priority: int = NORMAL, trace: Any = None
+    ) -> list[ItemResult]:
+        """Queue admitted inputs at a priority level and wait for their results, in order. ``trace``: the span
+        context their batch's span links to."""
         if len(inputs) > admission.count:
             raise ValueError("more inputs than admitted slots")
         if self._loop is None:
             raise RuntimeError("the batcher has not been started")
         # The loop start() kept: get_running_loop would check the process id on every call.
-        items = [_Item(encoded, self._loop.create_future()) for encoded in inputs]
+        items = [_Item(encoded, self._loop.create_future(), priority=priority, trace=trace) for encoded in inputs]
         # From here each queued item owns its slot until it has run or been dropped.
         admission.count -= len(items)
         if len(items) == 1 and self._alone(items):
@@ -260,7 +322,7 @@ class MicroBatcher:
 
     def _wait_for_company(self) -> None:
         """Hold the first short input up to ``max_wait`` for others to join it (the lock is held)."""
-        deadline = self._pending[0].queued_at + self.max_wait
+        deadline = self._pending.first().queued_at + self.max_wait
         while (
             len(self._pending) < self.max_batch_size
             and not self._stopping
@@ -274,20 +336,18 @@ class MicroBatcher:
             return self._cut(self._long, self.long_batch_tokens)
         return self._cut(self._pending, self.max_batch_tokens)
 
-    def _drop_gone(self, lane: deque[_Item]) -> None:
-        """Drop the inputs at the front whose caller has gone (a future cancelled on the loop), unrun."""
-        while lane and lane[0].future.done():
-            lane.popleft()
-            self._release(1, dropped=1)
-
-    def _cut(self, lane: deque[_Item], max_tokens: int) -> list[_Item]:
-        """Take inputs from the lane's front, in arrival order, while they fit the budgets."""
+    def _cut(self, lane: _Lane, max_tokens: int) -> list[_Item]:
+        """Take inputs from the fronts of the lane's levels, highest first, while they fit the budgets; first
+        one input of an aged lower level, if there is one."""
         batch: list[_Item] = []
         longest = real = 0
-        while lane:
-            item = lane[0]
-            if item.future.done():
-                self._drop_gone(lane)
+        aged = lane.aged_queue(time.perf_counter())
+        while (queue := aged or lane.next_queue()) is not None:
+            aged = None
+            item = queue[0]
+            if item.future.done():  # its caller has gone (a future cancelled on the loop): dropped, unrun
+                queue.popleft()
+                self._release(1, dropped=1)
                 continue
             width = max(longest, item.encoded.length)
             padded = (len(batch) + 1) * width
@@ -297,7 +357,7 @@ class MicroBatcher:
                 or real + item.encoded.length < MIN_FILL * padded
             ):
                 break
-            batch.append(lane.popleft())
+            batch.append(queue.popleft())
             longest, real = width, real + item.encoded.length
         return batch
 
@@ -312,10 +372,15 @@ class MicroBatcher:
             self._release(len(batch))
         elapsed = time.perf_counter() - started
         if not isinstance(outcome, BaseException):
+            padded = len(batch) * max(e.length for e in encoded)
             try:
-                self._on_batch(BatchStats(len(batch), len(batch) * max(e.length for e in encoded), elapsed))
+                self._on_batch(BatchStats(len(batch), padded, elapsed))
+                if self._tracing.on:
+                    ended = time.time_ns()
+                    attributes = {"batch.size": len(batch), "batch.padded_tokens": padded}
+                    self._tracing.batch([i.trace for i in batch], ended - int(elapsed * 1e9), ended, attributes)
             except Exception:
-                log.exception("recording a batch's metrics failed")
+                log.exception("recording a batch's metrics or span failed")
         if on_loop:
             _deliver(batch, outcome, started, elapsed)
             return

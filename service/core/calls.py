@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from service.core.urgency import NORMAL
 from service.logs import log_access
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     model: str = ""  # the model the call named or defaulted to, once resolved
     held: Loaded | None = None  # the version it holds until it has answered
+    deadline: float | None = None  # when its caller stops waiting (service.core.urgency.now), if it said
+    priority: int = NORMAL
 
     def release(self) -> None:
         """Let go of the held version (it may then be retired); safe to call twice."""

@@ -11,20 +11,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from service.core.batcher import MicroBatcher
 from service.core.cache import LogitsCache
 from service.core.classifier import OnnxClassifier, TextInput, TooManyTokens, Windowed, probabilities
-from service.core.failures import Failure, InvalidInput, NotReady
+from service.core.failures import DeadlineExceeded, Failure, InvalidInput, NotReady
 from service.core.inputs import combine, encode, refuse_cut
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
 from service.core.reverify import FailedVerification, Reverification, reverify
 from service.core.shadow import Shadow
+from service.core.tracing import OFF, Tracing
+from service.core.urgency import NORMAL, deadline_after, now
 from service.core.windows import FIRST, SECOND, InputReport, Reading, Windowing, default_aggregation
 from service.settings import Settings
 
@@ -59,8 +61,10 @@ class Engine:
         manifest: Manifest,
         *,
         sole_caller: Callable[[], bool] | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self._sole_caller = sole_caller
         self.metrics = metrics
         self.manifest = manifest
@@ -121,6 +125,7 @@ class Engine:
             long_batch_tokens=self.settings.long_batch_tokens,
             on_batch=self.metrics.observe_batch,
             sole_caller=self._sole_caller,
+            tracing=self.tracing,
         )
         self.batcher.start()
         batcher = self.batcher
@@ -196,14 +201,19 @@ class Engine:
         direction: str = "right",
         windowing: Windowing | None = None,
         side: str = SECOND,
+        deadline: float | None = None,
+        priority: int = NORMAL,
     ) -> Classified:
         """Logits for texts or (text, text_pair) pairs, one row each: admitted (or refused) before any work,
-        then batched. An input over the max length is cut (or refused without ``truncate``), or read in
-        windows (``windowing``, default the model's) whose answers are combined into its row; of a pair,
-        ``side`` is the one windowed."""
+        then batched at ``priority``. An input over the max length is cut (or refused without ``truncate``),
+        or read in windows (``windowing``, default the model's) whose answers are combined into its row; of a
+        pair, ``side`` is the one windowed. Past ``deadline`` (``service.core.urgency.now``; REQUEST_TIMEOUT
+        from now when None) inputs not yet running are dropped and DeadlineExceeded raised."""
         batcher, classifier = self.batcher, self.classifier
         if batcher is None or classifier is None:
             raise NotReady(self.not_ready_reason)
+        if deadline is None and self.settings.request_timeout:
+            deadline = deadline_after(self.settings.request_timeout)
         if self.settings.log_inputs:
             log.debug("inputs", extra={"fields": {"texts": list(texts)}})
         reading = Reading(truncate, direction, windowing or self.windowing, side)
@@ -211,15 +221,20 @@ class Engine:
         missing = [i for i, hit in enumerate(cached) if hit is None]
         tokenize_seconds = queue = inference = 0.0
         if missing:
-            with batcher.admit(len(missing)) as admission:
+            tracing = self.tracing
+            with tracing.span("admission", {"inputs": len(missing)}):
+                admission = batcher.admit(len(missing), priority)
+            with admission:
+                self._check_deadline(deadline, "tokenize")
                 started = time.perf_counter()
                 todo = [texts[i] for i in missing]
-                if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
-                    windowed = encode(classifier, todo, reading)  # cheaper than a hop to a thread (~30 us
-                    # against ~0.5 ms for a short query)
-                else:
-                    # exclusive: bounds memory
-                    windowed = await asyncio.to_thread(encode, classifier, todo, reading, exclusive=True)
+                with tracing.span("tokenize"):
+                    if sum(map(_chars, todo)) <= INLINE_TOKENIZE_CHARS:
+                        windowed = encode(classifier, todo, reading)  # cheaper than a hop to a thread (~30 us
+                        # against ~0.5 ms for a short query)
+                    else:
+                        # exclusive: bounds memory
+                        windowed = await asyncio.to_thread(encode, classifier, todo, reading, exclusive=True)
                 tokenize_seconds = time.perf_counter() - started
                 if not truncate:
                     refuse_cut(missing, windowed, reading, classifier.max_length)
@@ -231,9 +246,22 @@ class Engine:
                 cut = sum(item.truncated for item in windowed)
                 if cut:
                     self.metrics.truncated.inc(cut)
-                results = await batcher.submit(flat, admission)
+                self._check_deadline(deadline, "tokenize")
+                submitted = batcher.submit(flat, admission, priority, tracing.current())
+                if deadline is None:
+                    results = await submitted
+                else:
+                    try:  # on time-out the wait is cancelled, and with it every input not yet running
+                        results = await asyncio.wait_for(submitted, deadline - now())
+                    except TimeoutError:
+                        self._deadline_passed("queue")
             queue = max(r.queue_seconds for r in results)
             inference = max(r.inference_seconds for r in results)
+            if tracing.on:  # the wait and the run, as they were: spans of the past
+                ended = time.time_ns()
+                ran = ended - int(inference * 1e9)
+                tracing.record("queue", ran - int(queue * 1e9), ran)
+                tracing.record("inference", ran, ended, {"windows": len(flat)})
             start = 0
             for index, item in zip(missing, windowed):
                 count = len(item.windows)
@@ -254,6 +282,15 @@ class Engine:
         if self.shadow is not None:
             self.shadow.offer(texts, reading, logits)
         return Classified(logits, tokenize_seconds, queue, inference, [report for _, report in entries])
+
+    def _check_deadline(self, deadline: float | None, stage: str) -> None:
+        if deadline is not None and now() >= deadline:
+            self._deadline_passed(stage)
+
+    def _deadline_passed(self, stage: str) -> NoReturn:
+        self.metrics.deadline_exceeded.labels(stage).inc()
+        where = "to be tokenized" if stage == "tokenize" else "in the queue"
+        raise DeadlineExceeded(f"the request's deadline passed while its inputs waited {where}; none of them ran")
 
     def _combined(self, item: Windowed, results: Sequence[Any], reading: Reading) -> tuple[np.ndarray, InputReport]:
         """One input's row of logits from its windows' results, and its report."""

@@ -2,6 +2,7 @@
 
 Failure
 ├── QueueFull             admitted inputs would exceed the queue bound
+├── DeadlineExceeded      the call's deadline passed before its inputs could run
 ├── ShuttingDown          the process is draining
 ├── VersionUnloaded       the model version a request held was unloaded while it ran
 ├── NotReady              the server or the model is loading, or failed to load
@@ -44,6 +45,10 @@ class QueueFull(Failure):
         super().__init__(
             f"inference queue is full ({admitted} inputs queued or running, {wanted} more asked for, limit {limit})"
         )
+
+
+class DeadlineExceeded(Failure):
+    pass
 
 
 class ShuttingDown(Failure):

@@ -141,6 +141,13 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.deadline_exceeded = Counter(
+            "classifier_deadline_exceeded",
+            "Requests whose deadline passed before their inputs ran, by where they were: waiting to be tokenized "
+            "(tokenize) or queued for a batch (queue); their inputs were dropped unrun",
+            ["model", "stage"],
+            registry=self.registry,
+        )
         self.windows = Counter(
             "classifier_windows",
             "Windows run for inputs read whole in windows (one per window, so a long document counts several)",
@@ -257,6 +264,7 @@ class ModelMetrics:
         self.low_confidence = metrics.low_confidence.labels(model)
         self.truncated = metrics.truncated.labels(model)
         self.windows = metrics.windows.labels(model)
+        self.deadline_exceeded = _Labelled(metrics.deadline_exceeded, model)
         self.cache_hits = metrics.cache_hits.labels(model)
         self.cache_misses = metrics.cache_misses.labels(model)
         self._batch_size = metrics.batch_size.labels(model)

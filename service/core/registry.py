@@ -48,6 +48,7 @@ from service.core.manifest import BundleError, Manifest, load_verified
 from service.core.metrics import Metrics, ModelMetrics
 from service.core.repository import Found
 from service.core.shadow import Shadow
+from service.core.tracing import OFF, Tracing
 from service.settings import PER_MODEL, Settings
 
 log = logging.getLogger("service.core.registry")
@@ -122,6 +123,7 @@ class ModelRegistry:
         *,
         sole_caller: Callable[[], bool] | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         """``sole_caller``, when given, tells whether the caller being served is the only one the
         process has (``service.core.batcher``); the transport that knows its connections offers it.
@@ -131,6 +133,7 @@ class ModelRegistry:
         self.metrics = metrics
         self._sole_caller = sole_caller
         self._on_fatal = on_fatal
+        self.tracing = tracing
         self.models: dict[str, Model] = {}
         self.root = Path(settings.repository) if settings.repository else None
         self._manifest = manifest  # --bundle's manifest, as the CLI already checked it
@@ -320,7 +323,7 @@ class ModelRegistry:
             view = (self._unscraped if shadow else self.metrics).for_model(model.name)
             if shadow:
                 settings = dataclasses.replace(settings, intra_op_threads=self.settings.shadow_threads, cache_size=0)
-            engine = Engine(settings, view, manifest, sole_caller=self._sole_caller)
+            engine = Engine(settings, view, manifest, sole_caller=self._sole_caller, tracing=self.tracing)
             await engine.start()
             problem = None if engine.ready else engine.not_ready_reason
             if problem is not None and engine.failed_verification and self.root is None and self._on_fatal:

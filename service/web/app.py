@@ -25,6 +25,8 @@ from service.core.failures import Failure
 from service.core.manifest import Manifest, load_verified
 from service.core.metrics import Metrics
 from service.core.registry import ModelRegistry
+from service.core.tracing import Tracing
+from service.core.tracing import from_environment as tracing_from_environment
 from service.protocols.oip import repository as oip_repository
 from service.protocols.oip import rest as oip_rest
 from service.protocols.tei import routes as tei_routes
@@ -55,6 +57,7 @@ def create_app(
     *,
     sole_caller: Callable[[], bool] | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    tracing: Tracing | None = None,
 ) -> Starlette:
     """Build the app. With ``--bundle`` its hashes are checked here, before any traffic; a
     repository's bundles are checked as they load (``service.core.registry``). ``sole_caller``
@@ -66,7 +69,8 @@ def create_app(
     else:
         manifest = manifest or load_verified(Path(settings.bundle))
     metrics = Metrics()
-    registry = ModelRegistry(settings, metrics, manifest, sole_caller=sole_caller, on_fatal=on_fatal)
+    tracing = tracing or tracing_from_environment()  # off unless an OTLP endpoint is set
+    registry = ModelRegistry(settings, metrics, manifest, sole_caller=sole_caller, on_fatal=on_fatal, tracing=tracing)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -84,6 +88,7 @@ def create_app(
                 await grpc_server.stop(settings.drain_timeout)
             await loading
             await registry.stop()
+            await asyncio.to_thread(tracing.shutdown)  # the spans still buffered go out
 
     endpoints = [
         *tei_routes.ENDPOINTS,
@@ -94,7 +99,13 @@ def create_app(
         *docs.ENDPOINTS,
     ]
     middleware = [
-        Middleware(RequestContext, api_keys=settings.api_keys, open_paths=open_paths(endpoints), metrics=metrics)
+        Middleware(
+            RequestContext,
+            api_keys=settings.api_keys,
+            open_paths=open_paths(endpoints),
+            metrics=metrics,
+            tracing=tracing,
+        )
     ]
     if settings.cors_allow_origins:
         middleware.append(
@@ -102,7 +113,7 @@ def create_app(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_allow_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type"],
+                allow_headers=["authorization", "content-type", "x-request-timeout", "x-priority", "traceparent"],
             )
         )
     table = [*routes(endpoints), *docs.MOUNTS]
@@ -113,5 +124,6 @@ def create_app(
     app.state.registry = registry
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.tracing = tracing
     app.state.endpoints = endpoints
     return app

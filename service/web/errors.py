@@ -17,6 +17,7 @@ UnsupportedMediaType    415     unsupported_media_type
 InvalidInput            422     validation              Validation
 InputTooLong            422     validation              Validation
 QueueFull               429     overloaded              Overloaded
+DeadlineExceeded        504     deadline_exceeded
 Failure (anything else) 500     internal                Backend
 NotReady                503     unhealthy               Unhealthy
 ShuttingDown            503     unavailable
@@ -68,6 +69,7 @@ FAILURES: dict[type[failures.Failure], HttpError] = {
     failures.InvalidInput: _VALIDATION,
     failures.InputTooLong: _VALIDATION,
     failures.QueueFull: HttpError(429, "overloaded", "Overloaded"),
+    failures.DeadlineExceeded: HttpError(504, "deadline_exceeded"),
     failures.NotReady: HttpError(503, "unhealthy", "Unhealthy"),
     failures.ShuttingDown: _UNAVAILABLE,
     failures.VersionUnloaded: _UNAVAILABLE,

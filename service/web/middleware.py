@@ -23,7 +23,9 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.calls import Call, bearer_key_matches, finish, request_id
-from service.core.failures import Failure, ShuttingDown, Unauthenticated
+from service.core.failures import BadRequest, Failure, ShuttingDown, Unauthenticated
+from service.core.tracing import OFF, Tracing
+from service.core.urgency import priority_header, timeout_header
 from service.logs import REQUEST_ID
 from service.web.connection import CLIENT_GONE, REQUEST_TASK
 from service.web.errors import CLIENT_GONE as CLIENT_GONE_STATUS
@@ -34,8 +36,17 @@ log = logging.getLogger("service.web.middleware")
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, api_keys: tuple[str, ...], open_paths: frozenset[str], metrics: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: tuple[str, ...],
+        open_paths: frozenset[str],
+        metrics: Any,
+        tracing: Tracing = OFF,
+    ) -> None:
         self.app = app
+        self.tracing = tracing
         self.open_paths = open_paths
         self.api_keys = tuple(key.encode() for key in api_keys)
         self.metrics = metrics
@@ -44,6 +55,40 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.tracing.on:
+            await self._traced(scope, receive, send)
+            return
+        await self._handle(scope, receive, send)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request inside its server span: a child of the caller's ``traceparent``, named by its route."""
+        headers = Headers(scope=scope)
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with self.tracing.server_span(f"{scope['method']} {scope['path']}", headers, attributes) as span:
+            try:
+                await self._handle(scope, receive, send_status)
+            finally:
+                call = scope.get(CALL)
+                route = scope.get("route")
+                if route is not None:
+                    span.update_name(f"{scope['method']} {route.path}")
+                    span.set_attribute("http.route", route.path)
+                if status:
+                    span.set_attribute("http.response.status_code", status)
+                if call is not None:
+                    span.set_attribute("request.id", call.request_id)
+                    if call.model:
+                        span.set_attribute("model", call.model)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         call = scope[CALL] = Call("http", scope["method"], scope["path"], request_id(headers.get("x-request-id")))
         status = 500
@@ -63,6 +108,8 @@ class RequestContext:
                 await send_error(
                     Unauthenticated("missing or invalid API key; send 'Authorization: Bearer KEY'"), send_with_headers
                 )
+            elif (refused := _read_urgency(call, headers)) is not None:
+                await send_error(refused, send_with_headers, dialect_of(scope))
             else:
                 await self.app(scope, receive, send_with_headers)
         except asyncio.CancelledError:
@@ -87,6 +134,18 @@ class RequestContext:
         if not self.api_keys or path in self.open_paths or path.startswith("/docs/"):
             return True
         return bearer_key_matches(headers.get("authorization", ""), self.api_keys)
+
+
+def _read_urgency(call: Call, headers: Headers) -> BadRequest | None:
+    """The call's deadline and priority from ``x-request-timeout`` and ``x-priority``; why not, if they are bad."""
+    try:
+        if (timeout := headers.get("x-request-timeout")) is not None:
+            call.deadline = timeout_header(timeout)
+        if (priority := headers.get("x-priority")) is not None:
+            call.priority = priority_header(priority)
+    except BadRequest as exc:
+        return exc
+    return None
 
 
 async def send_error(error: Failure | EdgeError, send: Send, dialect: str = "service") -> None:

@@ -74,6 +74,16 @@ def dialect_of(scope: Scope) -> Dialect:
     return route.spec.dialect if isinstance(route, EndpointRoute) else "service"
 
 
+def urgency(request: Request, deadline: float | None = None, priority: int | None = None) -> dict[str, Any]:
+    """The call's deadline and priority as ``Engine.classify`` takes them; a protocol's own (the Open Inference
+    Protocol's parameters), when given, win over the headers'."""
+    call = request.scope[CALL]
+    return {
+        "deadline": call.deadline if deadline is None else deadline,
+        "priority": call.priority if priority is None else priority,
+    }
+
+
 def hold(request: Request, name: str | None = None, version: str | None = None) -> Loaded:
     """The model version a request names (the default model without a name), held until it has answered."""
     return request.app.state.registry.hold(request.scope[CALL], name, version)

@@ -369,3 +369,23 @@ def test_bulk_benchmark_runs_every_path_on_the_default_bundle(default_bundle, tm
     assert all(result["texts_per_s"] > 0 for result in data["results"].values())
     assert data["memory"]["tenth_mb"] > 0 and data["bulk_of_floor"] > 0
     assert "| bulk | 300 |" in out.with_suffix(".md").read_text()
+
+
+def test_priorities_benchmark_runs_its_three_phases(tiny_bundle, tmp_path):
+    require_serve_env()
+    out = tmp_path / "priorities.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.priorities", "--bundle", str(tiny_bundle("bert")), "--out", str(out)]
+        + ["--duration", "1.5", "--probe-rate", "10", "--flood-clients", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert list(data["phases"]) == ["alone", "flood, same priority", "flood, low priority"]
+    assert [phase["probe_requests"] for phase in data["phases"].values()] == [15, 15, 15]
+    assert data["phases"]["alone"]["flood_inputs_per_s"] == 0
+    assert data["phases"]["flood, low priority"]["flood_inputs_per_s"] > 0
+    assert data["p99_vs_alone"]["alone"] == 1.0

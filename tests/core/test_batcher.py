@@ -315,3 +315,79 @@ def test_long_work_yields_to_short_queries_for_a_bounded_time():
     held, waited = asyncio.run(run())
     assert held  # the short batch was running: the long one waited
     assert LONG_YIELD_SECONDS * 0.9 <= waited < LONG_YIELD_SECONDS * 5  # and then ran beside it, unreleased
+
+
+def queued(items: list[tuple[int, int, float]], **budgets: int) -> list[list[tuple[int, int]]]:
+    """The batches cut from inputs (length, priority, seconds already waited) queued in this order."""
+
+    async def run() -> list[list[tuple[int, int]]]:
+        batcher = MicroBatcher(
+            lambda batch: np.zeros((len(batch), 1)),
+            max_wait_ms=0,
+            max_queue_size=1000,
+            **{"max_batch_tokens": 1000, "max_batch_size": 64, **budgets},
+        )
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        with batcher.admit(len(items)) as admission:
+            entries = [
+                _Item(FakeEncoded(n), loop.create_future(), now - waited, priority)  # type: ignore[arg-type]
+                for n, priority, waited in items
+            ]
+            with batcher._ready:
+                batcher._enqueue(entries)
+            admission.count = 0
+        batches = []
+        while batch := batcher.next_batch():
+            batches.append([(item.encoded.length, item.priority) for item in batch])
+        return batches
+
+    return asyncio.run(run())
+
+
+HIGH, NORMAL, LOW = 1, 2, 3
+
+
+@pytest.mark.parametrize(
+    "items, budgets, batches",
+    [
+        pytest.param(
+            [(1, LOW, 0), (2, NORMAL, 0), (3, HIGH, 0), (4, NORMAL, 0), (5, HIGH, 0)],
+            {},
+            [[(3, HIGH), (5, HIGH), (2, NORMAL), (4, NORMAL), (1, LOW)]],
+            id="higher-levels-first-arrival-order-within-each",
+        ),
+        pytest.param(
+            [(1, LOW, 0), (2, HIGH, 0), (3, HIGH, 0), (4, HIGH, 0)],
+            {"max_batch_size": 2},
+            [[(2, HIGH), (3, HIGH)], [(4, HIGH), (1, LOW)]],
+            id="a-lower-level-fills-what-higher-ones-leave",
+        ),
+        pytest.param(
+            [(1, LOW, 0.6), (6, LOW, 0.6), (2, HIGH, 0), (3, HIGH, 0), (4, HIGH, 0), (5, HIGH, 0)],
+            {"max_batch_size": 2},
+            [[(1, LOW), (2, HIGH)], [(6, LOW), (3, HIGH)], [(4, HIGH), (5, HIGH)]],
+            id="an-aged-lower-level-gets-one-place-a-batch",
+        ),
+        pytest.param(
+            [(1, LOW, 0.9), (2, NORMAL, 0.6), (3, HIGH, 0)],
+            {"max_batch_size": 1},
+            [[(1, LOW)], [(2, NORMAL)], [(3, HIGH)]],
+            id="the-longest-waiting-aged-level-first",
+        ),
+    ],
+)
+def test_priorities_order_batches_and_no_level_starves(items, budgets, batches):
+    assert queued(items, **budgets) == batches
+
+
+def test_low_priority_inputs_leave_a_quarter_of_the_queue_to_the_others():
+    batcher = MicroBatcher(
+        lambda batch: np.zeros((len(batch), 1)), max_batch_tokens=100, max_batch_size=8, max_wait_ms=0, max_queue_size=8
+    )
+    with batcher.admit(6, LOW):
+        with pytest.raises(QueueFull, match=r"\(6 inputs queued or running, 1 more asked for, limit 6\)"):
+            batcher.admit(1, LOW)
+        with batcher.admit(2, HIGH) as high, pytest.raises(QueueFull, match="limit 8"):
+            high.grow(1)
+    assert batcher.admitted == 0

@@ -34,6 +34,7 @@ from service import NAME, __version__
 from service.core import failures
 from service.core.calls import Call, bearer_key_matches, finish, request_id
 from service.core.registry import ModelRegistry
+from service.core.urgency import deadline_after, priority_header
 from service.logs import REQUEST_ID
 from service.protocols.oip import infer
 from service.protocols.oip.proto import grpc_predict_v2_pb2 as pb
@@ -42,10 +43,12 @@ from service.settings import Settings
 log = logging.getLogger("service.protocols.oip.grpc_service")
 SERVICE = "inference.GRPCInferenceService"
 OPEN_METHODS = ("ServerLive", "ServerReady")
+GRPC_DEADLINE_MARGIN = 0.005
 Code = grpc.StatusCode
 STATUS: dict[type[failures.Failure], grpc.StatusCode] = {
     failures.Failure: Code.INTERNAL,
     failures.QueueFull: Code.RESOURCE_EXHAUSTED,
+    failures.DeadlineExceeded: Code.DEADLINE_EXCEEDED,
     failures.ShuttingDown: Code.UNAVAILABLE,
     failures.VersionUnloaded: Code.UNAVAILABLE,
     failures.NotReady: Code.UNAVAILABLE,
@@ -197,7 +200,11 @@ class InferenceService:
         checked = infer.decode(from_grpc(request), max_inputs=max_inputs, pairs=engine.takes_pairs)
         long_texts = checked.long_texts
         result = await engine.classify(
-            checked.texts, truncate=long_texts.truncate, windowing=long_texts.windowing(engine.windowing)
+            checked.texts,
+            truncate=long_texts.truncate,
+            windowing=long_texts.windowing(engine.windowing),
+            deadline=call.deadline if checked.deadline is None else checked.deadline,
+            priority=call.priority if checked.priority is None else checked.priority,
         )
         response = infer.respond(
             checked,
@@ -213,16 +220,29 @@ class InferenceService:
     def handler(self, name: str, method: Method) -> Callable[[Any, aio.ServicerContext], Awaitable[Any]]:
         """API keys, the failure table, the call's record and its log context around one RPC."""
         path = f"/{SERVICE}/{name}"
+        tracing = self.registry.tracing
 
         @functools.wraps(method)
         async def rpc(request: Any, context: aio.ServicerContext) -> Any:
             metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
+            if not tracing.on:
+                return await answer(request, context, metadata)
+            attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+            with tracing.server_span(path.lstrip("/"), metadata, attributes) as span:
+                return await answer(request, context, metadata, span)
+
+        async def answer(request: Any, context: aio.ServicerContext, metadata: dict[str, str], span: Any = None) -> Any:
             call = Call("grpc", "POST", path, request_id(metadata.get("x-request-id")))
             token = REQUEST_ID.set(call.request_id)
             code = Code.OK
             try:
                 if isinstance(request, _Malformed):
                     raise failures.MalformedBody(f"the request is not a valid {name}Request message")
+                if (remaining := context.time_remaining()) is not None:  # the client's deadline, a little early so
+                    # that the service answers it (and counts it) before gRPC cancels the call at the deadline itself
+                    call.deadline = deadline_after(remaining - GRPC_DEADLINE_MARGIN)
+                if (priority := metadata.get("x-priority")) is not None:
+                    call.priority = priority_header(priority)
                 if (
                     self.api_keys
                     and name not in OPEN_METHODS
@@ -245,6 +265,10 @@ class InferenceService:
             finally:
                 finish(call, HTTP_STATUS[code], path, self.registry.metrics)
                 REQUEST_ID.reset(token)
+                if span is not None:
+                    span.set_attributes({"request.id": call.request_id, "rpc.grpc.status_code": code.value[0]})
+                    if call.model:
+                        span.set_attribute("model", call.model)
 
         return rpc
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from service.core.failures import BadRequest
+from service.core.urgency import priority_parameter, timeout_parameter
 from service.core.windows import AGGREGATIONS, InputReport, Windowing
 from service.protocols.reports import report_fields
 
@@ -89,6 +90,8 @@ class InferCall:
     outputs: tuple[RequestedOutput, ...]
     id: str | None = None
     long_texts: LongTexts = LongTexts()
+    deadline: float | None = None  # from the ``timeout`` parameter
+    priority: int | None = None  # from the ``priority`` parameter
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,17 @@ def decode(request: InferRequest, *, max_inputs: int, pairs: bool) -> InferCall:
             raise BadRequest(f"input {tensor.name!r} has neither data nor parameters.binary_data_size")
     outputs = requested_outputs(request)
     texts = texts_from(request.inputs, max_inputs=max_inputs, pairs=pairs)
-    return InferCall(texts, outputs, request.id, long_texts(request.parameters))
+    parameters = request.parameters
+    timeout = parameters.get("timeout")
+    priority = parameters.get("priority")
+    return InferCall(
+        texts,
+        outputs,
+        request.id,
+        long_texts(parameters),
+        None if timeout is None else timeout_parameter(timeout),
+        None if priority is None else priority_parameter(priority),
+    )
 
 
 def long_texts(parameters: Mapping[str, Any]) -> LongTexts:

@@ -33,7 +33,7 @@ from service.protocols.oip import infer
 from service.protocols.validation import parse
 from service.web.bodies import read_body
 from service.web.responses import ModelState, timing_headers
-from service.web.routing import Endpoint, hold
+from service.web.routing import Endpoint, hold, urgency
 
 HEADER_LENGTH = "inference-header-content-length"
 # Triton reads a request without a Content-Type as JSON, and tritonclient sends none.
@@ -279,7 +279,10 @@ async def infer_route(request: Request) -> Response:
     engine.check_room(infer.declared_inputs(wire.inputs, settings.max_inputs))
     call = infer.decode(wire, max_inputs=settings.max_inputs, pairs=engine.takes_pairs)
     result = await engine.classify(
-        call.texts, truncate=call.long_texts.truncate, windowing=call.long_texts.windowing(engine.windowing)
+        call.texts,
+        truncate=call.long_texts.truncate,
+        windowing=call.long_texts.windowing(engine.windowing),
+        **urgency(request, call.deadline, call.priority),
     )
     response = infer.respond(
         call,

@@ -44,7 +44,7 @@ from service.protocols.tei.responses import (
 from service.protocols.validation import parse
 from service.web.bodies import json_body
 from service.web.responses import json_response, timing_headers
-from service.web.routing import Endpoint, hold
+from service.web.routing import Endpoint, hold, urgency
 
 _FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "softmax": softmax,
@@ -86,6 +86,7 @@ async def _predict(request: Request, engine: Engine, raw: bytes) -> Response:
         truncate=body.should_truncate,
         direction=body.direction,
         windowing=body.windowing(engine.windowing),
+        **urgency(request),
     )
     function = body.parameters.function_to_apply if body.parameters else None
     if body.raw_scores:
@@ -122,6 +123,7 @@ async def _rerank(request: Request, engine: Engine, raw: bytes) -> Response:
         truncate=body.should_truncate,
         direction=body.direction,
         windowing=body.windowing(engine.windowing),
+        **urgency(request),
     )
     logits = result.logits[:, 0]
     scores = logits if body.raw_scores else sigmoid(logits.astype(np.float64))
@@ -158,7 +160,11 @@ async def _zero_shot(request: Request, engine: Engine, raw: bytes) -> Response:
     # The pairs of one request (text, hypothesis for each label) go through the batcher together; the
     # text is the side read in windows, each window paired with the whole hypothesis.
     result = await engine.classify(
-        body.pairs, truncate=body.should_truncate, windowing=body.windowing(engine.windowing), side=FIRST
+        body.pairs,
+        truncate=body.should_truncate,
+        windowing=body.windowing(engine.windowing),
+        side=FIRST,
+        **urgency(request),
     )
     scores = zero_shot_scores(result.logits[np.newaxis], ids, multi_label=body.parameters.multi_label)[0]
     order = np.argsort(-scores, kind="stable")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -299,6 +300,47 @@ def test_a_full_queue_is_resource_exhausted_over_grpc_as_it_is_429_over_http(tin
         process.stop()
     assert '"status": 429' in log and '"protocol": "grpc"' in log
     assert "Traceback" not in log and '"exc"' not in log
+
+
+# Deadlines and priorities ---------------------------------------------------------------
+
+
+def test_triton_timeout_parameter_is_a_deadline_on_both_transports(server, expected):
+    """tritonclient's ``timeout`` (the request parameter, in microseconds) of 1 has passed before the input can
+    be tokenized: dropped unrun, DEADLINE_EXCEEDED over gRPC as 504 over HTTP; a generous one is answered."""
+    message = "the request's deadline passed while its inputs waited to be tokenized; none of them ran"
+    text = grpcclient.InferInput("text", [3], "BYTES")
+    text.set_data_from_numpy(np.array(TEXTS, dtype=object))
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("classifier", [text], timeout=1)
+    assert (raised.value.status(), raised.value.message()) == ("StatusCode.DEADLINE_EXCEEDED", message)
+    check(client.infer("classifier", [text], timeout=30_000_000, priority=1), expected)
+    check(client.infer("classifier", [text], client_timeout=30), expected)  # gRPC's own deadline
+    text = httpclient.InferInput("text", [3], "BYTES")
+    text.set_data_from_numpy(np.array(TEXTS, dtype=object))
+    client = httpclient.InferenceServerClient(server.http_address)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("classifier", [text], timeout=1)
+    assert (raised.value.status(), raised.value.message()) == ("504", message)
+    check(client.infer("classifier", [text], timeout=30_000_000, priority=3), expected)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("classifier", [text], priority=7)
+    assert raised.value.status() == "400"
+    assert raised.value.message() == "parameter 'priority' must be 1 (high), 2 (normal), 3 (low) or 0 (default), got 7"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'classifier_deadline_exceeded_total{model="classifier",stage="tokenize"} 2.0' in metrics
+
+
+def test_grpc_priority_metadata_is_checked(server, expected):
+    text = grpcclient.InferInput("text", [3], "BYTES")
+    text.set_data_from_numpy(np.array(TEXTS, dtype=object))
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    check(client.infer("classifier", [text], headers={"x-priority": "high"}), expected)
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("classifier", [text], headers={"x-priority": "now"})
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert raised.value.message() == "x-priority must be high, normal or low (or 1, 2, 3), got 'now'"
 
 
 # API keys -----------------------------------------------------------------------------

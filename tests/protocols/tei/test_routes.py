@@ -77,6 +77,28 @@ def test_timing_and_request_id_headers(client):
     assert len(generated) == 32 and int(generated, 16) >= 0
 
 
+@pytest.mark.parametrize("path", ["/predict", "/v2/models/classifier/infer"])
+def test_deadline_and_priority_headers(client, reference, path):
+    body = (
+        {"inputs": "hi"}
+        if path == "/predict"
+        else {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}
+    )
+    late = post(client, path, body, headers={"x-request-timeout": "0.000001"})
+    assert late.status_code == 504
+    message = "the request's deadline passed while its inputs waited to be tokenized; none of them ran"
+    assert late.json() == {"error": message, "error_type": "deadline_exceeded"}
+    assert post(client, path, body, headers={"x-request-timeout": "30", "x-priority": "low"}).status_code == 200
+    bad = post(client, path, body, headers={"x-priority": "urgent"})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "x-priority must be high, normal or low (or 1, 2, 3), got 'urgent'"
+    bad = post(client, path, body, headers={"x-request-timeout": "soon"})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == (
+        "x-request-timeout must be a number of seconds above 0 and at most 86400, got 'soon'"
+    )
+
+
 def test_multi_label_uses_sigmoid(tiny_bundle, tiny_checkpoint):
     from export.sources import load_source
 

@@ -1,0 +1,136 @@
+"""Priorities under load: does a high-priority client keep its latency while low-priority traffic
+saturates the server?
+
+One server (ours, the default bundle), three phases of ``--duration`` seconds each, in one run:
+
+- ``alone``: the probe alone: one request (one short query) every ``1/--probe-rate`` seconds,
+  sent on time whatever the answers do (an open loop), with ``x-priority: high``;
+- ``flood, same priority``: the probe, and ``--flood-clients`` closed-loop clients each sending
+  8-text batches back to back at the probe's priority: what the probe suffers without priorities;
+- ``flood, low priority``: the same flood with ``x-priority: low``.
+
+It prints (and writes with ``--out``) the probe's p50 and p99 in each phase, the flood's inputs per
+second, and the p99 ratios to ``alone``.
+
+    .venv/bin/python -m bench.priorities --bundle bundles/default --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from bench.process import free_port, wait_ready
+from bench.workload import SHORT_TEXTS
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
+FLOOD_BATCH = 8
+
+
+async def _probe(client: httpx.AsyncClient, rate: float, duration: float) -> list[float]:
+    latencies: list[float] = []
+
+    async def one(text: str) -> None:
+        started = time.perf_counter()
+        response = await client.post("/predict", json={"inputs": text}, headers={"x-priority": "high"})
+        response.raise_for_status()
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    tasks = []
+    start = time.perf_counter()
+    for sent in range(int(rate * duration)):
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(SHORT_TEXTS[sent % len(SHORT_TEXTS)])))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def _flood(client: httpx.AsyncClient, priority: str, stop: asyncio.Event, done: list[int]) -> None:
+    offset = 0
+    while not stop.is_set():
+        texts = [SHORT_TEXTS[(offset + i) % len(SHORT_TEXTS)] for i in range(FLOOD_BATCH)]
+        offset += FLOOD_BATCH
+        response = await client.post("/predict", json={"inputs": texts}, headers={"x-priority": priority})
+        response.raise_for_status()
+        done[0] += FLOOD_BATCH
+
+
+async def _phase(url: str, flood: str | None, args: argparse.Namespace) -> dict:
+    limits = httpx.Limits(max_connections=args.flood_clients + 64)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        stop, done = asyncio.Event(), [0]
+        clients = args.flood_clients if flood else 0
+        floods = [asyncio.create_task(_flood(client, flood or "", stop, done)) for _ in range(clients)]
+        await asyncio.sleep(1.0 if flood else 0)  # the queue fills before the probe starts
+        started, before = time.perf_counter(), done[0]
+        latencies = await _probe(client, args.probe_rate, args.duration)
+        flooded = (done[0] - before) / (time.perf_counter() - started)
+        stop.set()
+        await asyncio.gather(*floods)
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "probe_requests": len(latencies),
+        "probe_p50_ms": round(quantiles[49], 2),
+        "probe_p99_ms": round(quantiles[98], 2),
+        "flood_inputs_per_s": round(flooded, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.priorities", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", default="bundles/default")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of each phase")
+    parser.add_argument("--probe-rate", type=float, default=20.0, help="high-priority requests a second")
+    parser.add_argument("--flood-clients", type=int, default=32)
+    parser.add_argument("--out", type=Path, help="write the figures here as JSON")
+    args = parser.parse_args(argv)
+    port = free_port()
+    server = subprocess.Popen(
+        [str(SERVE_PYTHON if SERVE_PYTHON.exists() else sys.executable), "-m", "service", "--bundle", args.bundle]
+        + ["--port", str(port), "--max-queue-size", "4096"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(server, url)
+        phases = {
+            "alone": asyncio.run(_phase(url, None, args)),
+            "flood, same priority": asyncio.run(_phase(url, "high", args)),
+            "flood, low priority": asyncio.run(_phase(url, "low", args)),
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    alone = phases["alone"]["probe_p99_ms"]
+    report = {
+        "bundle": args.bundle,
+        "duration_s": args.duration,
+        "probe_rate": args.probe_rate,
+        "flood_clients": args.flood_clients,
+        "flood_batch": FLOOD_BATCH,
+        "phases": phases,
+        "p99_vs_alone": {name: round(phase["probe_p99_ms"] / alone, 2) for name, phase in phases.items()},
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
