@@ -389,3 +389,20 @@ def test_priorities_benchmark_runs_its_three_phases(tiny_bundle, tmp_path):
     assert data["phases"]["alone"]["flood_inputs_per_s"] == 0
     assert data["phases"]["flood, low priority"]["flood_inputs_per_s"] > 0
     assert data["p99_vs_alone"]["alone"] == 1.0
+
+
+def test_tracing_cost_benchmark_runs_both_servers(tiny_bundle, tmp_path):
+    require_serve_env()
+    out = tmp_path / "tracing.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_cost", "--bundle", str(tiny_bundle("bert")), "--out", str(out)]
+        + ["--duration", "0.5", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert set(data["figures"]) == {"off", "on"} and set(data["figures"]["on"]) == {"1", "32"}
+    assert data["exported_bytes"] > 0  # the traced server's spans reached the sink

@@ -309,3 +309,53 @@ def test_compose_export_then_serve_then_loadtest(compose):
     )
     assert load.returncode == 0, load.stdout[-2000:] + load.stderr[-2000:]
     assert load.stdout.splitlines()[0].split()[:4] == ["mode", "level", "requests", "req/s"]
+
+
+def test_the_image_starts_and_serves_as_kserve_starts_it(grpc_image, default_bundle):
+    """deploy/kserve/servingruntime.yaml's container as KServe runs it: the model mounted read-only at
+    /mnt/models, {{.Name}} replaced by the InferenceService's name, Knative's environment (PORT and K_*),
+    the runtime's own env; ready on its probe, answering v2 over HTTP on 8080 and gRPC on 8081, and
+    draining cleanly on SIGTERM."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    import yaml
+
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text())
+    (spec,) = runtime["spec"]["containers"]
+    args = [arg.replace("{{.Name}}", "intents") for arg in spec["args"]]
+    env = {"PORT": "8080", "K_SERVICE": "intents-predictor", "K_REVISION": "intents-predictor-00001"}
+    env.update({item["name"]: item["value"] for item in spec.get("env", [])})
+    http_port, grpc_port = free_port(), free_port()
+    name = f"kserve-test-{http_port}"
+    docker(
+        "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
+        "-v", f"{default_bundle}:/mnt/models:ro",
+        "-p", f"127.0.0.1:{http_port}:8080", "-p", f"127.0.0.1:{grpc_port}:8081",
+        *(arg for key, value in env.items() for arg in ("-e", f"{key}={value}")),
+        grpc_image, *args,
+    )  # fmt: skip
+    try:
+        probe = f"http://127.0.0.1:{http_port}{spec['readinessProbe']['httpGet']['path']}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(probe, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("never ready: " + docker("logs", name, check=False).stderr[-2000:])
+        text = httpclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array(["what is my checking account balance"], dtype=object))
+        answer = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").infer("intents", [text])
+        assert answer.as_numpy("label").tolist() == [b"balance"]
+        text = grpcclient.InferInput("text", [1], "BYTES")
+        text.set_data_from_numpy(np.array(["what is my checking account balance"], dtype=object))
+        answer = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer("intents", [text])
+        assert answer.as_numpy("label").tolist() == [b"balance"]
+        docker("stop", "-t", "30", name)
+        assert docker("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"
+    finally:
+        docker("rm", "-f", name, check=False)
