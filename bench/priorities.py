@@ -38,14 +38,17 @@ SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
 FLOOD_BATCH = 8
 
 
-async def _probe(client: httpx.AsyncClient, rate: float, duration: float) -> list[float]:
+async def _probe(client: httpx.AsyncClient, rate: float, duration: float) -> tuple[list[float], list[float]]:
+    """Each probe's latency, and the part of it the service spent waiting for a batch (``x-queue-time``)."""
     latencies: list[float] = []
+    queued: list[float] = []
 
     async def one(text: str) -> None:
         started = time.perf_counter()
         response = await client.post("/predict", json={"inputs": text}, headers={"x-priority": "high"})
         response.raise_for_status()
         latencies.append((time.perf_counter() - started) * 1000)
+        queued.append(float(response.headers["x-queue-time"]))
 
     tasks = []
     start = time.perf_counter()
@@ -53,7 +56,7 @@ async def _probe(client: httpx.AsyncClient, rate: float, duration: float) -> lis
         await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
         tasks.append(asyncio.create_task(one(SHORT_TEXTS[sent % len(SHORT_TEXTS)])))
     await asyncio.gather(*tasks)
-    return latencies
+    return latencies, queued
 
 
 async def _flood(client: httpx.AsyncClient, priority: str, stop: asyncio.Event, done: list[int]) -> None:
@@ -74,7 +77,7 @@ async def _phase(url: str, flood: str | None, args: argparse.Namespace) -> dict:
         floods = [asyncio.create_task(_flood(client, flood or "", stop, done)) for _ in range(clients)]
         await asyncio.sleep(1.0 if flood else 0)  # the queue fills before the probe starts
         started, before = time.perf_counter(), done[0]
-        latencies = await _probe(client, args.probe_rate, args.duration)
+        latencies, queued = await _probe(client, args.probe_rate, args.duration)
         flooded = (done[0] - before) / (time.perf_counter() - started)
         stop.set()
         await asyncio.gather(*floods)
@@ -83,6 +86,7 @@ async def _phase(url: str, flood: str | None, args: argparse.Namespace) -> dict:
         "probe_requests": len(latencies),
         "probe_p50_ms": round(quantiles[49], 2),
         "probe_p99_ms": round(quantiles[98], 2),
+        "probe_queue_p50_ms": round(statistics.median(queued), 2),
         "flood_inputs_per_s": round(flooded, 1),
     }
 

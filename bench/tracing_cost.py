@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.loadtest import run_level
 from bench.process import free_port, wait_ready
+from bench.workload import Mix
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.rounds):
             for level in LEVELS:
                 for mode, (_, url) in servers.items():
-                    samples[mode][level].append(run_level(url, concurrency=level, duration=args.duration))
+                    result = run_level(url, concurrency=level, duration=args.duration, max_requests=10**9, mix=Mix())
+                    samples[mode][level].append(result)
     finally:
         for server, _ in servers.values():
             server.terminate()

@@ -13,7 +13,7 @@ padded-token budget (``long_batch_tokens`` for long inputs), or would leave less
 than half the batch's padded tokens real; that one waits at the front for the
 next batch. Within a lane no input waits behind one of its priority level (or a lower
 one) that arrived after it: a lane holds a queue per level (``service.core.urgency``), and
-a batch takes the higher levels' inputs first. So that a lower level cannot starve, a
+a batch takes the highest waiting level's inputs, and only that level's. So that a lower level cannot starve, a
 batch first takes one input of a lower level whose oldest has waited
 ``PRIORITY_AGING_SECONDS`` (the longest waiting first): under any load from higher
 levels, the k-th input of a level waits at most that long plus k batches.
@@ -337,11 +337,13 @@ class MicroBatcher:
         return self._cut(self._pending, self.max_batch_tokens)
 
     def _cut(self, lane: _Lane, max_tokens: int) -> list[_Item]:
-        """Take inputs from the fronts of the lane's levels, highest first, while they fit the budgets; first
-        one input of an aged lower level, if there is one."""
+        """Take inputs from the front of the lane's highest waiting level while they fit the budgets: a batch
+        holds one level, so a higher level's input never runs in a batch grown with lower levels' work. An
+        input of an aged lower level, if there is one, goes first, and higher levels fill the rest."""
         batch: list[_Item] = []
         longest = real = 0
         aged = lane.aged_queue(time.perf_counter())
+        lowest = LOW if aged is not None else None  # the lowest level this batch may take
         while (queue := aged or lane.next_queue()) is not None:
             aged = None
             item = queue[0]
@@ -349,6 +351,10 @@ class MicroBatcher:
                 queue.popleft()
                 self._release(1, dropped=1)
                 continue
+            if lowest is None:
+                lowest = item.priority
+            elif item.priority > lowest:
+                break
             width = max(longest, item.encoded.length)
             padded = (len(batch) + 1) * width
             if batch and (

@@ -354,14 +354,14 @@ HIGH, NORMAL, LOW = 1, 2, 3
         pytest.param(
             [(1, LOW, 0), (2, NORMAL, 0), (3, HIGH, 0), (4, NORMAL, 0), (5, HIGH, 0)],
             {},
-            [[(3, HIGH), (5, HIGH), (2, NORMAL), (4, NORMAL), (1, LOW)]],
-            id="higher-levels-first-arrival-order-within-each",
+            [[(3, HIGH), (5, HIGH)], [(2, NORMAL), (4, NORMAL)], [(1, LOW)]],
+            id="higher-levels-first-arrival-order-within-each-one-level-a-batch",
         ),
         pytest.param(
             [(1, LOW, 0), (2, HIGH, 0), (3, HIGH, 0), (4, HIGH, 0)],
             {"max_batch_size": 2},
-            [[(2, HIGH), (3, HIGH)], [(4, HIGH), (1, LOW)]],
-            id="a-lower-level-fills-what-higher-ones-leave",
+            [[(2, HIGH), (3, HIGH)], [(4, HIGH)], [(1, LOW)]],
+            id="a-high-input-never-waits-for-lower-work-to-fill-its-batch",
         ),
         pytest.param(
             [(1, LOW, 0.6), (6, LOW, 0.6), (2, HIGH, 0), (3, HIGH, 0), (4, HIGH, 0), (5, HIGH, 0)],
