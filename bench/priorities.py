@@ -5,7 +5,8 @@ One server (ours, the default bundle), three phases of ``--duration`` seconds ea
 
 - ``alone``: the probe alone: one request (one short query) every ``1/--probe-rate`` seconds,
   sent on time whatever the answers do (an open loop), with ``x-priority: high``;
-- ``flood, same priority``: the probe, and ``--flood-clients`` closed-loop clients each sending
+- ``flood, same priority``: the probe, and ``--flood-clients`` closed-loop clients (in a process of
+  their own, so their client work does not slow the probe's) each sending
   8-text batches back to back at the probe's priority: what the probe suffers without priorities;
 - ``flood, low priority``: the same flood with ``x-priority: low``.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -27,6 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -59,28 +62,41 @@ async def _probe(client: httpx.AsyncClient, rate: float, duration: float) -> tup
     return latencies, queued
 
 
-async def _flood(client: httpx.AsyncClient, priority: str, stop: asyncio.Event, done: list[int]) -> None:
-    offset = 0
-    while not stop.is_set():
-        texts = [SHORT_TEXTS[(offset + i) % len(SHORT_TEXTS)] for i in range(FLOOD_BATCH)]
-        offset += FLOOD_BATCH
-        response = await client.post("/predict", json={"inputs": texts}, headers={"x-priority": priority})
-        response.raise_for_status()
-        done[0] += FLOOD_BATCH
+def _flood(url: str, priority: str, clients: int, stop: Any, done: Any) -> None:
+    """A process of its own: the flood's clients must not slow the probe's own event loop."""
+
+    async def client_loop(client: httpx.AsyncClient, offset: int) -> None:
+        while not stop.is_set():
+            texts = [SHORT_TEXTS[(offset + i) % len(SHORT_TEXTS)] for i in range(FLOOD_BATCH)]
+            offset += FLOOD_BATCH
+            response = await client.post("/predict", json={"inputs": texts}, headers={"x-priority": priority})
+            response.raise_for_status()
+            with done.get_lock():
+                done.value += FLOOD_BATCH
+
+    async def run() -> None:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            await asyncio.gather(*(client_loop(client, i * FLOOD_BATCH) for i in range(clients)))
+
+    asyncio.run(run())
 
 
 async def _phase(url: str, flood: str | None, args: argparse.Namespace) -> dict:
-    limits = httpx.Limits(max_connections=args.flood_clients + 64)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        stop, done = asyncio.Event(), [0]
-        clients = args.flood_clients if flood else 0
-        floods = [asyncio.create_task(_flood(client, flood or "", stop, done)) for _ in range(clients)]
-        await asyncio.sleep(1.0 if flood else 0)  # the queue fills before the probe starts
-        started, before = time.perf_counter(), done[0]
+    spawn = multiprocessing.get_context("spawn")
+    stop, done = spawn.Event(), spawn.Value("q", 0)
+    flooding = None
+    if flood:
+        flooding = spawn.Process(target=_flood, args=(url, flood, args.flood_clients, stop, done))
+        flooding.start()
+        await asyncio.sleep(2.0)  # the flood's process starts and the queue fills before the probe starts
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        started, before = time.perf_counter(), done.value
         latencies, queued = await _probe(client, args.probe_rate, args.duration)
-        flooded = (done[0] - before) / (time.perf_counter() - started)
-        stop.set()
-        await asyncio.gather(*floods)
+        flooded = (done.value - before) / (time.perf_counter() - started)
+    stop.set()
+    if flooding is not None:
+        flooding.join(timeout=60)
     quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "probe_requests": len(latencies),

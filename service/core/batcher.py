@@ -13,7 +13,9 @@ padded-token budget (``long_batch_tokens`` for long inputs), or would leave less
 than half the batch's padded tokens real; that one waits at the front for the
 next batch. Within a lane no input waits behind one of its priority level (or a lower
 one) that arrived after it: a lane holds a queue per level (``service.core.urgency``), and
-a batch takes the highest waiting level's inputs, and only that level's. So that a lower level cannot starve, a
+a batch takes the highest waiting level's inputs, and only that level's (a quarter of
+``max_batch_size`` at most while a higher level has been active in the last
+``PRIORITY_RECENT_SECONDS``, so that a high-priority input waits behind short batches). So that a lower level cannot starve, a
 batch first takes one input of a lower level whose oldest has waited
 ``PRIORITY_AGING_SECONDS`` (the longest waiting first): under any load from higher
 levels, the k-th input of a level waits at most that long plus k batches.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -62,6 +65,10 @@ LONG_YIELD_SECONDS = 0.2
 PRIORITY_AGING_SECONDS = 0.5
 # The share of the queue bound low-priority inputs may fill: the rest stays free for the levels above.
 LOW_PRIORITY_QUEUE_SHARE = 0.75
+# While a higher level has had inputs this recently, a lower level's batches hold at most this share of
+# max_batch_size: a high-priority input then waits behind a short batch, not a full one.
+PRIORITY_RECENT_SECONDS = 1.0
+PRIORITY_BATCH_SHARE = 0.25
 
 
 @dataclass
@@ -78,6 +85,7 @@ class _Lane:
 
     def __init__(self) -> None:
         self.levels: dict[int, deque[_Item]] = {level: deque() for level in LEVELS}
+        self.last_seen: dict[int, float] = {level: -math.inf for level in LEVELS}  # when each level last queued
 
     def __len__(self) -> int:
         return sum(len(queue) for queue in self.levels.values())
@@ -87,6 +95,10 @@ class _Lane:
 
     def append(self, item: _Item) -> None:
         self.levels[item.priority].append(item)
+        self.last_seen[item.priority] = item.queued_at
+
+    def higher_level_recently(self, level: int, now: float) -> bool:
+        return any(now - self.last_seen[above] < PRIORITY_RECENT_SECONDS for above in LEVELS if above < level)
 
     def first(self) -> _Item:
         """The input that has waited longest, of any level."""
@@ -342,8 +354,10 @@ class MicroBatcher:
         input of an aged lower level, if there is one, goes first, and higher levels fill the rest."""
         batch: list[_Item] = []
         longest = real = 0
-        aged = lane.aged_queue(time.perf_counter())
+        now = time.perf_counter()
+        aged = lane.aged_queue(now)
         lowest = LOW if aged is not None else None  # the lowest level this batch may take
+        size = self.max_batch_size
         while (queue := aged or lane.next_queue()) is not None:
             aged = None
             item = queue[0]
@@ -353,15 +367,13 @@ class MicroBatcher:
                 continue
             if lowest is None:
                 lowest = item.priority
+                if lane.higher_level_recently(lowest, now):
+                    size = max(1, int(self.max_batch_size * PRIORITY_BATCH_SHARE))
             elif item.priority > lowest:
                 break
             width = max(longest, item.encoded.length)
             padded = (len(batch) + 1) * width
-            if batch and (
-                len(batch) >= self.max_batch_size
-                or padded > max_tokens
-                or real + item.encoded.length < MIN_FILL * padded
-            ):
+            if batch and (len(batch) >= size or padded > max_tokens or real + item.encoded.length < MIN_FILL * padded):
                 break
             batch.append(queue.popleft())
             longest, real = width, real + item.encoded.length

@@ -370,6 +370,18 @@ HIGH, NORMAL, LOW = 1, 2, 3
             id="an-aged-lower-level-gets-one-place-a-batch",
         ),
         pytest.param(
+            [(1, HIGH, 0), *[(10, LOW, 0)] * 20],
+            {},
+            [[(1, HIGH)], [(10, LOW)] * 16, [(10, LOW)] * 4],
+            id="after-high-inputs-lower-batches-stay-short",
+        ),
+        pytest.param(
+            [(10, LOW, 0)] * 20,
+            {},
+            [[(10, LOW)] * 20],
+            id="alone-a-lower-level-batches-in-full",
+        ),
+        pytest.param(
             [(1, LOW, 0.9), (2, NORMAL, 0.6), (3, HIGH, 0)],
             {"max_batch_size": 1},
             [[(1, LOW)], [(2, NORMAL)], [(3, HIGH)]],
