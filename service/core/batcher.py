@@ -15,8 +15,8 @@ next batch. Within a lane no input waits behind one of its priority level (or a 
 one) that arrived after it: a lane holds a queue per level (``service.core.urgency``), and
 a batch takes the highest waiting level's inputs, and only that level's (a quarter of
 ``max_batch_size`` at most while a higher level has been active in the last
-``PRIORITY_RECENT_SECONDS``, so that a high-priority input waits behind short batches). So that a lower level cannot starve, a
-batch first takes one input of a lower level whose oldest has waited
+``PRIORITY_RECENT_SECONDS``, so that a high-priority input waits behind short batches).
+So that a lower level cannot starve, a batch first takes one input of a lower level whose oldest has waited
 ``PRIORITY_AGING_SECONDS`` (the longest waiting first): under any load from higher
 levels, the k-th input of a level waits at most that long plus k batches.
 Short queries come first: a batch of long inputs starts only when no short one is
