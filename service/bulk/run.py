@@ -196,10 +196,10 @@ class Runner:
 
     def _report_bad(self, chunk: Chunk) -> None:
         for position, problem in chunk.problems.items():
-            line = f"bad row: {chunk.rows[position].where}: {problem}"
-            if len(self.outcome.bad_rows) < REPORTED_BAD_ROWS:
+            if len(self.outcome.bad_rows) < REPORTED_BAD_ROWS:  # the rest are counted, not kept
+                line = f"bad row: {chunk.rows[position].where}: {problem}"
                 self._say(line)
-            self.outcome.bad_rows.append(line)
+                self.outcome.bad_rows.append(line)
 
     def run(self) -> Outcome:
         job = self.job
