@@ -81,8 +81,9 @@ def image(default_bundle):
 
 @pytest.fixture(scope="module")
 def grpc_image(default_bundle):
+    """The image KServe runs (deploy/kserve/servingruntime.yaml): gRPC and tracing in."""
     tag = IMAGE + "-grpc"
-    yield build(tag, default_bundle, "--build-arg", "WITH_GRPC=1")
+    yield build(tag, default_bundle, "--build-arg", "WITH_GRPC=1", "--build-arg", "WITH_OTEL=1")
     docker("rmi", "-f", tag, check=False)
 
 
@@ -314,22 +315,32 @@ def test_compose_export_then_serve_then_loadtest(compose):
 def test_the_image_starts_and_serves_as_kserve_starts_it(grpc_image, default_bundle):
     """deploy/kserve/servingruntime.yaml's container as KServe runs it: the model mounted read-only at
     /mnt/models, {{.Name}} replaced by the InferenceService's name, Knative's environment (PORT and K_*),
-    the runtime's own env; ready on its probe, answering v2 over HTTP on 8080 and gRPC on 8081, and
-    draining cleanly on SIGTERM."""
+    the runtime's own env; ready on its probe, answering v2 over HTTP on 8080 and gRPC on 8081, tracing
+    to an OTLP receiver outside the container, and draining cleanly on SIGTERM."""
     import numpy as np
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
     import yaml
 
+    from tests.web.test_tracing import Receiver, http_receiver
+
+    receiver = Receiver()
+    endpoint, stop_receiver = http_receiver(receiver, host="0.0.0.0")
+
     runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text())
     (spec,) = runtime["spec"]["containers"]
     args = [arg.replace("{{.Name}}", "intents") for arg in spec["args"]]
     env = {"PORT": "8080", "K_SERVICE": "intents-predictor", "K_REVISION": "intents-predictor-00001"}
+    env |= {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint.replace("0.0.0.0", "host.docker.internal"),
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
     env.update({item["name"]: item["value"] for item in spec.get("env", [])})
     http_port, grpc_port = free_port(), free_port()
     name = f"kserve-test-{http_port}"
     docker(
         "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
+        "--add-host", "host.docker.internal:host-gateway",
         "-v", f"{default_bundle}:/mnt/models:ro",
         "-p", f"127.0.0.1:{http_port}:8080", "-p", f"127.0.0.1:{grpc_port}:8081",
         *(arg for key, value in env.items() for arg in ("-e", f"{key}={value}")),
@@ -355,7 +366,10 @@ def test_the_image_starts_and_serves_as_kserve_starts_it(grpc_image, default_bun
         text.set_data_from_numpy(np.array(["what is my checking account balance"], dtype=object))
         answer = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer("intents", [text])
         assert answer.as_numpy("label").tolist() == [b"balance"]
+        spans = receiver.wait_for({"POST /v2/models/{model_name}/infer", "inference.GRPCInferenceService/ModelInfer"})
+        assert {span["service"] for span in spans} == {"onnx-text-classifier"}
         docker("stop", "-t", "30", name)
         assert docker("inspect", name, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"
     finally:
         docker("rm", "-f", name, check=False)
+        stop_receiver()

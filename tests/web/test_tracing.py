@@ -70,7 +70,7 @@ def _value(value) -> object:
     return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
 
 
-def http_receiver(receiver: Receiver):
+def http_receiver(receiver: Receiver, host: str = "127.0.0.1"):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
             body = self.rfile.read(int(self.headers["content-length"]))
@@ -86,9 +86,9 @@ def http_receiver(receiver: Receiver):
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_port}", server.shutdown
+    return f"http://{host}:{server.server_port}", server.shutdown
 
 
 def grpc_receiver(receiver: Receiver):

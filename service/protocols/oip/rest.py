@@ -362,7 +362,7 @@ for _prefix in (_MODEL, _VERSION):
             "by default.",
             request=InferRequest,
             response=InferResponse,
-            errors=(400, 401, 404, 413, 415, 429, 503),
+            errors=(400, 401, 404, 413, 415, 429, 503, 504),
             dialect="v2",
             tag="v2",
         ),

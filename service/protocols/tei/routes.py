@@ -283,7 +283,7 @@ def serve_versions() -> dict[str, str]:
     return {"service": __version__, **versions}
 
 
-_INPUT_ERRORS = (400, 401, 413, 415, 422, 429, 503)
+_INPUT_ERRORS = (400, 401, 413, 415, 422, 429, 503, 504)
 _SCORES = list[Prediction] | list[list[Prediction]] | PredictionsWithDetails
 ENDPOINTS = [
     Endpoint(
