@@ -20,7 +20,7 @@ from service.bulk import tables
 from service.bulk.parts import Parts
 from service.bulk.progress import Progress
 from service.bulk.scorer import Scorer
-from service.core.classifier import TextInput, Windowed
+from service.core.classifier import TextInput, Windowed, release_free_memory
 from service.core.manifest import MODEL_FILE
 
 FAIL, SKIP = "fail", "skip"
@@ -248,6 +248,9 @@ class Runner:
                         )
                     out, summary = self._answer(chunk)
                     parts.write(chunk.index, out, columns, summary)
+                    # A chunk's rows were made on the reader thread and freed on this one: without a trim,
+                    # glibc keeps what they held in per-thread arenas and the peak creeps up chunk by chunk.
+                    release_free_memory()
                     self.outcome.add(summary)
                     count = chunk.index + 1
                     progress.advance(len(chunk.rows))

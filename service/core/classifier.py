@@ -431,6 +431,12 @@ TRIM_AFTER_CHARS = 65_536
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True) if sys.platform == "linux" else None
 
 
+def release_free_memory() -> None:
+    """Hand the C allocator's free memory back to the system (glibc's malloc_trim; elsewhere nothing)."""
+    if _libc is not None and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def _trimmed(texts: Sequence[TextInput]) -> Iterator[None]:
     """Hand the allocator's free memory back to the system after a long tokenization (glibc's malloc_trim)."""

@@ -98,6 +98,15 @@ def test_a_misspelt_field_is_caught():
     ]
 
 
+def test_keda_through_kserve_sets_the_threshold_kserve_reads():
+    """KServe's KEDA reconciler turns an External metric's ``target.value`` (and nothing else) into KEDA's
+    threshold; an ``averageValue`` would pass the schema and leave the threshold at 0."""
+    inference = yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice-keda.yaml").read_text())
+    (metric,) = inference["spec"]["predictor"]["autoScaling"]["metrics"]
+    assert metric["external"]["target"] == {"type": "Value", "value": "16"}
+    assert inference["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "keda"
+
+
 def runtime_container() -> dict:
     runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "servingruntime.yaml").read_text())
     (container,) = runtime["spec"]["containers"]
