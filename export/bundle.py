@@ -39,13 +39,18 @@ def write_bundle(
     verification: dict[str, Any],
     force: bool = False,
     reference: tuple[Sequence[TextInput], np.ndarray] | None = None,
+    engines: dict[str, dict[str, Any]] | None = None,
+    graphs: dict[str, Path] | None = None,
 ) -> Manifest:
     """``reference``: validation inputs and the original's logits for them, written as the bundle's
-    reference set for the service to run again on its own CPU (None leaves it out)."""
+    reference set for the service to run again on its own CPU (None leaves it out). ``engines``: the
+    manifest's entries for other engines' graphs, whose files ``graphs`` maps bundle name to source."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
         copy_onnx(model_path, staging / MODEL_FILE)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+        for name, path in (graphs or {}).items():
+            shutil.copyfile(path, staging / name)
         if reference is not None:
             write_reference_set(staging / REFERENCE_FILE, *reference)
         external = data_file(staging / MODEL_FILE).name if uses_external_data(staging / MODEL_FILE) else None
@@ -56,6 +61,7 @@ def write_bundle(
             files=hash_files(staging),
             external_data=external,
             reference_set=REFERENCE_FILE if reference is not None else None,
+            engines=engines or {},
         )
         write_manifest(staging, manifest)
         for path in staging.iterdir():

@@ -70,6 +70,14 @@ def _export_parser() -> argparse.ArgumentParser:
         "them, which the service runs again on its own CPU at every load); use it when the validation file "
         "must not travel with the model",
     )
+    parser.add_argument(
+        "--no-openvino",
+        dest="openvino",
+        action="store_false",
+        help="leave out the graph for OpenVINO (the plain fp32 graph, weights stored as fp16, gated on OpenVINO in "
+        "bf16 where this CPU has bf16 units), which the service runs instead of ONNX Runtime on CPUs with bf16 "
+        "matrix units; written by default when OpenVINO is installed",
+    )
     gate = parser.add_argument_group("verification gate")
     gate.add_argument("--max-logit-diff", type=float, default=1e-4, help="fp32 variants (default: 1e-4)")
     gate.add_argument("--min-agreement", type=float, default=0.99, help="int8 top-1 agreement (default: 0.99)")
@@ -167,6 +175,7 @@ def _run_export(args: argparse.Namespace) -> int:
         force=args.force,
         keep_variants=args.keep_variants,
         reference_set=args.reference_set,
+        openvino=args.openvino,
         threshold=args.threshold,
         thresholds=Thresholds(
             fp32_max_logit_diff=args.max_logit_diff,
@@ -177,7 +186,7 @@ def _run_export(args: argparse.Namespace) -> int:
         ),
         progress=progress,
     )
-    print(report_table(result.reports, result.timings, result.manifest.variant))
+    print(report_table([*result.reports, *result.engine_reports], result.timings, result.manifest.variant))
     if not args.quiet:  # where the time went, beside the progress lines
         print(steps_table(result.steps), file=sys.stderr)
     manifest = result.manifest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export import engine_graphs
 from export import variants as V
 from export.bundle import write_bundle
 from export.convert import (
@@ -30,7 +31,7 @@ from export.sources import Source, load_source
 from export.texts import builtin_texts, read_lines, read_text_file
 from export.timing import Timing, measure
 from service.core.classifier import OnnxClassifier, TextInput
-from service.core.gate import Thresholds, VariantReport, compare
+from service.core.gate import Thresholds, VariantReport, approximate, compare
 from service.core.manifest import PAIR, SIGMOID, Manifest, score_function
 
 Progress = Callable[[str], None]
@@ -57,6 +58,8 @@ class ExportResult:
     manifest: Manifest
     reports: list[VariantReport]
     timings: list[Timing] = field(default_factory=list)
+    # The graphs for engines other than ONNX Runtime, gated like the variants (``export.engine_graphs``).
+    engine_reports: list[VariantReport] = field(default_factory=list)
     steps: list[tuple[str, float]] = field(default_factory=list)  # each progress step and its seconds
 
 
@@ -116,11 +119,13 @@ def export_bundle(
     thresholds: Thresholds = Thresholds(),
     keep_variants: Path | None = None,
     reference_set: bool = True,
+    openvino: bool = True,
     progress: Progress = lambda _: None,
     external_data_over: int = EXTERNAL_DATA_OVER,
 ) -> ExportResult:
     """``external_data_over``: graphs larger than this many bytes keep their weights in
-    an external-data file (the 2 GB protobuf limit; lowered in tests)."""
+    an external-data file (the 2 GB protobuf limit; lowered in tests). ``openvino``: also write and gate
+    the graph OpenVINO runs (``export.engine_graphs``), when OpenVINO is installed."""
     out = Path(out)
     clock = progress = StepClock(progress)
     check_output(out, force)
@@ -163,6 +168,7 @@ def export_bundle(
             progress,
             external_data_over,
             reference_set,
+            openvino,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -189,13 +195,14 @@ def _export_in(
     progress: Progress,
     external_data_over: int,
     reference_set: bool,
+    openvino: bool,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
     progress(f"running the original model on {len(texts)} validation texts")
     reference = source.reference(texts)
     progress("converting to ONNX (fp32)")
-    base = export_onnx(source, work / "fp32.onnx", external_data_over=external_data_over)
+    base = plain = export_onnx(source, work / "fp32.onnx", external_data_over=external_data_over)
     external = uses_external_data(base)
     if external:
         progress(f"the graph is {onnx_size(base) / 1e9:.2f} GB: weights go to an external-data file")
@@ -263,6 +270,31 @@ def _export_in(
         chosen = choose(passing)
     else:
         chosen = variant
+    engines: dict[str, dict[str, object]] = {}
+    graphs: dict[str, Path] = {}
+    engine_reports: list[VariantReport] = []
+    if openvino and approximate(chosen):
+        unavailable = engine_graphs.openvino_unavailable() or (
+            "the fp32 graph keeps its weights in an external-data file" if external else ""
+        )
+        if unavailable:
+            progress(f"no graph for OpenVINO: {unavailable}")
+        else:
+            progress("gating the fp32 graph on OpenVINO, for the engine the service picks on CPUs with bf16 units")
+            graph = engine_graphs.openvino_graph(plain, work)
+            try:
+                name, logits = engine_graphs.openvino_logits(graph, tokenizer_path, draft, texts)
+            except Exception as exc:  # OpenVINO raises its own error types for graphs it cannot compile
+                progress(f"no graph for OpenVINO: it cannot run this graph: {str(exc).strip().splitlines()[0]}")
+            else:
+                report = compare(name, reference, logits, source.problem_type, thresholds, threshold=source.threshold)
+                report.size_bytes = onnx_size(graph)
+                engine_reports.append(report)
+                passed = "passed" if report.passed else "FAILED (left out of the bundle): " + "; ".join(report.failures)
+                progress(f"verified {name}: {report.measure} agreement {report.agreement:.2%} - {passed}")
+                if report.passed:
+                    engines[engine_graphs.OPENVINO] = engine_graphs.engine_entry(report)
+                    graphs[graph.name] = graph
     progress(f"writing bundle {out} with variant {chosen}")
     manifest = write_bundle(
         out,
@@ -273,8 +305,10 @@ def _export_in(
         verification=_verification_summary(chosen, reports, thresholds, len(texts)),
         force=force,
         reference=(texts, reference) if reference_set else None,
+        engines=engines,
+        graphs=graphs,
     )
-    return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings)
+    return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings, engine_reports=engine_reports)
 
 
 def ranking_rows(total: int, count: int = RANKING_TEXTS) -> list[int]:

@@ -3,8 +3,9 @@
 #   .venv        export stage, tests and checks (torch CPU build, transformers, sentence-transformers,
 #                ruff, mypy, mkdocs, ...)
 #   .venv-serve  the slim service alone (requirements-serve.txt, the optional gRPC service's
-#                requirements-grpc.txt, the bulk command's requirements-bulk.txt and tracing's
-#                requirements-otel.txt), to prove it needs no torch; test clients stay out of it
+#                requirements-grpc.txt, the bulk command's requirements-bulk.txt, tracing's
+#                requirements-otel.txt and the OpenVINO engine's requirements-openvino.txt), to prove
+#                it needs no torch; test clients stay out of it
 # .venv also gets requirements-bulk.txt and requirements-ray.txt: the tests run Ray Data locally.
 # A second run with unchanged requirement files only compares two checksums.
 set -euo pipefail
@@ -33,8 +34,9 @@ ensure_venv() {
   echo "$stamp" > "$dir/.stamp"
 }
 
-ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt requirements-bulk.txt requirements-otel.txt
+ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt requirements-bulk.txt requirements-otel.txt \
+  requirements-openvino.txt
 # requirements-test.txt includes requirements-loadtest.txt; hash it too so a change there reinstalls.
 ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt requirements-dev.txt \
-  requirements-bulk.txt requirements-ray.txt requirements-otel.txt \
+  requirements-bulk.txt requirements-ray.txt requirements-otel.txt requirements-openvino.txt \
   -- requirements-default-model.txt

@@ -20,6 +20,7 @@ class SettingsError(ValueError):
 MODEL_CONTROLS = ("none", "poll", "explicit")
 VERSION_POLICIES = ("latest", "all")
 AGGREGATION_SETTINGS = ("auto", "mean", "max")
+ENGINES = ("auto", "onnxruntime", "openvino")
 # The settings a repository's NAME/serving.json may set for one model.
 PER_MODEL = ("windows", "window_overlap", "max_windows", "aggregation")
 
@@ -38,6 +39,7 @@ class Settings:
     grpc_port: int = 0
     grpc_max_streams: int = 8
     model_name: str = "classifier"
+    engine: str = "auto"
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     max_batch_tokens: int = 4096
@@ -139,6 +141,8 @@ class Settings:
             raise SettingsError("--shadow names a model twice: a model has at most one shadow version")
         if self.aggregation not in AGGREGATION_SETTINGS:
             raise SettingsError(f"--aggregation must be auto, mean or max, got {self.aggregation!r}")
+        if self.engine not in ENGINES:
+            raise SettingsError(f"--engine must be auto, onnxruntime or openvino, got {self.engine!r}")
         if self.on_failed_verification not in ("refuse", "warn"):
             raise SettingsError(f"--on-failed-verification must be refuse or warn, got {self.on_failed_verification!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -169,7 +173,14 @@ HELP = {
     "the messages held stay within MAX_CONNECTIONS x MAX_BODY_BYTES, as over HTTP",
     "model_name": "model name of --bundle in Open Inference Protocol URLs (/v2/models/NAME) and metrics; in a "
     "repository each model is named after its directory",
-    "intra_op_threads": "onnxruntime threads per batch; 0 = one per core this process may use (CPU affinity and "
+    "engine": "what runs the graph: onnxruntime (every CPU, every bundle), openvino (the bundle's fp32 graph in "
+    "bf16 where the CPU has bf16 units, else f32; needs requirements-openvino.txt) or auto: openvino when it is "
+    "installed, the bundle carries its graph and a reference set, and the CPU has amx_bf16 or avx512_bf16, else "
+    "onnxruntime. The choice reads CPU flags and versions, never timings; the reference set then proves it at load, "
+    "and an auto choice that fails it falls back to onnxruntime (logged, counted, shown in /info), while an explicit "
+    "openvino that fails is refused like any failed re-verification",
+    "intra_op_threads": "threads per batch (onnxruntime's intra-op threads, OpenVINO's inference threads); "
+    "0 = one per core this process may use (CPU affinity and "
     "cgroup quota). More threads cut the latency of one large batch but contend with tokenization and the event loop",
     "inter_op_threads": "onnxruntime threads running independent graph nodes; 1 suits encoder models",
     "max_batch_tokens": "padded tokens per batch (batch size x longest input). Peak memory grows with it "

@@ -134,7 +134,7 @@ def test_help_states_trade_offs():
 def test_available_cores_honours_the_cgroup_quota(tmp_path, cpu_max, expected):
     import os
 
-    from service.core.classifier import available_cores
+    from service.core.cpu import available_cores
 
     path = tmp_path / "cpu.max"
     path.write_text(cpu_max)

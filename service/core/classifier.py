@@ -13,8 +13,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import math
-import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from service.core.backends.base import Backend
+from service.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, load_verified
 from service.core.scoring import probabilities, sigmoid, softmax
 from service.core.windows import KEPT_SIDE_SHARE, SECOND
@@ -67,65 +66,7 @@ class NoTokens(ValueError):
     """An input that tokenizes to no tokens at all (a decoder model without BOS given "")."""
 
 
-_shared_thread_pool = False
-
-
-def share_one_thread_pool(intra_op_threads: int = 0, inter_op_threads: int = 1) -> None:
-    """Run every session created after this call on one process-wide pair of thread pools
-    and one memory arena.
-
-    ONNX Runtime's environment is process-wide and created with the first session,
-    so this must run before any session exists (later calls change nothing). N
-    models then share ``intra_op_threads`` threads instead of bringing N x cores,
-    and one arena instead of N arenas each grown to its own largest batch. The
-    price: ONNX Runtime stops spinning between runs (``session.force_spinning_stop``)
-    only for per-session pools, so shared threads spin briefly after each batch;
-    and the shared arena keeps what a removed model's batches grew it to (for the
-    other models to reuse) instead of handing it back.
-    """
-    global _shared_thread_pool
-    if not _shared_thread_pool:
-        ort.set_global_thread_pool_sizes(intra_op_threads or available_cores(), inter_op_threads)
-        cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(cpu, None)
-        _shared_thread_pool = True
-
-
-def session_options(intra_op_threads: int = 0, inter_op_threads: int = 1) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if _shared_thread_pool:  # the pools' sizes were set once for the process
-        options.use_per_session_threads = False
-        options.add_session_config_entry("session.use_env_allocators", "1")
-    else:
-        # Parallelism inside one batch; 0 means every core this process may use.
-        options.intra_op_num_threads = intra_op_threads or available_cores()
-        options.inter_op_num_threads = inter_op_threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Threads spin between the operators of one run (waking sleeping threads for
-    # each operator cost ~0.2 ms per short query), then stop as soon as the run
-    # returns, so idle threads do not steal the cores that tokenization, the event
-    # loop and neighbours need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    # Memory patterns plan one block per input shape and the arena then grows to the next
-    # power of two: with dynamic shapes that held 1.6x the memory a batch needs (1.2 GB
-    # against 0.75 GB for 64 x 256 tokens of the default model) and cost short queries nothing.
-    options.enable_mem_pattern = False
-    return options
-
-
-def run_options(*, shrink_arena: bool) -> ort.RunOptions:
-    options = ort.RunOptions()
-    # A failed run raises, and the service logs that once with the request's id; ONNX
-    # Runtime's own stderr line would say it a second time, without the id.
-    options.log_severity_level = 4
-    if shrink_arena:
-        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    return options
-
-
-# A batch of more padded tokens than this hands its arena memory back to the system when it
+# A batch of more padded tokens than this hands the memory it grew back to the system when it
 # ends, so a burst of long texts does not leave the process at its peak. Smaller batches keep
 # it: giving it back after every short query costs each of them new page faults.
 SHRINK_ABOVE_TOKENS = 2048
@@ -167,6 +108,9 @@ class Windowed:
 
 
 class OnnxClassifier:
+    """Tokenizes, pads and scores for one bundle; ``backend`` runs its graph (ONNX Runtime's session on
+    ``model_path`` unless another is given)."""
+
     def __init__(
         self,
         model_path: Path,
@@ -175,6 +119,7 @@ class OnnxClassifier:
         *,
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
+        backend: Backend | None = None,
     ) -> None:
         self.manifest = manifest
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -188,21 +133,26 @@ class OnnxClassifier:
         # One long tokenization at a time: each holds every token of its texts until it is
         # cut (about 100 bytes a token), and encode_batch already spreads over the cores.
         self._exclusive = threading.Lock()
-        self._run_options = run_options(shrink_arena=False)
-        self._shrinking_run_options = run_options(shrink_arena=True)
         self.pad_id = _pad_id(self.tokenizer)
-        self.session = ort.InferenceSession(
-            str(model_path),
-            sess_options=session_options(intra_op_threads, inter_op_threads),
-            providers=["CPUExecutionProvider"],
+        self.backend: Backend = backend or OnnxRuntimeBackend(
+            model_path,
+            variant=manifest.variant,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
         )
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_names = list(self.backend.input_names)
+
+    @property
+    def session(self) -> Any:
+        """ONNX Runtime's session, when that is the backend (the export stage inspects it)."""
+        return getattr(self.backend, "session", None)
 
     @classmethod
-    def from_bundle(cls, directory: Path | str, **threads: int) -> OnnxClassifier:
+    def from_bundle(cls, directory: Path | str, *, intra_op_threads: int = 0) -> OnnxClassifier:
+        """The bundle's ``model.onnx`` on ONNX Runtime (``service.core.loading`` picks the engine by rule)."""
         directory = Path(directory)
         manifest = load_verified(directory)
-        return cls(directory / MODEL_FILE, directory / TOKENIZER_FILE, manifest, **threads)
+        return cls(directory / MODEL_FILE, directory / TOKENIZER_FILE, manifest, intra_op_threads=intra_op_threads)
 
     @property
     def max_length(self) -> int:
@@ -376,10 +326,7 @@ class OnnxClassifier:
     def run(self, batch: Sequence[Encoded]) -> np.ndarray:
         """Logits for already-encoded texts, padded to the longest in the batch."""
         feeds = self.feeds(batch)
-        padded = feeds["input_ids"].size
-        options = self._shrinking_run_options if padded > SHRINK_ABOVE_TOKENS else self._run_options
-        (logits,) = self.session.run(["logits"], feeds, options)
-        return logits.astype(np.float32, copy=False)
+        return self.backend.run(feeds, large=feeds["input_ids"].size > SHRINK_ABOVE_TOKENS)
 
     def logits(self, texts: Sequence[TextInput], batch_size: int = 32) -> np.ndarray:
         encoded = self.encode(texts)
@@ -473,19 +420,3 @@ def _pad_id(tokenizer: Tokenizer) -> int:
         if token_id is not None:
             return token_id
     return 0
-
-
-def available_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """Cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota.
-
-    onnxruntime's own default counts the host's cores, which oversubscribes a
-    container limited to fewer (docker --cpus, Kubernetes limits).
-    """
-    cores = len(os.sched_getaffinity(0))
-    try:
-        quota, period = cgroup_cpu_max.read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)

@@ -20,10 +20,11 @@ from service.core.cache import LogitsCache
 from service.core.classifier import OnnxClassifier, TextInput, TooManyTokens, Windowed, probabilities
 from service.core.failures import DeadlineExceeded, Failure, InvalidInput, NotReady
 from service.core.inputs import combine, encode, refuse_cut
+from service.core.loading import WARMUP_TEXTS, load_classifier
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
-from service.core.reverify import FailedVerification, Reverification, reverify
+from service.core.reverify import FailedVerification, Reverification
 from service.core.shadow import Shadow
 from service.core.tracing import OFF, Tracing
 from service.core.urgency import NORMAL, deadline_after, now
@@ -31,7 +32,6 @@ from service.core.windows import FIRST, SECOND, InputReport, Reading, Windowing,
 from service.settings import Settings
 
 log = logging.getLogger("service.core.engine")
-WARMUP_TEXTS = ("warm up", "warm up with a somewhat longer text " * 8)
 # Requests whose texts add up to at most this many characters are tokenized on the
 # event loop; longer ones go to a thread so the loop keeps serving others.
 INLINE_TOKENIZE_CHARS = 1024
@@ -72,6 +72,8 @@ class Engine:
         self.batcher: MicroBatcher | None = None
         self.not_ready_reason = "model is loading"
         self.reverification: Reverification | None = None
+        # The engine running the graph, why, and any fallback: set at load (``service.core.loading``).
+        self.engine_info: dict[str, Any] | None = None
         self.predictions: PredictionMonitor | None = None
         self.failed_verification = False
         # A version that sees a share of this one's inputs (``service.core.shadow``), set by the registry.
@@ -144,30 +146,33 @@ class Engine:
         if verdict is not None:
             self.metrics.verified.set_function(lambda: float(verdict.passed))
             self.metrics.verified_agreement.set_function(lambda: verdict.agreement)
-        log.info("ready", extra={"fields": {"reverification": self._reverified()}})
+        log.info("ready", extra={"fields": {"engine": self.engine_info, "reverification": self._reverified()}})
 
     def _reverified(self) -> dict[str, Any] | None:
         return None if self.reverification is None else self.reverification.to_dict()
 
     def _load_and_warm(self) -> OnnxClassifier:
         bundle = Path(self.settings.bundle)
-        classifier = OnnxClassifier(
-            bundle / "model.onnx",
-            bundle / "tokenizer.json",
+        loaded = load_classifier(
+            bundle,
             self.manifest,
+            engine=self.settings.engine,
             intra_op_threads=self.settings.intra_op_threads,
             inter_op_threads=self.settings.inter_op_threads,
         )
-        warmup = [(text, text) for text in WARMUP_TEXTS] if self.manifest.is_pair else list(WARMUP_TEXTS)
-        encoded = classifier.encode(warmup)
-        for size in (1, 8):  # first runs allocate arenas; do it before taking traffic
-            classifier.run([encoded[i % len(encoded)] for i in range(size)])
+        classifier = loaded.classifier
+        self.engine_info = loaded.engine()
+        self.metrics.engine = (self.engine_info["engine"], self.engine_info["precision"])
+        if loaded.fallback is not None:
+            reason = "load" if loaded.fallback.startswith("OpenVINO failed to load") else "verification"
+            self.metrics.engine_fallbacks.labels("openvino", reason).inc()
         # The windowing tokenizers are built on first use (tens of ms, holding the GIL): build them now.
+        warmup = [(text, text) for text in WARMUP_TEXTS] if self.manifest.is_pair else list(WARMUP_TEXTS)
         overlap = self.settings.window_overlap
         classifier.encode_windows(warmup[:1], overlap=overlap, max_windows=1)
         if self.manifest.zero_shot is not None:
             classifier.encode_windows(warmup[:1], overlap=overlap, max_windows=1, side=FIRST)
-        self.reverification = reverify(classifier, bundle, self.manifest)
+        self.reverification = loaded.reverification
         if self.reverification is not None and not self.reverification.passed:
             failures = "; ".join(self.reverification.failures)
             if self.settings.on_failed_verification == "refuse":

@@ -19,8 +19,15 @@ What a bundle's outputs mean is read from here, never guessed elsewhere:
 * ``zero_shot``: entailment and contradiction ids of an NLI pair model, derived
   from the label names at read time (so bundles need not store them).
 
+* ``engines``: graphs for engines other than ONNX Runtime, which runs ``model.onnx``.
+  ``{"openvino": {"file": "openvino.onnx", "graph": "fp32", "verification": {...}}}``
+  names the fp32 graph (plain ONNX operators, weights stored as fp16) that OpenVINO
+  compiles, and the gate's report on it at export. The service picks the engine
+  (``service.core.backends.choice``) and runs the reference set on it at load.
+
 Format 1 bundles (no ``task``, ``threshold`` or ``external_data``) read as text
-models with threshold 0.5 and a single-file graph.
+models with threshold 0.5 and a single-file graph; bundles before format 4 carry
+no graph for other engines.
 
 This module must stay importable without torch: the service depends on it.
 """
@@ -38,8 +45,8 @@ from typing import Any, NamedTuple
 MANIFEST_NAME = "bundle.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # The reference set: validation inputs and the original model's logits for them, which the service
 # runs again on the CPU that serves the bundle (service.core.reverify). Optional: an export may leave it out.
 REFERENCE_FILE = "reference.json"
@@ -50,6 +57,8 @@ PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
 TEXT = "text"
 PAIR = "pair"
 TASKS = (TEXT, PAIR)
+# Engines a bundle may carry a graph of their own for, and the name the export gives that graph.
+ENGINE_GRAPHS = {"openvino": "openvino.onnx"}
 SOFTMAX, SIGMOID, IDENTITY = "softmax", "sigmoid", "identity"
 DEFAULT_THRESHOLD = 0.5
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -97,6 +106,7 @@ class Manifest:
     threshold: float = DEFAULT_THRESHOLD
     external_data: str | None = None
     reference_set: str | None = None
+    engines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = validation_problems(self)
@@ -107,6 +117,11 @@ class Manifest:
     def labels(self) -> list[str]:
         """Label names by output index (built once: every answer reads them; do not modify)."""
         return [self.id2label[i] for i in range(len(self.id2label))]
+
+    def engine_file(self, engine: str) -> str | None:
+        """The file ``engine`` runs, when the bundle carries one for it."""
+        entry = self.engines.get(engine)
+        return None if entry is None else str(entry["file"])
 
     @property
     def num_outputs(self) -> int:
@@ -229,14 +244,36 @@ def validation_problems(manifest: Manifest) -> list[str]:
             allowed.add(name)
             if name not in manifest.files:
                 problems.append(f"files must list the external data file {name}")
+    problems.extend(_engine_problems(manifest, allowed))
     for required in (MODEL_FILE, TOKENIZER_FILE):
         if required not in manifest.files:
             problems.append(f"files must list {required}")
     extra_files = sorted(set(manifest.files) - allowed)
     if extra_files:
         problems.append(
-            f"files may list only {MODEL_FILE}, {TOKENIZER_FILE}, reference_set and external_data, not {extra_files}"
+            f"files may list only {MODEL_FILE}, {TOKENIZER_FILE}, reference_set, external_data and engines' "
+            f"files, not {extra_files}"
         )
+    return problems
+
+
+def _engine_problems(manifest: Manifest, allowed: set[str]) -> list[str]:
+    """What is wrong with ``engines``; the files it names join ``allowed``."""
+    engines = manifest.engines
+    if not isinstance(engines, dict):
+        return ["engines must be an object of engine name to its graph"]
+    problems = []
+    for engine, entry in engines.items():
+        if engine not in ENGINE_GRAPHS:
+            problems.append(f"engines: unknown engine {engine!r} (known: {', '.join(ENGINE_GRAPHS)})")
+        elif not isinstance(entry, dict) or not isinstance(entry.get("verification", {}), dict):
+            problems.append(f"engines.{engine} must be an object with file and verification")
+        elif entry.get("file") != ENGINE_GRAPHS[engine]:
+            problems.append(f"engines.{engine}.file must be {ENGINE_GRAPHS[engine]}")
+        elif entry["file"] not in manifest.files:
+            problems.append(f"files must list engines.{engine}.file {entry['file']}")
+        else:
+            allowed.add(entry["file"])
     return problems
 
 

@@ -193,6 +193,13 @@ class Metrics:
             ["model", "version", "reason"],
             registry=self.registry,
         )
+        self.engine_fallbacks = Counter(
+            "classifier_engine_fallbacks",
+            "Loads on which the engine ENGINE=auto chose could not serve (it failed to load, or its answers failed "
+            "the reference set) and ONNX Runtime served instead, by the engine that failed and why",
+            ["model", "engine", "reason"],
+            registry=self.registry,
+        )
         self._views: list[ModelMetrics] = []
         # Routes x statuses x models: as many entries as the series prometheus_client keeps anyway.
         self._request_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
@@ -275,6 +282,9 @@ class ModelMetrics:
         )
         self.verified, self.verified_agreement = self.gauges["verified"], self.gauges["verified_agreement"]
         self.drift_label, self.drift_top_score = self.gauges["drift_label"], self.gauges["drift_top_score"]
+        self.engine_fallbacks = _Labelled(metrics.engine_fallbacks, model)
+        # (engine, precision) of the loaded version: classifier_engine_info, read at scrape time.
+        self.engine: tuple[str, str] | None = None
 
     def observe_batch(self, stats: BatchStats) -> None:
         self._batch_size.observe(stats.size)
@@ -333,3 +343,11 @@ class _LoadedGauges:
             for model, values in sorted(readings.items()):
                 family.add_metric([model], combine(values))
             yield family
+        engines = GaugeMetricFamily(
+            "classifier_engine_info",
+            "1 for each engine and precision serving a loaded version of the model (ENGINE; /info says why)",
+            labels=["model", "engine", "precision"],
+        )
+        for model, engine, precision in sorted({(view.model, *view.engine) for view in self._views if view.engine}):
+            engines.add_metric([model, engine, precision], 1.0)
+        yield engines

@@ -19,11 +19,11 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.classifier import OnnxClassifier, TextInput
+from service.core.cpu import CPU_FLAGS, cpu_flags
 from service.core.gate import Thresholds, compare
 from service.core.manifest import Manifest
 
-# The instruction sets that decide which kernels ONNX Runtime runs.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+__all__ = ["CPU_FLAGS", "FailedVerification", "Reverification", "cpu_flags", "reverify"]
 
 
 class FailedVerification(Exception):
@@ -42,21 +42,19 @@ class Reverification:
     seconds: float = 0.0
     cpu_flags: list[str] = field(default_factory=list)
     onnxruntime: str = ort.__version__
+    # What ran the reference set: the engine and the precision of its matrix products.
+    engine: str = "onnxruntime"
+    precision: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    try:
-        words = set(cpuinfo.read_text().split())
-    except OSError:
-        return []
-    return [flag for flag in CPU_FLAGS if flag in words]
-
-
-def reverify(classifier: OnnxClassifier, directory: Path, manifest: Manifest) -> Reverification | None:
-    """The gate's verdict on this CPU, or None for a bundle exported without a reference set."""
+def reverify(
+    classifier: OnnxClassifier, directory: Path, manifest: Manifest, *, variant: str | None = None
+) -> Reverification | None:
+    """The gate's verdict on this CPU, or None for a bundle exported without a reference set. ``variant`` names
+    what runs when it is not the bundle's own variant (an engine's graph: ``openvino-bf16``)."""
     if manifest.reference_set is None:
         return None
     started = time.perf_counter()
@@ -65,7 +63,7 @@ def reverify(classifier: OnnxClassifier, directory: Path, manifest: Manifest) ->
     expected = np.asarray(data["logits"], dtype=np.float32)
     thresholds = Thresholds(**manifest.verification.get("thresholds", {}))
     report = compare(
-        manifest.variant,
+        variant or manifest.variant,
         expected,
         classifier.logits(inputs),
         manifest.problem_type,
@@ -82,4 +80,6 @@ def reverify(classifier: OnnxClassifier, directory: Path, manifest: Manifest) ->
         failures=report.failures,
         seconds=round(time.perf_counter() - started, 3),
         cpu_flags=cpu_flags(),
+        engine=classifier.backend.name,
+        precision=classifier.backend.precision,
     )

@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from service.core.classifier import share_one_thread_pool
+from service.core.backends.onnxruntime_backend import share_one_thread_pool
 from service.core.failures import Failure
 from service.core.manifest import Manifest, load_verified
 from service.core.metrics import Metrics

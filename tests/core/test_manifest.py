@@ -24,7 +24,7 @@ def bundle(tiny_bundle, tmp_path):
 
 def test_manifest_records_the_contract(bundle):
     manifest = load_verified(bundle)
-    assert manifest.format_version == 3
+    assert manifest.format_version == 4
     assert manifest.task == "text" and not manifest.is_pair
     assert manifest.threshold == 0.5
     assert manifest.external_data is None
@@ -174,8 +174,22 @@ def _manifest(**changes) -> Manifest:
         ),
         pytest.param(
             {"files": {"model.onnx": "", "tokenizer.json": "", "notes.txt": ""}},
-            "files may list only model.onnx, tokenizer.json, reference_set and external_data, not ['notes.txt']",
+            "files may list only model.onnx, tokenizer.json, reference_set, external_data and engines' files, "
+            "not ['notes.txt']",
             id="extra-file",
+        ),
+        pytest.param({"engines": []}, "engines must be an object", id="engines-list"),
+        pytest.param({"engines": {"tensorrt": {}}}, "unknown engine 'tensorrt'", id="engines-unknown"),
+        pytest.param({"engines": {"openvino": "openvino.onnx"}}, "engines.openvino must be an object", id="engine-str"),
+        pytest.param(
+            {"engines": {"openvino": {"file": "../model.onnx"}}},
+            "engines.openvino.file must be openvino.onnx",
+            id="engine-traversal",
+        ),
+        pytest.param(
+            {"engines": {"openvino": {"file": "openvino.onnx"}}},
+            "files must list engines.openvino.file openvino.onnx",
+            id="engine-unlisted",
         ),
         pytest.param(
             {"input_names": ["input_ids", "position_ids"]}, "unknown input names ['position_ids']", id="unknown-input"

@@ -113,7 +113,9 @@ class ModelMetadata(BaseModel):
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
     parameters: dict[str, Any] | None = Field(
-        None, description="reverification: the bundle's reference set run again on this CPU at load"
+        None,
+        description="engine: what runs the graph on this machine and why; reverification: the bundle's reference "
+        "set run again on this CPU at load",
     )
 
 
@@ -255,8 +257,10 @@ async def model_metadata(request: Request) -> Response:
         engine.takes_pairs,
         versions=request.app.state.registry.versions(held.name),
     )
-    if engine.reverification is not None:  # KServe's metadata allows parameters; gRPC's message has none
-        metadata["parameters"] = {"reverification": engine.reverification.to_dict()}
+    # KServe's metadata allows parameters; gRPC's message has none
+    metadata["parameters"] = {"engine": engine.engine_info}
+    if engine.reverification is not None:
+        metadata["parameters"]["reverification"] = engine.reverification.to_dict()
     return JSONResponse(metadata)
 
 

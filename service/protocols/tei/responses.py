@@ -86,8 +86,24 @@ class Reverified(BaseModel):
     max_score_diff: float
     failures: list[str]
     seconds: float = Field(description="what the check cost at load")
-    cpu_flags: list[str] = Field(description="the instruction sets that decide ONNX Runtime's kernels")
+    cpu_flags: list[str] = Field(description="the instruction sets that decide the engines' kernels")
     onnxruntime: str
+    engine: str = Field(description="the engine that ran the reference set: onnxruntime or openvino")
+    precision: str = Field(description="the precision of its matrix products: fp32, bf16 or int8")
+
+
+class EngineInfo(BaseModel):
+    """What runs the model's graph on this machine, and why (ENGINE and its rule)."""
+
+    engine: str = Field(description="onnxruntime or openvino")
+    version: str
+    precision: str = Field(description="fp32, bf16 (OpenVINO on a CPU with bf16 units) or int8")
+    file: str = Field(description="the bundle file the engine runs")
+    reason: str = Field(description="why ENGINE chose it: the setting, or the auto rule's reading of the CPU")
+    fallback: str | None = Field(
+        description="why the engine auto chose is not serving (it failed to load or its re-verification); "
+        "null when it serves"
+    )
 
 
 class LongTexts(BaseModel):
@@ -132,6 +148,7 @@ class Info(BaseModel):
     input_names: list[str]
     verification: VerificationSummary
     reverification: Reverified | None = Field(description="null for a bundle exported without a reference set")
+    engine: EngineInfo
     versions: dict[str, dict[str, str]]
     long_texts: LongTexts
     limits: Limits

@@ -260,6 +260,7 @@ async def info(request: Request) -> Response:
                 "max_logit_diff": chosen.get("max_logit_diff"),
             },
             "reverification": None if engine.reverification is None else engine.reverification.to_dict(),
+            "engine": engine.engine_info,
             "versions": {"export": manifest.versions, "serve": serve_versions()},
             "long_texts": {
                 "windows": engine.windowing.enabled,
