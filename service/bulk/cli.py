@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.bulk import tables
-from service.bulk.parts import PartsError
+from service.bulk.parts import PartsError, check_output
 from service.bulk.run import FAIL, SKIP, BadRows, InputError, Job, Outcome, Runner
 from service.bulk.scorer import Answering, Scorer
 from service.core.manifest import BundleError
@@ -85,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--chunk-rows", type=_positive, default=4096, help="rows per committed part (default: %(default)s)"
     )
+    run.add_argument(
+        "--max-row-bytes",
+        type=_positive,
+        default=tables.MAX_ROW_BYTES,
+        help="a longer JSON Lines row is a bad row, a longer CSV line stops the run (default: %(default)s)",
+    )
     run.add_argument("--max-batch-tokens", type=_positive, default=defaults.max_batch_tokens)
     run.add_argument("--max-batch-size", type=_positive, default=defaults.max_batch_size)
     run.add_argument("--threads", type=_not_negative, default=0, help="ONNX Runtime threads; 0: every usable core")
@@ -102,20 +108,31 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _summary(outcome: Outcome, out: Path) -> str:
-    rate = (outcome.rows - outcome.resumed_rows) / max(outcome.seconds, 1e-9)
-    text = f"scored {outcome.scored:,} of {outcome.rows:,} rows in {timedelta(seconds=round(outcome.seconds))}"
+    """What this run did, at its rate; after a resume, what the output holds in all as well."""
+    rows = outcome.rows - outcome.resumed_rows
+    rate = rows / max(outcome.seconds, 1e-9)
+    took = f"in {timedelta(seconds=round(outcome.seconds))} ({rate:,.0f} rows/s)"
     bad = f"{outcome.bad:,} bad row{'' if outcome.bad == 1 else 's'} skipped"
-    text += f" ({rate:,.0f} rows/s); {bad}; {outcome.truncated:,} truncated; wrote {out}"
-    return text
+    if outcome.resumed_rows:
+        scored = outcome.scored - outcome.resumed_scored
+        text = f"scored {scored:,} of {rows:,} rows {took} after resuming at row {outcome.resumed_rows + 1:,}; "
+        text += f"in all {outcome.scored:,} of {outcome.rows:,} rows"
+    else:
+        text = f"scored {outcome.scored:,} of {outcome.rows:,} rows {took}"
+    return f"{text}; {bad}; {outcome.truncated:,} truncated; wrote {out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         sources = tables.sources(args.inputs, args.format)
-        out_format = tables.format_of(args.output, args.output_format)
+        out_format = tables.format_of(args.output, args.output_format, "--output-format")
     except tables.TableError as exc:
         return _fail(str(exc), EXIT_BAD_OPTION)
+    try:
+        check_output(Path(args.output), overwrite=args.overwrite)
+    except PartsError as exc:
+        return _fail(str(exc), EXIT_BAD_FILE)
     windowing = Windowing(
         args.windows, args.window_overlap, args.max_windows, None if args.aggregation == "auto" else args.aggregation
     )
@@ -148,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk_rows=args.chunk_rows,
         resume=args.resume,
         overwrite=args.overwrite,
+        max_row_bytes=args.max_row_bytes,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped container or job: as Ctrl-C
     try:
