@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,11 @@ def write_bundle(
     verification: dict[str, Any],
     force: bool = False,
     reference: tuple[Sequence[TextInput], np.ndarray] | None = None,
+    sign: Callable[[Path], None] | None = None,
 ) -> Manifest:
     """``reference``: validation inputs and the original's logits for them, written as the bundle's
-    reference set for the service to run again on its own CPU (None leaves it out)."""
+    reference set for the service to run again on its own CPU (None leaves it out). ``sign`` signs
+    the staged directory, so the bundle is never seen unsigned in its place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
         copy_onnx(model_path, staging / MODEL_FILE)
@@ -58,6 +60,8 @@ def write_bundle(
             reference_set=REFERENCE_FILE if reference is not None else None,
         )
         write_manifest(staging, manifest)
+        if sign is not None:
+            sign(staging)
         for path in staging.iterdir():
             _fsync(path)
         os.chmod(staging, 0o755)

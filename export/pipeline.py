@@ -118,9 +118,11 @@ def export_bundle(
     reference_set: bool = True,
     progress: Progress = lambda _: None,
     external_data_over: int = EXTERNAL_DATA_OVER,
+    sign: Callable[[Path], None] | None = None,
 ) -> ExportResult:
     """``external_data_over``: graphs larger than this many bytes keep their weights in
-    an external-data file (the 2 GB protobuf limit; lowered in tests)."""
+    an external-data file (the 2 GB protobuf limit; lowered in tests). ``sign``, when given, signs
+    the bundle's directory before it takes its place (``export.sign``)."""
     out = Path(out)
     clock = progress = StepClock(progress)
     check_output(out, force)
@@ -163,6 +165,7 @@ def export_bundle(
             progress,
             external_data_over,
             reference_set,
+            sign,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -189,6 +192,7 @@ def _export_in(
     progress: Progress,
     external_data_over: int,
     reference_set: bool,
+    sign: Callable[[Path], None] | None = None,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
@@ -273,6 +277,7 @@ def _export_in(
         verification=_verification_summary(chosen, reports, thresholds, len(texts)),
         force=force,
         reference=(texts, reference) if reference_set else None,
+        sign=sign,
     )
     return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings)
 

@@ -4,7 +4,8 @@
 #                ruff, mypy, mkdocs, ...)
 #   .venv-serve  the slim service alone (requirements-serve.txt, the optional gRPC service's
 #                requirements-grpc.txt, the bulk command's requirements-bulk.txt and tracing's
-#                requirements-otel.txt), to prove it needs no torch; test clients stay out of it
+#                requirements-otel.txt, and bundle signatures' requirements-signing.txt), to prove it needs
+#                no torch; test clients stay out of it
 # .venv also gets requirements-bulk.txt and requirements-ray.txt: the tests run Ray Data locally.
 # A second run with unchanged requirement files only compares two checksums.
 set -euo pipefail
@@ -33,8 +34,9 @@ ensure_venv() {
   echo "$stamp" > "$dir/.stamp"
 }
 
-ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt requirements-bulk.txt requirements-otel.txt
+ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt requirements-bulk.txt requirements-otel.txt \
+  requirements-signing.txt
 # requirements-test.txt includes requirements-loadtest.txt; hash it too so a change there reinstalls.
 ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt requirements-dev.txt \
-  requirements-bulk.txt requirements-ray.txt requirements-otel.txt \
+  requirements-bulk.txt requirements-ray.txt requirements-otel.txt requirements-signing.txt \
   -- requirements-default-model.txt

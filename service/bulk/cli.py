@@ -13,9 +13,10 @@ cannot be read or an output that cannot be written, 5 for bad rows under
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -25,8 +26,9 @@ from service.bulk.parts import PartsError, check_output
 from service.bulk.run import FAIL, SKIP, BadRows, InputError, Job, Outcome, Runner
 from service.bulk.scorer import Answering, Scorer
 from service.core.manifest import BundleError
+from service.core.origin import Trust, check_keys, check_origin
 from service.core.windows import AGGREGATIONS, Windowing
-from service.settings import Settings
+from service.settings import Settings, SettingsError, parse_bool, parse_list
 
 EXIT_BAD_OPTION = 2
 EXIT_BAD_BUNDLE = 3
@@ -58,6 +60,21 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="files, directories or globs; - reads standard input")
     parser.add_argument("--output", "-o", required=True, help="the file to write; its suffix names its format")
     parser.add_argument("--bundle", default=defaults.bundle, help="bundle directory (default: %(default)s)")
+    trust = parser.add_argument_group("the bundle's origin (as the service's settings of the same names)")
+    trust.add_argument(
+        "--trusted-key",
+        action="append",
+        dest="trusted_keys",
+        metavar="PUBLIC.pem",
+        help="a public key whose signature is trusted (repeat for more; default: TRUSTED_KEYS, comma-separated)",
+    )
+    trust.add_argument(
+        "--require-signature",
+        action="store_true",
+        default=None,
+        help="refuse a bundle not signed by a trusted key (default: REQUIRE_SIGNATURE)",
+    )
+    trust.add_argument("--bundle-digest", help="refuse a bundle whose digest is not this (default: BUNDLE_DIGEST)")
     what = parser.add_argument_group("what to read")
     what.add_argument("--format", choices=tables.FORMATS, help="the inputs' format, when their names do not say")
     what.add_argument("--output-format", choices=tables.FORMATS, help="the output's format (default: its suffix)")
@@ -107,6 +124,24 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _trust(args: argparse.Namespace, environ: Mapping[str, str]) -> Trust:
+    """The origin checks the flags ask for, or else the service's environment variables of the same names."""
+    keys = args.trusted_keys if args.trusted_keys is not None else parse_list(environ.get("TRUSTED_KEYS", ""))
+    try:
+        required = args.require_signature or parse_bool(environ.get("REQUIRE_SIGNATURE", ""))
+    except ValueError:
+        raise SettingsError(f"REQUIRE_SIGNATURE has an invalid value {environ['REQUIRE_SIGNATURE']!r}") from None
+    digest = args.bundle_digest if args.bundle_digest is not None else environ.get("BUNDLE_DIGEST", "")
+    try:
+        Settings(trusted_keys=tuple(keys), require_signature=required, bundle_digest=digest)
+    except SettingsError as exc:
+        raise SettingsError(str(exc).replace("--trusted-keys", "--trusted-key")) from None
+    problem = check_keys(keys)
+    if problem:
+        raise SettingsError(problem)
+    return Trust(tuple(keys), required, digest)
+
+
 def _summary(outcome: Outcome, out: Path) -> str:
     """What this run did, at its rate; after a resume, what the output holds in all as well."""
     rows = outcome.rows - outcome.resumed_rows
@@ -138,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     answering = Answering(args.all_scores, args.raw_scores, args.details, args.column_prefix)
     try:
+        trust = _trust(args, os.environ)
+    except SettingsError as exc:
+        return _fail(str(exc), EXIT_BAD_OPTION)
+    try:
+        check_origin(Path(args.bundle), trust, pin=trust.digest)  # before anything of the bundle is read
         scorer = Scorer.from_bundle(
             args.bundle,
             threads=args.threads,
