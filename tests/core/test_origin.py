@@ -224,3 +224,16 @@ def test_a_digests_file_is_read_strictly(tmp_path):
     path.write_text(f"{digest}\n")
     with pytest.raises(OriginError, match=r"digests.txt line 1: expected 'sha256:<64 hex>  NAME/VERSION'"):
         read_digests(str(path))
+
+
+def test_a_ray_data_scorer_checks_the_origin_as_the_bulk_command_does(signed, tmp_path):
+    from service.bulk.ray_data import BundleScorer
+    from service.core.origin import OriginError
+
+    bundle = tampered(signed["first"], tmp_path / "bundle", "byte", signed["second"])
+    with pytest.raises(OriginError, match=r"signature model.sig does not verify: .* model.onnx changed$"):
+        BundleScorer(str(bundle), trusted_keys=(str(signed["public"]),))
+    with pytest.raises(OriginError, match=r"is not the pinned sha256:0{64}$"):
+        BundleScorer(str(signed["first"]), bundle_digest="sha256:" + "0" * 64)
+    scorer = BundleScorer(str(signed["first"]), trusted_keys=(str(signed["public"]),), require_signature=True)
+    assert scorer.scorer.manifest.model_id
