@@ -158,8 +158,10 @@ class Parts:
         _atomic_write(self._commit(index), json.dumps(summary).encode())
 
     def discard(self, directory: Path | None = None) -> None:
-        """Remove the parts (kept locked until they are gone, so no other run takes them half removed)."""
-        shutil.rmtree(directory or self.directory, ignore_errors=True)
+        """Remove the parts this run holds (kept locked until they are gone, so no other run takes them half
+        removed); parts it does not hold are another run's, and are left alone."""
+        if self._lock is not None:
+            shutil.rmtree(directory or self.directory, ignore_errors=True)
         self.release()
 
     def summaries(self, count: int) -> list[dict]:
