@@ -1,13 +1,14 @@
 """Rows in and out of JSON Lines, CSV and Parquet files.
 
 A row is a dict of column values. Reading never stops at a bad record: a line that is
-not a JSON object, not UTF-8 or longer than the row limit, a text that is not valid Unicode
-(a lone surrogate such as JSON's ``\ud800``), or a CSV record that is malformed (read
-strictly: a stray quote never merges records silently) or has the wrong number of fields,
-comes back as a row with a ``problem`` and the run decides (``--on-bad-row``). Every line
-is read with a bound (``max_row_bytes``), so no input can make a row of unbounded size. Writing goes to one file per
-chunk (a part); ``join`` makes the parts one file. Parquet needs pyarrow
-(``requirements-bulk.txt``), imported only when a Parquet file is read or written.
+not a JSON object, not UTF-8 or longer than the row limit, a text that is not valid
+Unicode (a lone surrogate such as JSON's ``\\ud800``), or a CSV record that is malformed
+(read strictly: a stray quote never merges records silently) or has the wrong number of
+fields, comes back as a row with a ``problem`` and the run decides (``--on-bad-row``).
+Every line is read with a bound (``max_row_bytes``), so no input makes a row of unbounded
+size. Writing goes to one file per chunk (a part); ``join`` makes the parts one file.
+Parquet needs pyarrow (``requirements-bulk.txt``), imported only when a Parquet file is
+read or written.
 """
 
 from __future__ import annotations
