@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,12 @@ def write_bundle(
     reference: tuple[Sequence[TextInput], np.ndarray] | None = None,
     engines: dict[str, dict[str, Any]] | None = None,
     graphs: dict[str, Path] | None = None,
+    sign: Callable[[Path], None] | None = None,
 ) -> Manifest:
     """``reference``: validation inputs and the original's logits for them, written as the bundle's
     reference set for the service to run again on its own CPU (None leaves it out). ``engines``: the
-    manifest's entries for other engines' graphs, whose files ``graphs`` maps bundle name to source."""
+    manifest's entries for other engines' graphs, whose files ``graphs`` maps bundle name to source.
+    ``sign`` signs the staged directory, so the bundle is never seen unsigned in its place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
         copy_onnx(model_path, staging / MODEL_FILE)
@@ -64,6 +66,8 @@ def write_bundle(
             engines=engines or {},
         )
         write_manifest(staging, manifest)
+        if sign is not None:
+            sign(staging)
         for path in staging.iterdir():
             _fsync(path)
         os.chmod(staging, 0o755)

@@ -1,4 +1,5 @@
-"""Command line: ``python -m export [options]`` and ``python -m export verify BUNDLE``.
+"""Command line: ``python -m export [options]``, ``python -m export verify BUNDLE`` and
+``python -m export sign BUNDLE --key PRIVATE.pem``.
 
 Progress goes to stderr, the summary table to stdout, and every failure the user
 can fix ends in one readable line and a named exit code (see export.errors).
@@ -20,7 +21,8 @@ def _export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a trained text classifier to a verified ONNX bundle. "
-        "Run 'python -m export verify BUNDLE' to re-check an existing bundle.",
+        "Run 'python -m export verify BUNDLE' to re-check an existing bundle, "
+        "'python -m export sign BUNDLE --key PRIVATE.pem' to sign one.",
     )
     parser.add_argument(
         "--model",
@@ -103,8 +105,50 @@ def _export_parser() -> argparse.ArgumentParser:
         help="decision threshold on sigmoid scores (multi-label and one-logit models), recorded in "
         "the bundle and used by the gate (default: 0.5)",
     )
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        metavar="PRIVATE.pem",
+        help="sign the bundle with this elliptic-curve private key (model.sig, OpenSSF model-signing), as "
+        "'python -m export sign' does; needs requirements-signing.txt",
+    )
+    _password_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
+
+
+def _password_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key-password-env",
+        metavar="NAME",
+        help="the environment variable holding the private key's password, for an encrypted key",
+    )
+
+
+def _sign_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export sign",
+        description="Sign a bundle with OpenSSF model-signing and an elliptic-curve private key (offline). The "
+        "signature, model.sig, covers every file of the bundle; the service and the bulk command check it "
+        "against TRUSTED_KEYS before they load the bundle. Prints the bundle's digest, for BUNDLE_DIGEST.",
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--key", type=Path, required=True, metavar="PRIVATE.pem", help="the private key (PEM)")
+    _password_flag(parser)
+    return parser
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    import os
+
+    from export.errors import UsageError
+
+    name = args.key_password_env
+    if name is None:
+        return None
+    if name not in os.environ:
+        raise UsageError(f"--key-password-env names {name}, which is not set")
+    return os.environ[name]
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -136,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["verify"]:
             return _run_verify(_verify_parser().parse_args(argv[1:]))
+        if argv[:1] == ["sign"]:
+            return _run_sign(_sign_parser().parse_args(argv[1:]))
         if argv[:1] == ["check-windows"]:
             return _run_check_windows(_check_windows_parser().parse_args(argv[1:]))
         return _run_export(_export_parser().parse_args(argv))
@@ -158,6 +204,16 @@ def _run_export(args: argparse.Namespace) -> int:
         print("error: --threshold must be strictly between 0 and 1", file=sys.stderr)
         return ExitCode.USAGE
     out = args.out or Path("bundles") / ("default" if args.model is None else Path(args.model).name)
+    sign = None
+    if args.sign_key is not None:
+        from export.sign import check_key, sign_directory
+
+        key, password = args.sign_key, _password(args)
+        check_key(key, password)  # a key that cannot sign is told now, not after the export's minutes
+
+        def sign(directory: Path) -> None:
+            sign_directory(directory, key, password=password)
+
     started = time.monotonic()
 
     def progress(message: str) -> None:
@@ -185,6 +241,7 @@ def _run_export(args: argparse.Namespace) -> int:
             int8_max_value_diff=args.max_value_diff,
         ),
         progress=progress,
+        sign=sign,
     )
     print(report_table([*result.reports, *result.engine_reports], result.timings, result.manifest.variant))
     if not args.quiet:  # where the time went, beside the progress lines
@@ -195,6 +252,10 @@ def _run_export(args: argparse.Namespace) -> int:
         f"bundle: {result.out} ({kind}{manifest.variant}, {len(manifest.id2label)} labels, "
         f"max_length {manifest.max_length})"
     )
+    if sign is not None:
+        from service.core.origin import bundle_digest
+
+        print(f"signed: {result.out / 'model.sig'}; digest {bundle_digest(result.out)}")
     return ExitCode.OK
 
 
@@ -231,4 +292,12 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     summary = check_bundle(args.bundle)
     print(summary)
+    return ExitCode.OK
+
+
+def _run_sign(args: argparse.Namespace) -> int:
+    from export.sign import sign_bundle
+
+    digest = sign_bundle(args.bundle, args.key, password=_password(args))
+    print(f"signed: {args.bundle / 'model.sig'}; digest {digest}")
     return ExitCode.OK

@@ -122,10 +122,12 @@ def export_bundle(
     openvino: bool = True,
     progress: Progress = lambda _: None,
     external_data_over: int = EXTERNAL_DATA_OVER,
+    sign: Callable[[Path], None] | None = None,
 ) -> ExportResult:
     """``external_data_over``: graphs larger than this many bytes keep their weights in
     an external-data file (the 2 GB protobuf limit; lowered in tests). ``openvino``: also write and gate
-    the graph OpenVINO runs (``export.engine_graphs``), when OpenVINO is installed."""
+    the graph OpenVINO runs (``export.engine_graphs``), when OpenVINO is installed. ``sign``, when given,
+    signs the bundle's directory before it takes its place (``export.sign``)."""
     out = Path(out)
     clock = progress = StepClock(progress)
     check_output(out, force)
@@ -169,6 +171,7 @@ def export_bundle(
             external_data_over,
             reference_set,
             openvino,
+            sign,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -196,6 +199,7 @@ def _export_in(
     external_data_over: int,
     reference_set: bool,
     openvino: bool,
+    sign: Callable[[Path], None] | None = None,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
@@ -307,6 +311,7 @@ def _export_in(
         reference=(texts, reference) if reference_set else None,
         engines=engines,
         graphs=graphs,
+        sign=sign,
     )
     return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings, engine_reports=engine_reports)
 

@@ -4,8 +4,8 @@
 #                ruff, mypy, mkdocs, ...)
 #   .venv-serve  the slim service alone (requirements-serve.txt, the optional gRPC service's
 #                requirements-grpc.txt, the bulk command's requirements-bulk.txt, tracing's
-#                requirements-otel.txt and the OpenVINO engine's requirements-openvino.txt), to prove
-#                it needs no torch; test clients stay out of it
+#                requirements-otel.txt, the OpenVINO engine's requirements-openvino.txt and bundle
+#                signatures' requirements-signing.txt), to prove it needs no torch; test clients stay out of it
 # .venv also gets requirements-bulk.txt and requirements-ray.txt: the tests run Ray Data locally.
 # A second run with unchanged requirement files only compares two checksums.
 set -euo pipefail
@@ -35,8 +35,8 @@ ensure_venv() {
 }
 
 ensure_venv .venv-serve requirements-serve.txt requirements-grpc.txt requirements-bulk.txt requirements-otel.txt \
-  requirements-openvino.txt
+  requirements-openvino.txt requirements-signing.txt
 # requirements-test.txt includes requirements-loadtest.txt; hash it too so a change there reinstalls.
 ensure_venv .venv requirements-export.txt requirements-test.txt requirements-loadtest.txt requirements-dev.txt \
-  requirements-bulk.txt requirements-ray.txt requirements-otel.txt requirements-openvino.txt \
+  requirements-bulk.txt requirements-ray.txt requirements-otel.txt requirements-openvino.txt requirements-signing.txt \
   -- requirements-default-model.txt

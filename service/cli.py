@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.core.manifest import BundleError, load_verified
+from service.core.manifest import BundleError
+from service.core.origin import Trust, check_keys, load_trusted
 from service.core.tracing import TracingError
 from service.core.tracing import from_environment as tracing_from_environment
 from service.logs import configure_logging
@@ -43,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracing = tracing_from_environment()  # off unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
     except TracingError as exc:
         return _fail(str(exc), EXIT_BAD_SETTINGS)
+    problem = check_keys(settings.trusted_keys)
+    if problem:
+        return _fail(problem, EXIT_BAD_SETTINGS)
     manifest = None
     if settings.repository:
         # Its bundles are checked one by one as they load; a bad one is refused, not fatal.
@@ -50,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--repository {settings.repository} is not a directory", EXIT_BAD_SETTINGS)
     else:
         try:
-            manifest = load_verified(Path(settings.bundle))
+            manifest = load_trusted(Path(settings.bundle), Trust.of(settings))
         except BundleError as exc:
             return _fail(str(exc), EXIT_BAD_BUNDLE)
     # Before any model loads: a taken port is told at once, not after a minute of loading.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -74,6 +75,10 @@ class Settings:
     aggregation: str = "auto"
     long_input_tokens: int = 64
     long_batch_tokens: int = 256
+    trusted_keys: tuple[str, ...] = ()
+    require_signature: bool = False
+    bundle_digest: str = ""
+    repository_digests: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -145,6 +150,14 @@ class Settings:
             raise SettingsError(f"--engine must be auto, onnxruntime or openvino, got {self.engine!r}")
         if self.on_failed_verification not in ("refuse", "warn"):
             raise SettingsError(f"--on-failed-verification must be refuse or warn, got {self.on_failed_verification!r}")
+        if self.require_signature and not self.trusted_keys:
+            raise SettingsError("--require-signature needs --trusted-keys: the public keys whose signatures to accept")
+        if self.bundle_digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", self.bundle_digest):
+            raise SettingsError(f"--bundle-digest takes sha256:<64 lowercase hex>, got {self.bundle_digest!r}")
+        if self.bundle_digest and self.repository:
+            raise SettingsError("--bundle-digest pins --bundle; a repository's digests go in --repository-digests")
+        if self.repository_digests and not self.repository:
+            raise SettingsError("--repository-digests needs --repository")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"--log-level must be debug, info, warning or error, got {self.log_level!r}")
 
@@ -248,6 +261,18 @@ HELP = {
     "long_batch_tokens": "padded tokens in one batch of long inputs (at most MAX_BATCH_TOKENS). Small batches keep "
     "the cores long work takes from short queries brief (about 28 ms a 256-token window for the default model on "
     "2 cores); larger batches of long inputs gain little throughput on CPU",
+    "trusted_keys": "comma-separated paths of public keys (elliptic-curve, PEM) whose signatures are trusted: a "
+    "signed bundle (model.sig, from 'python -m export sign') loads only if its signature verifies against one, "
+    "checked before it loads. Needs requirements-signing.txt (model-signing); empty: signatures are not checked",
+    "require_signature": "refuse a bundle that is not signed by one of TRUSTED_KEYS (a repository keeps the version "
+    "that serves; a single --bundle exits 3). Off: an unsigned bundle loads with a warning, a badly signed one "
+    "is still refused",
+    "bundle_digest": "pin --bundle to this digest, sha256:<hex> of its bundle.json (which lists the sha256 of "
+    "every other file; 'python -m export sign' prints it, and so does sha256sum bundle.json); another bundle is "
+    "refused. Empty: not pinned",
+    "repository_digests": "a file of 'sha256:<hex>  NAME/VERSION' lines (NAME alone for a model whose directory "
+    "is its bundle), read again at every load: a repository's version loads only when it is listed with its "
+    "bundle.json's digest. Empty: not pinned",
     "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
     "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
     "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "
@@ -263,7 +288,7 @@ def _env(name: str) -> str:
     return name.upper()
 
 
-def _parse_bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -272,15 +297,15 @@ def _parse_bool(value: str) -> bool:
     raise ValueError(value)
 
 
-def _parse_list(value: str) -> tuple[str, ...]:
+def parse_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def _converter(default: object):
     if isinstance(default, bool):
-        return _parse_bool
+        return parse_bool
     if isinstance(default, tuple):
-        return _parse_list
+        return parse_list
     return type(default)
 
 

@@ -86,3 +86,19 @@ def readme_snippet(marker: str) -> str:
     blocks = [block.split("```", 1)[0] for page in pages for block in page.read_text().split("```python\n")[1:]]
     (snippet,) = [block for block in blocks if marker in block]
     return snippet
+
+
+def make_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A fresh elliptic-curve (P-256) key pair as PEM files: ``NAME.pem`` (private) and ``NAME.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public

@@ -41,6 +41,18 @@ def test_client_limits_come_from_flags_and_env():
     "argv, env, message",
     [
         pytest.param(["--port", "eighty"], {}, "--port has an invalid value 'eighty'", id="port-type"),
+        pytest.param(
+            [],
+            {"REQUIRE_SIGNATURE": "true"},
+            "--require-signature needs --trusted-keys: the public keys whose signatures to accept",
+            id="signature-without-keys",
+        ),
+        pytest.param(
+            ["--bundle-digest", "abc"], {}, "--bundle-digest takes sha256:<64 lowercase hex>, got 'abc'", id="digest"
+        ),
+        pytest.param(
+            ["--repository-digests", "digests.txt"], {}, "--repository-digests needs --repository", id="digests-file"
+        ),
         pytest.param([], {"MAX_WAIT_MS": "soon"}, "MAX_WAIT_MS has an invalid value 'soon'", id="env-type"),
         pytest.param(["--max-inputs", "0"], {}, "--max-inputs must be at least 1, got 0", id="zero"),
         pytest.param(["--drain-timeout", "-1"], {}, "--drain-timeout must not be negative, got -1.0", id="negative"),

@@ -13,20 +13,22 @@ cannot be read or an output that cannot be written, 5 for bad rows under
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
 from service.bulk import tables
-from service.bulk.parts import PartsError
+from service.bulk.parts import PartsError, check_output
 from service.bulk.run import FAIL, SKIP, BadRows, InputError, Job, Outcome, Runner
 from service.bulk.scorer import Answering, Scorer
 from service.core.manifest import BundleError
+from service.core.origin import Trust, check_keys, check_origin
 from service.core.windows import AGGREGATIONS, Windowing
-from service.settings import Settings
+from service.settings import Settings, SettingsError, parse_bool, parse_list
 
 EXIT_BAD_OPTION = 2
 EXIT_BAD_BUNDLE = 3
@@ -58,6 +60,21 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help="files, directories or globs; - reads standard input")
     parser.add_argument("--output", "-o", required=True, help="the file to write; its suffix names its format")
     parser.add_argument("--bundle", default=defaults.bundle, help="bundle directory (default: %(default)s)")
+    trust = parser.add_argument_group("the bundle's origin (as the service's settings of the same names)")
+    trust.add_argument(
+        "--trusted-key",
+        action="append",
+        dest="trusted_keys",
+        metavar="PUBLIC.pem",
+        help="a public key whose signature is trusted (repeat for more; default: TRUSTED_KEYS, comma-separated)",
+    )
+    trust.add_argument(
+        "--require-signature",
+        action="store_true",
+        default=None,
+        help="refuse a bundle not signed by a trusted key (default: REQUIRE_SIGNATURE)",
+    )
+    trust.add_argument("--bundle-digest", help="refuse a bundle whose digest is not this (default: BUNDLE_DIGEST)")
     what = parser.add_argument_group("what to read")
     what.add_argument("--format", choices=tables.FORMATS, help="the inputs' format, when their names do not say")
     what.add_argument("--output-format", choices=tables.FORMATS, help="the output's format (default: its suffix)")
@@ -85,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--chunk-rows", type=_positive, default=4096, help="rows per committed part (default: %(default)s)"
     )
+    run.add_argument(
+        "--max-row-bytes",
+        type=_positive,
+        default=tables.MAX_ROW_BYTES,
+        help="a longer JSON Lines row is a bad row, a longer CSV line stops the run (default: %(default)s)",
+    )
     run.add_argument("--max-batch-tokens", type=_positive, default=defaults.max_batch_tokens)
     run.add_argument("--max-batch-size", type=_positive, default=defaults.max_batch_size)
     run.add_argument("--threads", type=_not_negative, default=0, help="ONNX Runtime threads; 0: every usable core")
@@ -101,26 +124,60 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _trust(args: argparse.Namespace, environ: Mapping[str, str]) -> Trust:
+    """The origin checks the flags ask for, or else the service's environment variables of the same names."""
+    keys = args.trusted_keys if args.trusted_keys is not None else parse_list(environ.get("TRUSTED_KEYS", ""))
+    try:
+        required = args.require_signature or parse_bool(environ.get("REQUIRE_SIGNATURE", ""))
+    except ValueError:
+        raise SettingsError(f"REQUIRE_SIGNATURE has an invalid value {environ['REQUIRE_SIGNATURE']!r}") from None
+    digest = args.bundle_digest if args.bundle_digest is not None else environ.get("BUNDLE_DIGEST", "")
+    try:
+        Settings(trusted_keys=tuple(keys), require_signature=required, bundle_digest=digest)
+    except SettingsError as exc:
+        raise SettingsError(str(exc).replace("--trusted-keys", "--trusted-key")) from None
+    problem = check_keys(keys)
+    if problem:
+        raise SettingsError(problem)
+    return Trust(tuple(keys), required, digest)
+
+
 def _summary(outcome: Outcome, out: Path) -> str:
-    rate = (outcome.rows - outcome.resumed_rows) / max(outcome.seconds, 1e-9)
-    text = f"scored {outcome.scored:,} of {outcome.rows:,} rows in {timedelta(seconds=round(outcome.seconds))}"
+    """What this run did, at its rate; after a resume, what the output holds in all as well."""
+    rows = outcome.rows - outcome.resumed_rows
+    rate = rows / max(outcome.seconds, 1e-9)
+    took = f"in {timedelta(seconds=round(outcome.seconds))} ({rate:,.0f} rows/s)"
     bad = f"{outcome.bad:,} bad row{'' if outcome.bad == 1 else 's'} skipped"
-    text += f" ({rate:,.0f} rows/s); {bad}; {outcome.truncated:,} truncated; wrote {out}"
-    return text
+    if outcome.resumed_rows:
+        scored = outcome.scored - outcome.resumed_scored
+        text = f"scored {scored:,} of {rows:,} rows {took} after resuming at row {outcome.resumed_rows + 1:,}; "
+        text += f"in all {outcome.scored:,} of {outcome.rows:,} rows"
+    else:
+        text = f"scored {outcome.scored:,} of {outcome.rows:,} rows {took}"
+    return f"{text}; {bad}; {outcome.truncated:,} truncated; wrote {out}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         sources = tables.sources(args.inputs, args.format)
-        out_format = tables.format_of(args.output, args.output_format)
+        out_format = tables.format_of(args.output, args.output_format, "--output-format")
     except tables.TableError as exc:
         return _fail(str(exc), EXIT_BAD_OPTION)
+    try:
+        check_output(Path(args.output), overwrite=args.overwrite)
+    except PartsError as exc:
+        return _fail(str(exc), EXIT_BAD_FILE)
     windowing = Windowing(
         args.windows, args.window_overlap, args.max_windows, None if args.aggregation == "auto" else args.aggregation
     )
     answering = Answering(args.all_scores, args.raw_scores, args.details, args.column_prefix)
     try:
+        trust = _trust(args, os.environ)
+    except SettingsError as exc:
+        return _fail(str(exc), EXIT_BAD_OPTION)
+    try:
+        check_origin(Path(args.bundle), trust, pin=trust.digest)  # before anything of the bundle is read
         scorer = Scorer.from_bundle(
             args.bundle,
             threads=args.threads,
@@ -148,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk_rows=args.chunk_rows,
         resume=args.resume,
         overwrite=args.overwrite,
+        max_row_bytes=args.max_row_bytes,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped container or job: as Ctrl-C
     try:

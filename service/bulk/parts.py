@@ -8,13 +8,22 @@ parts, skips their rows and goes on. When every chunk is in, the parts are joine
 temporary file beside ``OUT`` that is renamed to ``OUT`` (atomic on one file system),
 and only then is the parts directory removed. ``run.json`` in the directory records what
 the run reads and how it answers; a resume that would read or answer differently is refused.
+
+A run holds an exclusive lock (``flock``) on the parts directory from the moment it exists
+until it is removed: a second run on the same output, a ``--resume`` or an ``--overwrite``,
+is refused while the first is alive, and the lock goes with the process however it ends. A
+new directory is made under a temporary name, locked and filled with ``run.json`` before it
+is renamed into place, so no other run can ever lock it half made.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import stat
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,11 +51,35 @@ def _fsync(path: Path) -> None:
         os.fsync(file.fileno())
 
 
+def check_output(out: Path, *, overwrite: bool) -> None:
+    """PartsError unless ``out`` can be written by a run: checked before any row is scored."""
+    if out.is_dir():
+        raise PartsError(f"{out} is a directory; name the file to write")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise PartsError(f"{out} exists; pass --overwrite to replace it")
+        if not stat.S_ISREG(out.lstat().st_mode):
+            raise PartsError(f"{out} is not a regular file; name the file to write")
+    parent = out.parent
+    for place in (parent, *parent.parents):  # the nearest existing directory must be one, and writable
+        if place.exists():
+            if not place.is_dir():
+                raise PartsError(f"{out}: {place} is not a directory")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise PartsError(f"{out}: cannot write in {place}")
+            return
+
+
+class Locked(PartsError):
+    """Another live run holds the output's parts."""
+
+
 class Parts:
     def __init__(self, out: Path, format: str) -> None:
         self.out = out
         self.format = format
         self.directory = out.with_name(out.name + ".parts")
+        self._lock: int | None = None  # a descriptor of the directory, flock'ed while this run owns it
 
     def _data(self, index: int) -> Path:
         return self.directory / f"part-{index:06d}.{self.format}"
@@ -56,10 +89,11 @@ class Parts:
 
     def open(self, run: dict[str, Any], *, resume: bool, overwrite: bool) -> int:
         """Get ready to write the parts of ``run``; returns how many chunks an earlier run already committed."""
-        if self.out.exists() and not overwrite:
-            raise PartsError(f"{self.out} exists; pass --overwrite to replace it")
-        if self.directory.exists() and overwrite and not resume:
-            self.discard()
+        check_output(self.out, overwrite=overwrite)
+        if self.directory.exists():
+            self._take(self.directory)
+            if overwrite and not resume:
+                self.discard()
         if self.directory.exists():
             if not resume:
                 raise PartsError(
@@ -86,9 +120,33 @@ class Parts:
         if resume:
             raise PartsError(f"nothing to resume: {self.directory} does not exist")
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.directory.mkdir()
-        _atomic_write(self.directory / RUN_FILE, json.dumps(run, indent=1).encode())
+        made = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", dir=self.out.parent))
+        self._take(made)
+        _atomic_write(made / RUN_FILE, json.dumps(run, indent=1).encode())
+        try:
+            os.rename(made, self.directory)  # fails if another run put its own (never empty) directory there
+        except OSError:
+            self.discard(made)
+            raise Locked(f"another run started writing {self.out} at the same moment; let it finish") from None
         return 0
+
+    def _take(self, directory: Path) -> None:
+        """Lock ``directory`` for this run, or Locked when a live run holds it."""
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise Locked(
+                f"another run is writing {self.out} (it holds {self.directory} locked); let it finish or stop it first"
+            ) from None
+        self.release()
+        self._lock = descriptor
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the last descriptor lets go of the lock
+            self._lock = None
 
     def write(self, index: int, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None, summary: dict) -> None:
         """Commit chunk ``index``: its rows, then the summary that says they are all there."""
@@ -99,8 +157,12 @@ class Parts:
         os.replace(temporary, data)
         _atomic_write(self._commit(index), json.dumps(summary).encode())
 
-    def discard(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+    def discard(self, directory: Path | None = None) -> None:
+        """Remove the parts this run holds (kept locked until they are gone, so no other run takes them half
+        removed); parts it does not hold are another run's, and are left alone."""
+        if self._lock is not None:
+            shutil.rmtree(directory or self.directory, ignore_errors=True)
+        self.release()
 
     def summaries(self, count: int) -> list[dict]:
         return [json.loads(self._commit(index).read_text(encoding="utf-8")) for index in range(count)]
@@ -115,3 +177,4 @@ class Parts:
         _fsync(temporary)
         os.replace(temporary, self.out)
         shutil.rmtree(self.directory)
+        self.release()

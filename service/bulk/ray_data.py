@@ -11,9 +11,10 @@
         concurrency=4,
     ).write_parquet("s3://bucket/scored/")
 
-Each actor loads the bundle once (hash-checked) and scores its batches exactly as the bulk
-command does (``service.bulk.scorer``): the same columns, the same answers. Ray is not
-imported here; a Ray Data batch in the ``pyarrow`` format is a ``pyarrow.Table``, and the
+Each actor loads the bundle once (hash-checked; with ``trusted_keys``, ``require_signature`` or
+``bundle_digest``, its origin checked first, as by the bulk command's options of those names) and
+scores its batches exactly as the bulk command does (``service.bulk.scorer``): the same columns,
+the same answers. Ray is not imported here; a Ray Data batch in the ``pyarrow`` format is a ``pyarrow.Table``, and the
 class answers with the table and its answer columns appended. A row that cannot be scored
 (a missing, null, empty or non-text value) fails the batch with its row named, as the bulk
 command's ``--on-bad-row fail`` does; filter such rows out first to leave them out.
@@ -21,9 +22,11 @@ command's ``--on-bad-row fail`` does; filter such rows out first to leave them o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from service.bulk.scorer import Answering, Scorer
+from service.core.origin import Trust, check_origin
 from service.core.windows import Windowing
 
 
@@ -46,7 +49,11 @@ class BundleScorer:
         max_batch_tokens: int = 4096,
         max_batch_size: int = 64,
         threads: int = 0,
+        trusted_keys: tuple[str, ...] = (),
+        require_signature: bool = False,
+        bundle_digest: str = "",
     ) -> None:
+        check_origin(Path(bundle), Trust(tuple(trusted_keys), require_signature), pin=bundle_digest)
         self.scorer = Scorer.from_bundle(
             bundle,
             threads=threads,

@@ -47,6 +47,7 @@ class Job:
     chunk_rows: int = 4096
     resume: bool = False
     overwrite: bool = False
+    max_row_bytes: int = tables.MAX_ROW_BYTES
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Outcome:
     bad: int = 0
     truncated: int = 0
     resumed_rows: int = 0
+    resumed_scored: int = 0
     seconds: float = 0.0
     bad_rows: list[str] = field(default_factory=list)
 
@@ -125,6 +127,7 @@ def _fingerprint(job: Job, scorer: Scorer, columns: Sequence[str] | None) -> dic
         "pair_column": job.pair_column,
         "on_bad_row": job.on_bad_row,
         "chunk_rows": job.chunk_rows,
+        "max_row_bytes": job.max_row_bytes,
         "format": job.format,
         "columns": list(columns) if columns is not None else None,
         "truncate": scorer.reading.truncate,
@@ -201,30 +204,59 @@ class Runner:
                 self._say(line)
                 self.outcome.bad_rows.append(line)
 
+    def _check_columns(self) -> None:
+        """InputError, before any row is read, when a header or a schema shows the run cannot go well."""
+        job = self.job
+        for source in job.sources:
+            names = tables.columns(source)
+            if names is None:
+                continue
+            for flag, column in (("--text-column", job.text_column), ("--pair-column", job.pair_column)):
+                if column is not None and column not in names:
+                    raise InputError(
+                        f"{source.name} has no column {column!r}, only {', '.join(map(repr, names))}; "
+                        f"name the text's column with {flag}"
+                    )
+            taken = [name for name in self.answer_columns if name in names]
+            if taken:
+                raise InputError(f"{source.name} already has a column {taken[0]!r}; choose another --column-prefix")
+
     def run(self) -> Outcome:
         job = self.job
         started = time.monotonic()
-        rows = itertools.chain.from_iterable(tables.read(source, job.chunk_rows) for source in job.sources)
+        self._check_columns()
+        rows = itertools.chain.from_iterable(
+            tables.read(source, job.chunk_rows, job.max_row_bytes) for source in job.sources
+        )
         first = next(rows, None)
         if first is not None:
             rows = itertools.chain([first], rows)
-        for source in job.sources:  # a header or a schema names its columns before any row is read
-            taken = [name for name in self.answer_columns if name in (tables.columns(source) or ())]
-            if taken:
-                raise InputError(f"{source.name} already has a column {taken[0]!r}; choose another --column-prefix")
         columns = output_columns(job, self.scorer, first)
+        total = None
+        if all(source.path != tables.STDIN for source in job.sources):  # read through before any part is made
+            total = sum(tables.count_rows(source, job.max_row_bytes) or 0 for source in job.sources)
         parts = Parts(job.out, job.format)
+        try:
+            return self._run(parts, rows, columns, total, started)
+        except tables.TableError:
+            parts.discard()  # the input must change before a run can go on: nothing here can be resumed
+            raise
+        finally:
+            parts.release()
+
+    def _run(
+        self, parts: Parts, rows: Iterator[tables.Row], columns: list[str] | None, total: int | None, started: float
+    ) -> Outcome:
+        job = self.job
         done = parts.open(_fingerprint(job, self.scorer, columns), resume=job.resume, overwrite=job.overwrite)
         for summary in parts.summaries(done):
             self.outcome.add(summary)
         self.outcome.resumed_rows = self.outcome.rows
+        self.outcome.resumed_scored = self.outcome.scored
         if done:
             self._say(f"resuming after {done} committed chunks ({self.outcome.rows:,} rows)")
             for _ in itertools.islice(rows, done * job.chunk_rows):
                 pass
-        total = None
-        if all(source.path != tables.STDIN for source in job.sources):
-            total = sum(tables.count_rows(source) or 0 for source in job.sources)
         progress = Progress(total, done=self.outcome.rows, mode=self.progress_mode, stream=self.stream)
         chunks = enumerate(_chunks(rows, job.chunk_rows), start=done)
         count = done

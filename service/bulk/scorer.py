@@ -6,10 +6,16 @@ front, so the chunk's windows are sorted by token count and cut into batches of 
 same memory bound as the service's batches. Inputs are cut, windowed and aggregated by the
 service's own code (``service.core.inputs``), and scored as ``/predict`` scores them, so an
 answer here is the answer the service gives.
+
+A text longer than its windows could ever read is cut first, at ``CHARS_PER_TOKEN`` characters
+for every token the reading may take: the service never tokenizes more than a request body
+holds, and here no row's size decides the memory a run takes. A text so cut is reported as
+truncated (and is a bad row with ``--no-truncate``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,11 @@ from service.core.failures import InvalidInput
 from service.core.inputs import combine, encode, refusal
 from service.core.scoring import probabilities
 from service.core.windows import InputReport, Reading, Windowing, default_aggregation
+
+# More characters than any token of a real vocabulary spans: WordPiece reads a word of up to 100 characters
+# as pieces and a longer one as one unknown token. Characters past this many per readable token can never
+# reach the model, so they are never tokenized (tokenizing keeps about 100 bytes a token in memory).
+CHARS_PER_TOKEN = 100
 
 
 @dataclass(frozen=True)
@@ -85,9 +96,53 @@ class Scorer:
             names += [f"{prefix}truncated", f"{prefix}windows", f"{prefix}tokens"]
         return names
 
+    @property
+    def max_chars(self) -> int:
+        """The characters of one text that may be tokenized: ``CHARS_PER_TOKEN`` for each token it may take."""
+        windows = self.reading.windowing.max_windows if self.reading.windowing.enabled else 1
+        return CHARS_PER_TOKEN * self.classifier.window_length * windows
+
+    def _capped(self, item: TextInput) -> TextInput:
+        cap = self.max_chars
+        if isinstance(item, str):
+            return item[:cap] if len(item) > cap else item
+        if isinstance(item, tuple) and any(isinstance(text, str) and len(text) > cap for text in item):
+            return (item[0][:cap], item[1][:cap])
+        return item
+
     def encode(self, items: Sequence[TextInput]) -> tuple[list[Windowed | None], dict[int, str]]:
         """Each input's windows, or (None and) why it cannot be scored: the model's kind of input, a text
-        with no tokens, or, without truncation, a text longer than may be read."""
+        with no tokens, or, without truncation, a text longer than may be read. A text over ``max_chars``
+        is cut there before it is tokenized, and reported as truncated."""
+        found: list[Windowed | None] = [None] * len(items)
+        problems: dict[int, str] = {}
+        kept: list[int] = []
+        capped: list[TextInput] = []
+        cut: set[int] = set()
+        for index, item in enumerate(items):
+            short = self._capped(item)
+            if short is not item:
+                if not self.reading.truncate:
+                    problems[index] = (
+                        f"longer than {self.max_chars:,} characters, more than "
+                        f"{'its windows' if self.reading.windowing.enabled else 'the model'} can read"
+                    )
+                    continue
+                cut.add(index)
+            kept.append(index)
+            capped.append(short)
+        encoded, refused = self._encode(capped)
+        for position, index in enumerate(kept):
+            if position in refused:
+                problems[index] = refused[position]
+                continue
+            windowed = encoded[position]
+            if windowed is not None and index in cut:  # however few tokens were left, the text was cut
+                windowed = dataclasses.replace(windowed, needed=max(windowed.needed, len(windowed.windows) + 1))
+            found[index] = windowed
+        return found, dict(sorted(problems.items()))
+
+    def _encode(self, items: Sequence[TextInput]) -> tuple[list[Windowed | None], dict[int, str]]:
         try:
             encoded: list[Windowed | None] = list(encode(self.classifier, items, self.reading, off_loop=True))
         except InvalidInput:  # one bad input fails the whole call: find which, one at a time

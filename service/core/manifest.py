@@ -4,6 +4,9 @@ A bundle is a directory holding ``model.onnx``, ``tokenizer.json``,
 ``bundle.json`` (this manifest) and, for graphs over 2 GB, one external-data
 file named by ``external_data``. The manifest lists the sha256 of every other
 file, so a bundle is either exactly what the export stage wrote or refused.
+One file may sit beside them unlisted: ``model.sig``, the bundle's signature
+(``python -m export sign``), which cannot be among the files whose hashes it
+signs; it covers them, ``bundle.json`` included (``service.core.origin``).
 
 What a bundle's outputs mean is read from here, never guessed elsewhere:
 
@@ -50,6 +53,8 @@ READABLE_VERSIONS = (1, 2, 3, 4)
 # The reference set: validation inputs and the original model's logits for them, which the service
 # runs again on the CPU that serves the bundle (service.core.reverify). Optional: an export may leave it out.
 REFERENCE_FILE = "reference.json"
+# The signature over the whole directory (model-signing's file name); never in ``files``.
+SIGNATURE_FILE = "model.sig"
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
@@ -237,7 +242,7 @@ def validation_problems(manifest: Manifest) -> list[str]:
         if (
             not isinstance(name, str)
             or not _PLAIN_NAME.match(name)
-            or name in (MODEL_FILE, TOKENIZER_FILE, MANIFEST_NAME)
+            or name in (MODEL_FILE, TOKENIZER_FILE, MANIFEST_NAME, SIGNATURE_FILE)
         ):
             problems.append("external_data must be a plain file name in the bundle directory")
         else:
@@ -282,11 +287,11 @@ def write_manifest(directory: Path, manifest: Manifest) -> None:
 
 
 def hash_files(directory: Path) -> dict[str, str]:
-    """sha256 of every file in the bundle directory except the manifest."""
+    """sha256 of every file in the bundle directory except the manifest and the signature."""
     return {
         path.name: sha256_file(path)
         for path in sorted(directory.iterdir())
-        if path.is_file() and path.name != MANIFEST_NAME
+        if path.is_file() and path.name not in (MANIFEST_NAME, SIGNATURE_FILE)
     }
 
 
@@ -319,7 +324,7 @@ def integrity_problems(directory: Path, manifest: Manifest) -> list[str]:
         if actual != expected:
             problems.append(f"{name}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
     for path in sorted(directory.iterdir()):
-        if path.is_file() and path.name != MANIFEST_NAME and path.name not in manifest.files:
+        if path.is_file() and path.name not in (MANIFEST_NAME, SIGNATURE_FILE) and path.name not in manifest.files:
             problems.append(f"{path.name}: not listed in the manifest")
     return problems
 

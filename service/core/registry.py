@@ -44,8 +44,9 @@ from service.core import repository
 from service.core.calls import Call
 from service.core.engine import Engine
 from service.core.failures import Failure, LoadRefused, ModelNotFound, NotReady, ShuttingDown, VersionUnloaded
-from service.core.manifest import BundleError, Manifest, load_verified
+from service.core.manifest import BundleError, Manifest
 from service.core.metrics import Metrics, ModelMetrics
+from service.core.origin import Trust, load_trusted
 from service.core.repository import Found
 from service.core.shadow import Shadow
 from service.core.tracing import OFF, Tracing
@@ -157,7 +158,7 @@ class ModelRegistry:
     def _verify(self, path: Path) -> Manifest:
         if self.root is None and self._manifest is not None:
             return self._manifest
-        return load_verified(path)
+        return load_trusted(path, Trust.of(self.settings), repository=self.root)  # signature and digest first
 
     def _model(self, name: str) -> Model:
         if name not in self.models:

@@ -22,8 +22,9 @@ from starlette.responses import JSONResponse
 
 from service.core.backends.onnxruntime_backend import share_one_thread_pool
 from service.core.failures import Failure
-from service.core.manifest import Manifest, load_verified
+from service.core.manifest import Manifest
 from service.core.metrics import Metrics
+from service.core.origin import Trust, load_trusted
 from service.core.registry import ModelRegistry
 from service.core.tracing import Tracing
 from service.core.tracing import from_environment as tracing_from_environment
@@ -67,7 +68,7 @@ def create_app(
         # Before any session exists: ONNX Runtime creates its environment with the first one.
         share_one_thread_pool(settings.intra_op_threads, settings.inter_op_threads)
     else:
-        manifest = manifest or load_verified(Path(settings.bundle))
+        manifest = manifest or load_trusted(Path(settings.bundle), Trust.of(settings))
     metrics = Metrics()
     tracing = tracing or tracing_from_environment()  # off unless an OTLP endpoint is set
     registry = ModelRegistry(settings, metrics, manifest, sole_caller=sole_caller, on_fatal=on_fatal, tracing=tracing)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -320,3 +321,189 @@ def test_progress_bar_on_request(tiny_bundle, tmp_path):
     done = bulk(str(source), "-o", str(tmp_path / "out.jsonl"), *args)
     assert done.returncode == 0
     assert "100%" in done.stderr.decode() and "10/10" in done.stderr.decode() and "\r" in done.stderr.decode()
+
+
+# Started from a small interpreter of its own: a child forked from this test process would count this
+# process's pages, shared until it execs, in its own peak.
+_PEAK_PROBE = """
+import os, subprocess, sys
+run = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = run.stderr.read()
+_, status, usage = os.wait4(run.pid, 0)
+sys.stderr.buffer.write(err)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss_mib(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the command and return how it ended and the most memory it held (the kernel's own count)."""
+    require_serve_env()
+    done = subprocess.run(
+        [str(SERVE_PYTHON), "-c", _PEAK_PROBE, str(SERVE_PYTHON), "-m", "service.bulk", *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return done, int(done.stdout) / 1024
+
+
+def test_a_huge_row_is_cut_before_it_is_tokenized(tiny_bundle, tmp_path):
+    bundle = str(tiny_bundle("bert"))
+    small = write_rows(tmp_path / "small.jsonl", [{"text": "hi"}])
+    huge = write_rows(tmp_path / "huge.jsonl", [{"text": "hi"}, {"text": "word " * 1_600_000}])  # 8 MB
+    args = ["--bundle", bundle, "--progress", "off", "--details"]
+    base, base_peak = peak_rss_mib(str(small), "-o", str(tmp_path / "small-out.jsonl"), *args)
+    assert base.returncode == 0, base.stderr.decode()
+    done, peak = peak_rss_mib(str(huge), "-o", str(tmp_path / "out.jsonl"), *args)
+    assert done.returncode == 0, done.stderr.decode()
+    # The row itself is held a few times over (its line, its parsed text, the row written out): some 50 MiB.
+    # Tokenizing all 1.6 million words took over 2 GiB.
+    assert base_peak > 30 and peak - base_peak < 300, (base_peak, peak)
+    scored = read_rows(tmp_path / "out.jsonl")
+    assert scored[1]["text"] == "word " * 1_600_000  # the row is written whole; only its reading is cut
+    assert (scored[1]["predicted_truncated"], scored[1]["predicted_windows"]) == (True, 1)
+    strict = main([str(huge), "-o", str(tmp_path / "strict.jsonl"), *args, "--no-truncate", "--on-bad-row", "skip"])
+    assert strict == 0 and len(read_rows(tmp_path / "strict.jsonl")) == 1
+
+
+def test_what_gave_tracebacks_is_a_bad_row_or_one_line(tiny_bundle, tmp_path, capsys):
+    bundle = str(tiny_bundle("bert"))
+    big = tmp_path / "big.csv"  # a field over the csv module's own limit, past the first rows
+    big.write_text("text\n" + "fine\n" * 100 + '"' + "long " * 40_000 + '"\n')
+    broken = tmp_path / "broken.csv"  # not UTF-8 past the first 8 KB
+    broken.write_bytes(b"text\n" + b"fine text\n" * 1000 + b"\xff\xfe bad\nafter\n")
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text('{"text": "ok"}\n{"text": "x\\ud800y"}\n')
+    expected = {
+        big: (0, None),
+        broken: (5, f"bad row: {broken} row 1001: not UTF-8 text (line 1002)"),
+        lone: (5, f"bad row: {lone} row 2: holds a lone UTF-16 surrogate (such as \\ud800): not valid Unicode"),
+    }
+    for source, (code, line) in expected.items():
+        out = tmp_path / f"out-{source.name}.jsonl"
+        assert main([str(source), "-o", str(out), "--bundle", bundle, "--progress", "off"]) == code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and (line is None or err.splitlines()[0] == line)
+        assert not (tmp_path / f"{out.name}.parts").exists()
+    assert read_rows(tmp_path / "out-big.csv.jsonl")[-1]["text"] == "long " * 40_000
+    out = tmp_path / "limited.jsonl"
+    assert main([str(big), "-o", str(out), "--bundle", bundle, "--max-row-bytes", "1000"]) == 4
+    assert capsys.readouterr().err == f"error: {big}: line 102 is longer than 1,000 bytes (--max-row-bytes)\n"
+    assert not out.exists() and not (tmp_path / "limited.jsonl.parts").exists()
+
+
+def test_a_stray_quote_fails_the_run_instead_of_merging_records(tiny_bundle, tmp_path, capsys):
+    source = tmp_path / "in.csv"
+    source.write_text('id,text\n1,"oops\n2,two\n3,"three"\n4,four\n')
+    out = tmp_path / "out.jsonl"
+    assert main([str(source), "-o", str(out), "--bundle", str(tiny_bundle("bert")), "--progress", "off"]) == 5
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"bad row: {source} row 1: not valid CSV (lines 2 to 4): ',' expected after '\"'"
+    )
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_bundle_is_read(tmp_path, capsys):
+    source = write_rows(tmp_path / "in.jsonl", [{"text": "one"}])
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = {
+        "taken": f"{tmp_path / 'taken'} is a directory; name the file to write",
+        "file/out.jsonl": f"{tmp_path / 'file' / 'out.jsonl'}: {tmp_path / 'file'} is not a directory",
+    }
+    for name, message in cases.items():
+        argv = [str(source), "-o", str(tmp_path / name), "--output-format", "jsonl", "--overwrite"]
+        assert main([*argv, "--bundle", str(tmp_path / "no-bundle")]) == 4  # no bundle: nothing was scored
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "in.jsonl", "taken"]
+    assert not any((tmp_path / "taken").iterdir())
+
+
+def test_a_live_run_holds_its_output(tiny_bundle, tmp_path):
+    """Run A reads standard input and waits for more; run B on the same output is refused whatever its flags,
+    and A goes on to write its own rows."""
+    bundle = str(tiny_bundle("bert"))
+    out = tmp_path / "out.jsonl"
+    parts = tmp_path / "out.jsonl.parts"
+    require_serve_env()
+    first = subprocess.Popen(
+        [str(SERVE_PYTHON), "-m", "service.bulk", "-", "--format", "jsonl", "-o", str(out), "--bundle", bundle],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert first.stdin is not None
+    first.stdin.write(b'{"text": "mine 1"}\n')
+    first.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not (parts / "run.json").exists() and time.monotonic() < deadline:  # A has its parts: locked
+        time.sleep(0.01)
+    other = write_rows(tmp_path / "other.jsonl", [{"text": "theirs"}])
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        refused = bulk(str(other), "-o", str(out), "--bundle", bundle, *flags)
+        assert refused.returncode == 4
+        assert refused.stderr.decode() == (
+            f"error: another run is writing {out} (it holds {parts} locked); let it finish or stop it first\n"
+        )
+    assert (parts / "run.json").exists()
+    _, err = first.communicate(b'{"text": "mine 2"}\n', timeout=120)
+    assert first.returncode == 0, err.decode()
+    assert [row["text"] for row in read_rows(out)] == ["mine 1", "mine 2"]
+    assert not parts.exists()
+    again = bulk(str(other), "-o", str(out), "--bundle", bundle, "--overwrite")  # nobody holds it now
+    assert again.returncode == 0 and [row["text"] for row in read_rows(out)] == ["theirs"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_missing_text_column_is_named_at_once(tiny_bundle, tmp_path, capsys, suffix):
+    source = write_rows(tmp_path / f"in{suffix}", [{"id": "1", "body": "x"}] * 3)
+    out = tmp_path / "out.jsonl"
+    assert main([str(source), "-o", str(out), "--bundle", str(tiny_bundle("bert")), "--on-bad-row", "skip"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {source} has no column 'text', only 'id', 'body'; name the text's column with --text-column\n"
+    )
+    assert not out.exists() and not (tmp_path / "out.jsonl.parts").exists()
+
+
+def test_an_unknown_output_suffix_names_the_output_flag(tiny_bundle, tmp_path, capsys):
+    source = write_rows(tmp_path / "in.jsonl", [{"text": "one"}])
+    assert main([str(source), "-o", str(tmp_path / "out.txt"), "--bundle", str(tiny_bundle("bert"))]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'out.txt'}: cannot tell its format from its name; name it *.jsonl, *.csv or *.parquet "
+        "or pass --output-format\n"
+    )
+
+
+def test_a_resumed_run_reports_its_own_rows_and_the_total(tiny_bundle, tmp_path):
+    bundle = str(tiny_bundle("bert"))
+    lines = b"".join(b'{"text": "text %d"}\n' % i for i in range(10))
+    out = tmp_path / "out.jsonl"
+    parts = tmp_path / "out.jsonl.parts"
+    args = ["-", "--format", "jsonl", "-o", str(out), "--bundle", bundle, "--chunk-rows", "2"]
+    require_serve_env()
+    first = subprocess.Popen(
+        [str(SERVE_PYTHON), "-m", "service.bulk", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert first.stdin is not None
+    first.stdin.write(lines[: lines.index(b'{"text": "text 4"}')])  # two chunks, then it waits for more
+    first.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not (parts / "part-000001.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.kill()
+    first.wait()
+    resumed = bulk(*args, "--resume", "--progress", "off", stdin=lines)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    summary = resumed.stderr.decode().splitlines()[-1]
+    assert re.fullmatch(
+        r"scored 6 of 6 rows in 0:00:\d\d \([\d,]+ rows/s\) after resuming at row 5; in all 10 of 10 rows; "
+        rf"0 bad rows skipped; 0 truncated; wrote {re.escape(str(out))}",
+        summary,
+    ), summary
+    assert [row["text"] for row in read_rows(out)] == [f"text {i}" for i in range(10)]

@@ -29,14 +29,65 @@ def test_csv_records_that_do_not_fit_the_header_are_bad_rows(tmp_path):
     assert tables.count_rows(tables.Source(str(path), tables.CSV)) == 5
 
 
-def test_a_file_that_is_not_utf8_stops_the_run_with_its_name(tmp_path):
+def test_bad_utf8_past_the_first_block_is_a_bad_row_and_reading_goes_on(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_bytes(b"text\n\xff\xfe bad\n")
-    with pytest.raises(tables.TableError, match=r"in.csv: not UTF-8 text"):
-        rows_of(path, tables.CSV)
+    path.write_bytes(b"text\n" + b"".join(b"row %d\n" % i for i in range(600)) + b"\xff\xfe bad\nafter\n")
+    source = tables.Source(str(path), tables.CSV)
+    read = rows_of(path, tables.CSV)
+    assert read[-2:] == [(601, None, "not UTF-8 text (line 602)"), (602, {"text": "after"}, None)]
+    assert tables.count_rows(source) == 602
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
     assert rows_of(jsonl, tables.JSONL)[1][2].startswith("not JSON (")  # one line, not the file
+    header = tmp_path / "header.csv"
+    header.write_bytes(b"t\xffext\nx\n")
+    with pytest.raises(tables.TableError, match=r"header.csv: the header is not UTF-8 text \(line 1\)"):
+        rows_of(header, tables.CSV)
+
+
+def test_a_lone_surrogate_is_a_bad_row(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "x\\ud800y"}\n{"text": "ok", "note": ["\\udfff"]}\n{"text": "pair \\ud83d\\ude00"}\n')
+    problem = "holds a lone UTF-16 surrogate (such as \\ud800): not valid Unicode"
+    assert rows_of(path, tables.JSONL) == [
+        (1, None, problem),
+        (2, None, problem),
+        (3, {"text": "pair \U0001f600"}, None),
+    ]
+
+
+def test_a_stray_quote_is_a_bad_row_never_records_merged(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('id,text\n1,"oops\n2,two\n3,"three"\n4,four\n5,"open to the end\n')
+    assert rows_of(path, tables.CSV) == [
+        (1, None, "not valid CSV (lines 2 to 4): ',' expected after '\"'"),
+        (2, {"id": "4", "text": "four"}, None),
+        (3, None, "not valid CSV (line 6): unexpected end of data"),
+    ]
+    assert tables.count_rows(tables.Source(str(path), tables.CSV)) == 3
+
+
+def test_a_field_past_the_csv_modules_own_limit_is_read_and_rows_are_bounded(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('text\nfirst\n"' + "a" * 200_000 + '"\nlast\n')
+    assert [len(values["text"]) for _, values, _ in rows_of(path, tables.CSV)] == [5, 200_000, 4]
+    source = tables.Source(str(path), tables.CSV)
+    with pytest.raises(tables.TableError, match=r"in.csv: line 3 is longer than 1,000 bytes \(--max-row-bytes\)"):
+        list(tables.read(source, max_row_bytes=1000))
+    with pytest.raises(tables.TableError, match=r"in.csv: line 3 is longer than 1,000 bytes"):
+        tables.count_rows(source, 1000)
+    spread = tmp_path / "spread.csv"  # a quoted field over many short lines
+    spread.write_text('text\n"' + "a\n" * 1000 + '"\n')
+    with pytest.raises(tables.TableError, match=r"a field near line \d+ is longer than 1,000 characters"):
+        list(tables.read(tables.Source(str(spread), tables.CSV), max_row_bytes=1000))
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"text": "' + "a" * 5000 + '"}\n{"text": "next"}')
+    read = list(tables.read(tables.Source(str(jsonl), tables.JSONL), max_row_bytes=1000))
+    assert [(row.number, row.values, row.problem) for row in read] == [
+        (1, None, "longer than 1,000 bytes (--max-row-bytes)"),
+        (2, {"text": "next"}, None),
+    ]
+    assert tables.count_rows(tables.Source(str(jsonl), tables.JSONL)) == 2  # the last line has no newline
 
 
 def test_parquet_parts_of_different_schemas_join_into_one(tmp_path):
@@ -72,3 +123,19 @@ def test_progress_lines_say_rows_rate_and_time_left():
     unknown = Progress(None, stream=io.StringIO())
     unknown.advance(5)
     assert unknown.line().startswith("5 rows, ")
+
+
+def test_the_last_progress_line_is_written_once():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(10, stream=stream, interval=5, clock=lambda: now[0])
+    progress.advance(4)
+    now[0] = 5.0
+    progress.advance(6)  # the interval is up: the line says 10 of 10
+    progress.close()  # and the end has nothing new to say
+    assert stream.getvalue().splitlines() == ["10 of 10 rows (100%), 2 rows/s"]
+    progress = Progress(10, stream=(stream := io.StringIO()), interval=5, clock=lambda: now[0])
+    now[0] = 7.0
+    progress.advance(10)  # within the interval: only the end writes a line
+    progress.close()
+    assert stream.getvalue().splitlines() == ["10 of 10 rows (100%), 5 rows/s"]
