@@ -25,10 +25,11 @@ from service.bulk import tables
 from service.bulk.parts import PartsError, check_output
 from service.bulk.run import FAIL, SKIP, BadRows, InputError, Job, Outcome, Runner
 from service.bulk.scorer import Answering, Scorer
+from service.core.backends.choice import EngineUnavailable
 from service.core.manifest import BundleError
 from service.core.origin import Trust, check_keys, check_origin
 from service.core.windows import AGGREGATIONS, Windowing
-from service.settings import Settings, SettingsError, parse_bool, parse_list
+from service.settings import ENGINES, Settings, SettingsError, parse_bool, parse_list
 
 EXIT_BAD_OPTION = 2
 EXIT_BAD_BUNDLE = 3
@@ -110,7 +111,14 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-batch-tokens", type=_positive, default=defaults.max_batch_tokens)
     run.add_argument("--max-batch-size", type=_positive, default=defaults.max_batch_size)
-    run.add_argument("--threads", type=_not_negative, default=0, help="ONNX Runtime threads; 0: every usable core")
+    run.add_argument("--threads", type=_not_negative, default=0, help="threads per batch; 0: every usable core")
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=defaults.engine,
+        help="what runs the graph, chosen as the service chooses it (ENGINE in docs/settings.md) and "
+        "re-verified with the bundle's reference set before any row is scored (default: %(default)s)",
+    )
     run.add_argument("--progress", choices=("auto", "bar", "lines", "off"), default="auto")
     return parser
 
@@ -181,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scorer = Scorer.from_bundle(
             args.bundle,
             threads=args.threads,
+            engine=args.engine,
             windowing=windowing,
             truncate=not args.no_truncate,
             answering=answering,
@@ -189,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except BundleError as exc:
         return _fail(str(exc), EXIT_BAD_BUNDLE)
+    except EngineUnavailable as exc:
+        return _fail(str(exc), EXIT_BAD_OPTION)
+    engine = scorer.engine
+    if engine["engine"] != "onnxruntime" or engine.get("fallback"):  # ONNX Runtime alone is what it always was
+        fallback = f"; {engine['fallback']}, so ONNX Runtime runs" if engine.get("fallback") else ""
+        print(f"engine: {engine['engine']} {engine['precision']} ({engine['reason']}{fallback})", file=sys.stderr)
     if scorer.manifest.is_pair and not args.pair_column:
         return _fail(
             "this bundle classifies text pairs: name the second text's column with --pair-column", EXIT_BAD_OPTION

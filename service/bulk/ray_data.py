@@ -12,9 +12,10 @@
     ).write_parquet("s3://bucket/scored/")
 
 Each actor loads the bundle once (hash-checked; with ``trusted_keys``, ``require_signature`` or
-``bundle_digest``, its origin checked first, as by the bulk command's options of those names) and
-scores its batches exactly as the bulk command does (``service.bulk.scorer``): the same columns,
-the same answers. Ray is not imported here; a Ray Data batch in the ``pyarrow`` format is a ``pyarrow.Table``, and the
+``bundle_digest``, its origin checked first, as by the bulk command's options of those names; on the
+engine ``engine`` picks, re-verified on its CPU as the service does) and scores its batches exactly as
+the bulk command does (``service.bulk.scorer``): the same columns, the same answers. Ray is not imported
+here; a Ray Data batch in the ``pyarrow`` format is a ``pyarrow.Table``, and the
 class answers with the table and its answer columns appended. A row that cannot be scored
 (a missing, null, empty or non-text value) fails the batch with its row named, as the bulk
 command's ``--on-bad-row fail`` does; filter such rows out first to leave them out.
@@ -52,11 +53,13 @@ class BundleScorer:
         trusted_keys: tuple[str, ...] = (),
         require_signature: bool = False,
         bundle_digest: str = "",
+        engine: str = "auto",
     ) -> None:
         check_origin(Path(bundle), Trust(tuple(trusted_keys), require_signature), pin=bundle_digest)
         self.scorer = Scorer.from_bundle(
             bundle,
             threads=threads,
+            engine=engine,
             windowing=Windowing(windows, window_overlap, max_windows, aggregation),
             truncate=truncate,
             answering=Answering(all_scores, raw_scores, details, column_prefix),

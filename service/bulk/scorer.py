@@ -26,6 +26,8 @@ import numpy as np
 from service.core.classifier import OnnxClassifier, TextInput, Windowed
 from service.core.failures import InvalidInput
 from service.core.inputs import combine, encode, refusal
+from service.core.loading import load_classifier
+from service.core.manifest import BundleError, load_verified
 from service.core.scoring import probabilities
 from service.core.windows import InputReport, Reading, Windowing, default_aggregation
 
@@ -81,10 +83,21 @@ class Scorer:
         self.answering = answering
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        self.engine: dict[str, Any] = classifier.backend.describe()
 
     @classmethod
-    def from_bundle(cls, bundle: Path | str, *, threads: int = 0, **options: Any) -> Scorer:
-        return cls(OnnxClassifier.from_bundle(bundle, intra_op_threads=threads), **options)
+    def from_bundle(cls, bundle: Path | str, *, threads: int = 0, engine: str = "auto", **options: Any) -> Scorer:
+        """The bundle on the engine ``engine`` picks, re-verified as the service loads it
+        (``service.core.loading``): a bundle that fails its reference set here raises BundleError,
+        and ENGINE naming an engine that cannot run it raises EngineUnavailable."""
+        directory = Path(bundle)
+        loaded = load_classifier(directory, load_verified(directory), engine=engine, intra_op_threads=threads)
+        verdict = loaded.reverification
+        if verdict is not None and not verdict.passed:
+            raise BundleError(f"bundle {bundle} failed its re-verification on this CPU: " + "; ".join(verdict.failures))
+        scorer = cls(loaded.classifier, **options)
+        scorer.engine = loaded.engine()
+        return scorer
 
     def columns(self) -> list[str]:
         """The answer columns, in the order they are added to a row."""
