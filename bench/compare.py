@@ -16,6 +16,9 @@ rather than on whichever server happened to run during it. The servers:
   (``SHADOW_FRACTION`` of ``--shadow-fraction``; the shadow is a copy of the same
   bundle, so it costs what a retrained candidate of the same architecture would),
   on the short workload at ``--shadow-concurrency``;
+- ``ours-onnxruntime``: ours with ``ENGINE=onnxruntime``, on the short workload, when ours runs
+  another engine (``ENGINE=auto`` picked OpenVINO): the engines side by side, with an in-process
+  floor for each;
 - ``wire``: bench/wire_floor.py, which answers at once: the bare round trip, at concurrency 1.
 
 Workloads, each a fresh seeded mix, so every server gets the same texts:
@@ -44,6 +47,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from bench.floor import summarize as summarize_floor
 from bench.loadtest import LevelResult, Samples, collect, exit_code, levels_arg, summarize
@@ -120,6 +125,12 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
     )
+    parser.add_argument(
+        "--no-engines",
+        dest="engines",
+        action="store_false",
+        help="leave out ours on ONNX Runtime beside ours on the engine ENGINE=auto picks",
+    )
 
 
 def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
@@ -141,10 +152,22 @@ def plan(args) -> list[tuple[str, str, dict[str, str], list[Workload]]]:
     runs += [(name, name, BASELINE_ENV.get(name, {}), common) for name in SERVERS[1:] if name in args.servers]
     if repeat:
         runs.append(("ours-cache", "ours", {"CACHE_SIZE": str(args.cache_size)}, repeat))
+    if args.engines and auto_engine(Path(args.bundle)) != "onnxruntime":
+        ort = {"CACHE_SIZE": "0", "ENGINE": "onnxruntime"}
+        runs.insert(2, ("ours-onnxruntime", "ours", ort, [Workload("short", args.concurrency)]))
     if args.shadow_fraction:
         shadowed = {"CACHE_SIZE": "0", "SHADOW": f"{SHADOWED}:2", "SHADOW_FRACTION": str(args.shadow_fraction)}
         runs.append(("ours-shadow", "ours-shadow", shadowed, [Workload("short", args.shadow_concurrency)]))
     return runs
+
+
+def auto_engine(bundle: Path) -> str:
+    """The engine ENGINE=auto runs the bundle on, here (the rule alone, no load)."""
+    from service.core.backends.choice import choose, installed_openvino
+    from service.core.cpu import cpu_flags
+    from service.core.manifest import read_manifest
+
+    return choose("auto", read_manifest(bundle), cpu_flags(), installed_openvino()).engine
 
 
 def shadow_repository(bundle: Path) -> Path:
@@ -188,6 +211,7 @@ class Started:
     cold_start_s: float
     idle_rss_mb: float
     workloads: list[Workload]
+    info: dict | None = None  # ours' /info: the engine and its re-verification
 
 
 def start_server(name: str, server: str, extra_env: dict[str, str], workloads: list[Workload], args) -> Started:
@@ -210,20 +234,24 @@ def start_server(name: str, server: str, extra_env: dict[str, str], workloads: l
     time.sleep(1.0)
     idle = _rss_mb(proc.pid)
     print(f"{name}: ready in {cold:.2f} s, idle RSS {idle:.0f} MB", file=sys.stderr, flush=True)
-    return Started(name, proc, url, round(cold, 2), round(idle, 1), workloads)
+    info = httpx.get(url + "/info", timeout=30).json() if server == "ours" else None
+    return Started(name, proc, url, round(cold, 2), round(idle, 1), workloads, info)
 
 
-def interleave(servers: list[Started], args) -> tuple[list[dict], dict[str, dict[str, dict[int, Samples]]]]:
-    """Every level of every workload, in ``args.rounds`` rounds of one slice per server (and one floor slice)."""
+def interleave(servers: list[Started], args) -> tuple[dict[str, list[dict]], dict[str, dict[str, dict[int, Samples]]]]:
+    """Every level of every workload, in ``args.rounds`` rounds of one slice per server (and one floor slice
+    per engine: ``auto``, and ``onnxruntime`` when ours-onnxruntime runs)."""
     levels = list(dict.fromkeys((w.name, c) for s in servers for w in s.workloads for c in w.concurrency))
     samples = {s.name: {w.name: {c: Samples() for c in w.concurrency} for w in s.workloads} for s in servers}
     mixes = {(s.name, w.name): w.mix() for s in servers for w in s.workloads}  # each server: the same texts
     slice_seconds = args.duration / args.rounds
-    floor = []
+    engines = ["auto"] + (["onnxruntime"] if any(s.name == "ours-onnxruntime" for s in servers) else [])
+    floor: dict[str, list[dict]] = {engine: [] for engine in engines}
     for index in range(args.rounds):
         print(f"round {index + 1} of {args.rounds}", file=sys.stderr, flush=True)
-        time.sleep(SETTLE_SECONDS)
-        floor.append(measure_floor(Path(args.bundle), slice_seconds))
+        for engine in engines[index % len(engines) :] + engines[: index % len(engines)]:
+            time.sleep(SETTLE_SECONDS)
+            floor[engine].append(measure_floor(Path(args.bundle), slice_seconds, engine))
         for workload, concurrency in levels:
             taking_part = [s for s in servers if concurrency in samples[s.name].get(workload, {})]
             shift = index % len(taking_part)
@@ -256,10 +284,21 @@ def _results(levels: dict[str, dict[int, Samples]]) -> dict[str, list[LevelResul
     return results
 
 
-def measure_floor(bundle: Path, duration: float) -> dict:
-    """One slice of the in-process floor (raw samples), in a process of its own."""
+def measure_floor(bundle: Path, duration: float, engine: str = "auto") -> dict:
+    """One slice of the in-process floor (raw samples) on ``engine``, in a process of its own."""
     proc = subprocess.run(
-        [_serve_python(), "-m", "bench.floor", "--bundle", str(bundle), "--duration", str(duration), "--raw"],
+        [
+            _serve_python(),
+            "-m",
+            "bench.floor",
+            "--bundle",
+            str(bundle),
+            "--duration",
+            str(duration),
+            "--engine",
+            engine,
+            "--raw",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -292,6 +331,7 @@ def compare(args) -> int:
         for name, kind, env, workloads in plan(args):
             servers.append(start_server(name, kind, env, workloads, args))
         floor_slices, samples = interleave(servers, args)
+        infos = {server.name: server.info for server in servers if server.info is not None}
     finally:
         for server in servers:
             server.proc.terminate()
@@ -299,7 +339,16 @@ def compare(args) -> int:
             server.proc.wait(timeout=60)
         if args.shadow_repository is not None:
             shutil.rmtree(args.shadow_repository, ignore_errors=True)
-    floor = summarize_floor(floor_slices)
+    floor = summarize_floor(floor_slices["auto"])
+    engines = {}
+    if "onnxruntime" in floor_slices:
+        engines = {
+            "floors": {"auto": floor, "onnxruntime": summarize_floor(floor_slices["onnxruntime"])},
+            "info": {
+                name: {"engine": info["engine"], "reverification": info["reverification"]}
+                for name, info in infos.items()
+            },
+        }
     print(
         f"in-process: p50 {floor['single_p50_ms']} ms, {floor['batch_texts_per_s']} texts/s in batches",
         file=sys.stderr,
@@ -312,7 +361,9 @@ def compare(args) -> int:
             server.name, server.cold_start_s, server.idle_rss_mb, _results(samples[server.name])
         )
     floor["wire_p50_ms"] = runs.pop("wire").levels[0].p50_ms
-    report = Report(machine=machine(), manifest=manifest, settings=_settings(args), floor=floor, runs=runs)
+    report = Report(
+        machine=machine(), manifest=manifest, settings=_settings(args), floor=floor, runs=runs, engines=engines
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(report)

@@ -1,8 +1,8 @@
 """The in-process floor: what the bundle costs with no server around it.
 
-Same bundle, same texts as the load tool (bench/workload.py, same seed), the
-service's own session options (service.core.classifier.session_options via
-OnnxClassifier). Two figures:
+Same bundle, same texts as the load tool (bench/workload.py, same seed), on the
+engine the service would run (``--engine``, chosen by service.core.loading) with
+the service's own options. Three figures:
 
 - p50/p99 of tokenize + ``session.run`` for one short query: what a request at
   concurrency 1 cannot go below; the service's p50 minus this is its overhead;
@@ -23,9 +23,12 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench.workload import DOCUMENTS, Mix
 from service.core.classifier import OnnxClassifier
+from service.core.loading import load_classifier
+from service.core.manifest import load_verified
 from service.settings import Settings
 
 BATCH = 32
@@ -85,9 +88,11 @@ def window_throughput(classifier: OnnxClassifier, duration: float) -> tuple[int,
     return done, time.perf_counter() - started
 
 
-def measure(bundle: str, duration: float) -> dict:
-    """The raw samples of one slice: ``summarize`` pools the slices of a run."""
-    classifier = OnnxClassifier.from_bundle(bundle)
+def measure(bundle: str, duration: float, engine: str = "auto") -> dict:
+    """The raw samples of one slice on the engine ``engine`` picks, as the service picks it (re-verified
+    first, outside the timings): ``summarize`` pools the slices of a run."""
+    loaded = load_classifier(Path(bundle), load_verified(Path(bundle)), engine=engine)
+    classifier = loaded.classifier
     single_latencies(classifier, WARMUP_SECONDS)
     latencies = single_latencies(classifier, duration)
     texts, seconds = batched_throughput(classifier, duration)
@@ -98,6 +103,7 @@ def measure(bundle: str, duration: float) -> dict:
         "batch_seconds": seconds,
         "windows": windows,
         "window_seconds": window_seconds,
+        "engine": loaded.engine(),
     }
 
 
@@ -112,6 +118,8 @@ def summarize(slices: list[dict]) -> dict[str, float]:
         "batch_texts_per_s": round(sum(p["batch_texts"] for p in slices) / sum(p["batch_seconds"] for p in slices), 1),
         "window_batch": WINDOW_BATCH,
         "windows_per_s": round(sum(p["windows"] for p in slices) / sum(p["window_seconds"] for p in slices), 1),
+        "engine": slices[0]["engine"]["engine"],
+        "precision": slices[0]["engine"]["precision"],
     }
 
 
@@ -120,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bundle", default="bundles/default")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds for each of the two figures")
     parser.add_argument("--raw", action="store_true", help="print the samples, not the summary")
+    parser.add_argument("--engine", default="auto", choices=("auto", "onnxruntime", "openvino"), help="as ENGINE")
     args = parser.parse_args(argv)
-    samples = measure(args.bundle, args.duration)
+    samples = measure(args.bundle, args.duration, args.engine)
     print(json.dumps(samples if args.raw else summarize([samples])))
     return 0
 

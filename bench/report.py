@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.loadtest import LevelResult, format_table
+from service.core.cpu import CPU_FLAGS
 
 COMMAND = "bash bench/run-loadtest.sh"
 NAMES = {"ours": "ours", "naive": "naive", "pytorch": "PyTorch"}
@@ -52,6 +53,8 @@ class Report:
     settings: dict
     floor: dict[str, float]
     runs: dict[str, ServerRun]
+    # Floors per engine and ours' /info per server, when ours-onnxruntime ran beside ours (bench/compare.py).
+    engines: dict = field(default_factory=dict)
 
     @property
     def baselines(self) -> list[str]:
@@ -80,7 +83,7 @@ def machine() -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    shown = [f for f in CPU_FLAGS if f in flags]
     return f"{model or 'unknown CPU'}, {os.cpu_count()} cores, flags: {', '.join(shown) or 'none of avx2/avx512/vnni'}"
 
 
@@ -436,6 +439,100 @@ def _resources_section(report: Report) -> list[str]:
     )
 
 
+ENGINE_TARGETS = (  # issue #29, on a CPU with AMX: (figure, at least)
+    ("HTTP req/s at concurrency 32", 3.0),
+    ("p50 at concurrency 1 (ONNX Runtime ÷ auto)", 1 / 0.75),
+    ("in-process texts/s in batches of 32", 4.0),
+)
+
+
+def engine_figures(report: Report) -> list[tuple[str, float, float, float]]:
+    """(figure, ONNX Runtime, the engine auto picked, auto's advantage) from the same run."""
+    if not report.engines or "ours-onnxruntime" not in report.runs:
+        return []
+    ort, auto = report.runs["ours-onnxruntime"], report.runs["ours"]
+    floors = report.engines["floors"]
+    low, high = report.low, report.headline
+    rows = [
+        (
+            f"HTTP req/s at concurrency {high}",
+            ort.measured("short", high).throughput,
+            auto.measured("short", high).throughput,
+        ),
+        (
+            f"p50 at concurrency {low} (ONNX Runtime ÷ auto)",
+            ort.measured("short", low).p50_ms,
+            auto.measured("short", low).p50_ms,
+        ),
+        (
+            f"in-process texts/s in batches of {floors['auto']['batch_size']}",
+            floors["onnxruntime"]["batch_texts_per_s"],
+            floors["auto"]["batch_texts_per_s"],
+        ),
+        (
+            "in-process p50 ms, one short query (ONNX Runtime ÷ auto)",
+            floors["onnxruntime"]["single_p50_ms"],
+            floors["auto"]["single_p50_ms"],
+        ),
+        (
+            f"HTTP req/s at concurrency {low}",
+            ort.measured("short", low).throughput,
+            auto.measured("short", low).throughput,
+        ),
+        (
+            f"p50 at concurrency {high} (ONNX Runtime ÷ auto)",
+            ort.measured("short", high).p50_ms,
+            auto.measured("short", high).p50_ms,
+        ),
+    ]
+    return [(name, a, b, a / b if "÷" in name else b / a) for name, a, b in rows]
+
+
+def _engines_section(report: Report) -> list[str]:
+    figures_ = engine_figures(report)
+    if not figures_:
+        return []
+    info = report.engines["info"]
+    auto, ort = info["ours"], info["ours-onnxruntime"]
+
+    def fidelity(entry: dict) -> str:
+        verdict = entry["reverification"]
+        return f"{verdict['agreement']:.2%} / {verdict['max_score_diff']:.4f}" if verdict else "-"
+
+    engine = auto["engine"]
+    rows = [[name, f"{a:.2f}", f"{b:.2f}", f"{ratio:.2f}×"] for name, a, b, ratio in figures_]
+    rows.append(
+        [r"agreement / max \|Δp\| with the original, reference set on this CPU", fidelity(ort), fidelity(auto), ""]
+    )
+    # The first three figures are the targets', in ENGINE_TARGETS' order.
+    targets = [
+        [figures_[index][0], f"≥ {minimum:.2f}×", f"{figures_[index][3]:.2f}×"]
+        + ["met" if figures_[index][3] >= minimum else "**missed**"]
+        for index, (_, minimum) in enumerate(ENGINE_TARGETS)
+    ]
+    return (
+        [
+            "",
+            "## Engines",
+            "",
+            f"ENGINE=auto picked **{engine['engine']} {engine['precision']}** here ({engine['reason']}); beside it, "
+            "the same server with ENGINE=onnxruntime, and each engine's in-process floor (`bench/floor.py --engine`), "
+            "all in the same rounds.",
+            "",
+        ]
+        + _table(
+            ["figure", "ONNX Runtime", f"auto ({engine['engine']} {engine['precision']})", "auto's advantage"], rows
+        )
+        + [
+            "",
+            "Targets of the engine work (set for a CPU with AMX; this one has "
+            f"{'AMX' if 'amx_bf16' in report.machine else 'no AMX'}):",
+            "",
+        ]
+        + _table(["figure", "target", "measured", ""], targets)
+    )
+
+
 def _targets_section(numbers: dict) -> list[str]:
     rows = [[t["target"], t["measured"], "met" if t["met"] else "**missed**"] for t in numbers["targets"]]
     return ["", "## Targets (issue #8)", ""] + _table(["target", "measured", ""], rows)
@@ -475,7 +572,8 @@ def markdown(report: Report) -> str:
         "Every answer but 200 counts as a failed request, 429 included, and fails the run.",
         "",
     ]
-    lines += _main_section(report, numbers) + _floor_section(report, numbers) + _long_mix_section(report)
+    lines += _main_section(report, numbers) + _engines_section(report) + _floor_section(report, numbers)
+    lines += _long_mix_section(report)
     lines += _documents_section(report)
     lines += (
         _cache_section(report)
@@ -495,6 +593,13 @@ def to_json(report: Report) -> dict:
         "settings": report.settings,
         "floor": report.floor,
         "figures": figures(report),
+        "engines": {
+            **report.engines,
+            "figures": [
+                {"figure": name, "onnxruntime": a, "auto": b, "advantage": ratio}
+                for name, a, b, ratio in engine_figures(report)
+            ],
+        },
         "servers": {
             run.name: {
                 "cold_start_s": run.cold_start_s,
