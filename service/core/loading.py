@@ -19,7 +19,7 @@ from service.core.backends.base import ONNXRUNTIME, OPENVINO
 from service.core.backends.choice import Choice, choose, installed_openvino
 from service.core.classifier import Encoded, OnnxClassifier
 from service.core.cpu import cpu_flags
-from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest
+from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, present_engines
 from service.core.reverify import Reverification, reverify
 
 log = logging.getLogger("service.core.loading")
@@ -57,7 +57,7 @@ def load_classifier(
     """The bundle's classifier on the engine the rule picks, warmed up and re-verified. ``flags`` and
     ``openvino`` (True: what is installed) stand for this CPU's flags and OpenVINO's release."""
     release = installed_openvino() if openvino is True else openvino or None
-    choice = choose(engine, manifest, cpu_flags() if flags is None else flags, release)
+    choice = choose(engine, present_engines(bundle, manifest), cpu_flags() if flags is None else flags, release)
     fallback = None
     if choice.engine == OPENVINO:
         try:

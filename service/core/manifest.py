@@ -41,7 +41,7 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -282,6 +282,24 @@ def _engine_problems(manifest: Manifest, allowed: set[str]) -> list[str]:
     return problems
 
 
+def engine_files(manifest: Manifest) -> list[str]:
+    """The files of the graphs for other engines than ONNX Runtime."""
+    return [str(entry["file"]) for entry in manifest.engines.values()]
+
+
+def present_engines(directory: Path, manifest: Manifest) -> Manifest:
+    """``manifest`` without the engines whose graph this copy of the bundle left out."""
+    kept = {name: entry for name, entry in manifest.engines.items() if (Path(directory) / entry["file"]).is_file()}
+    if kept == manifest.engines:
+        return manifest
+    files = {
+        name: digest
+        for name, digest in manifest.files.items()
+        if name not in engine_files(manifest) or any(entry["file"] == name for entry in kept.values())
+    }
+    return replace(manifest, engines=kept, files=files)
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     (directory / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
 
@@ -311,6 +329,8 @@ def integrity_problems(directory: Path, manifest: Manifest) -> list[str]:
     """Files that are missing, changed or not listed, one line each."""
     directory = Path(directory)
     problems = []
+    # An engine's graph may be left out of a copy (an image without that engine): ONNX Runtime serves then.
+    optional = set(engine_files(manifest))
     for name, expected in sorted(manifest.files.items()):
         path = directory / name
         if path.is_symlink():
@@ -318,7 +338,8 @@ def integrity_problems(directory: Path, manifest: Manifest) -> list[str]:
             problems.append(f"{name}: is a symbolic link, not a file of the bundle")
             continue
         if not path.is_file():
-            problems.append(f"{name}: missing")
+            if name not in optional:
+                problems.append(f"{name}: missing")
             continue
         actual = sha256_file(path)
         if actual != expected:

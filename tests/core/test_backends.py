@@ -27,7 +27,7 @@ from service.core.backends.onnxruntime_backend import OnnxRuntimeBackend
 from service.core.classifier import OnnxClassifier
 from service.core.gate import Thresholds, compare
 from service.core.loading import load_classifier
-from service.core.manifest import ENGINE_GRAPHS, hash_files, load_verified, read_manifest, write_manifest
+from service.core.manifest import ENGINE_GRAPHS, BundleError, hash_files, load_verified, read_manifest, write_manifest
 from service.core.scoring import probabilities
 from tests.conftest import ROOT, needs_export
 from tests.helpers import SERVE_PYTHON, ServerProcess, free_port, require_serve_env
@@ -126,7 +126,8 @@ def test_the_rule_needs_the_graph_and_a_reference_set(manifest):
         manifest, engines={}, files={k: v for k, v in manifest.files.items() if k != "openvino.onnx"}
     )
     assert choose("auto", old, BF16, MIN_OPENVINO).reason == (
-        "auto: the bundle carries no graph for OpenVINO (exported without it, or before format 4)"
+        "auto: the bundle carries no graph for OpenVINO (exported without it, before format 4, or left out of "
+        "this copy)"
     )
     unproven = dataclasses.replace(
         manifest, reference_set=None, files={k: v for k, v in manifest.files.items() if k != "reference.json"}
@@ -322,3 +323,19 @@ def test_openvino_answers_alone_as_in_a_batch_within_the_gate(engines, default_b
     top2 = np.sort(probs, axis=1)[:, -2:]
     moved = alone.argmax(axis=1) != together.argmax(axis=1)
     assert (top2[moved, 1] - top2[moved, 0] <= 2 * report.max_prob_diff).all()
+
+
+def test_a_copy_without_the_openvino_graph_is_served_by_onnx_runtime(default_bundle, tmp_path):
+    """An image without OpenVINO leaves its graph out; every other file is still hash-checked."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(default_bundle, copy)
+    (copy / "openvino.onnx").unlink()
+    manifest = load_verified(copy)
+    loaded = load_classifier(copy, manifest, flags=BF16)
+    assert loaded.classifier.backend.name == "onnxruntime" and loaded.reverification.passed
+    assert loaded.choice.reason.startswith("auto: the bundle carries no graph for OpenVINO")
+    with pytest.raises(EngineUnavailable):
+        load_classifier(copy, manifest, engine="openvino", flags=BF16)
+    (copy / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="model.onnx: missing"):
+        load_verified(copy)

@@ -75,7 +75,9 @@ def _openvino_unavailable(manifest: Manifest, openvino: tuple[int, int] | None) 
         found = ".".join(map(str, openvino))
         return f"OpenVINO {found} is older than {'.'.join(map(str, MIN_OPENVINO))}, which answers correctly in bf16"
     if manifest.engine_file(OPENVINO) is None:
-        return "the bundle carries no graph for OpenVINO (exported without it, or before format 4)"
+        return (
+            "the bundle carries no graph for OpenVINO (exported without it, before format 4, or left out of this copy)"
+        )
     return ""
 
 
