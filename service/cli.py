@@ -15,7 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.core.manifest import BundleError
+from service.core.backends.choice import EngineUnavailable, choose, installed_openvino
+from service.core.cpu import cpu_flags
+from service.core.manifest import BundleError, present_engines
 from service.core.origin import Trust, check_keys, load_trusted
 from service.core.tracing import TracingError
 from service.core.tracing import from_environment as tracing_from_environment
@@ -57,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             manifest = load_trusted(Path(settings.bundle), Trust.of(settings))
         except BundleError as exc:
             return _fail(str(exc), EXIT_BAD_BUNDLE)
+        try:  # an engine named outright that cannot run this bundle is told at once
+            choose(settings.engine, present_engines(Path(settings.bundle), manifest), cpu_flags(), installed_openvino())
+        except EngineUnavailable as exc:
+            return _fail(str(exc), EXIT_BAD_SETTINGS)
     # Before any model loads: a taken port is told at once, not after a minute of loading.
     for flag, port in (("--port", settings.port), ("--grpc-port", settings.grpc_port)):
         problem = _cannot_bind(settings.host, port) if port else None

@@ -336,6 +336,18 @@ def test_a_copy_without_the_openvino_graph_is_served_by_onnx_runtime(default_bun
     assert loaded.choice.reason.startswith("auto: the bundle carries no graph for OpenVINO")
     with pytest.raises(EngineUnavailable):
         load_classifier(copy, manifest, engine="openvino", flags=BF16)
+    require_serve_env()
+    refused = subprocess.run(
+        [SERVE_PYTHON, "-m", "service", "--bundle", copy, "--port", str(free_port()), "--engine", "openvino"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.decode() == (
+        "error: ENGINE=openvino cannot run this bundle: the bundle carries no graph for OpenVINO (exported without "
+        "it, before format 4, or left out of this copy)\n"
+    )
     (copy / "model.onnx").unlink()
     with pytest.raises(BundleError, match="model.onnx: missing"):
         load_verified(copy)
