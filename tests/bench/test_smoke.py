@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from bench import loadtest
+from bench.compare import auto_engine
 from bench.workload import DOCUMENTS, SHORT_TEXTS, Mix
 from tests.conftest import ROOT, needs_export
 from tests.helpers import ServerProcess, free_port, require_serve_env, wait_ready
@@ -328,11 +329,43 @@ def test_compare_all_three_servers_on_the_default_bundle(default_bundle, tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "report.json").read_text())
-    assert set(data["servers"]) == {"ours", "naive", "pytorch"}
+    # Where ENGINE=auto picks OpenVINO, ours on ONNX Runtime runs beside it.
+    beside = auto_engine(default_bundle) != "onnxruntime"
+    assert set(data["servers"]) == {"ours", "naive", "pytorch"} | ({"ours-onnxruntime"} if beside else set())
     assert set(data["figures"]["ratios"]) == {"naive", "pytorch"}
     report = (out / "report.md").read_text()
     assert "| concurrency | ours req/s | naive req/s | PyTorch req/s |" in report
+    assert ("## Engines" in report) == beside
     assert "## Long texts" not in report and "## Response cache" not in report and "## Whole documents" not in report
+    if beside:
+        figures = data["engines"]["figures"]
+        assert [row["figure"] for row in figures][:3] == [
+            "HTTP req/s at concurrency 1",
+            "p50 at concurrency 1 (ONNX Runtime ÷ auto)",
+            "in-process texts/s in batches of 32",
+        ]
+        assert all(row["advantage"] > 0 for row in figures)
+        assert data["engines"]["info"]["ours"]["engine"]["engine"] == "openvino"
+        assert data["engines"]["info"]["ours-onnxruntime"]["engine"]["engine"] == "onnxruntime"
+
+
+def test_engines_benchmark_runs_both_engines(default_bundle, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.engines", "--bundle", str(default_bundle), "--rounds", "1", "--seconds", "0.2"]
+        + ["--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "engines.json").read_text())
+    assert set(result["engines"]) == {"onnxruntime", "openvino"}
+    for row in result["engines"].values():
+        assert row["batch1_p50_ms"] > 0 and row["batch32_texts_per_s"] > 0 and row["texts"] == 239
+        assert row["agreement"] >= 0.99 and row["max_prob_diff"] <= 0.05
+    assert result["engines"]["openvino"]["two_in_flight_texts_per_s"] > 0
+    assert "| openvino | openvino.onnx |" in (tmp_path / "engines.md").read_text()
 
 
 def test_int8_options_study_runs(tiny_checkpoint):
