@@ -333,8 +333,10 @@ def _load_checkpoint(
         lengths = [
             len(hf_tokenizer(*_as_args(item), truncation=True, max_length=limit)["input_ids"]) for item in inputs
         ]
+        # transformers refuses any batch of more than one text from a model without a pad token.
+        size = 1 if decoder and config.pad_token_id is None else _REFERENCE_BATCH
         out: np.ndarray | None = None
-        for rows in reference_batches(lengths, same_length=decoder):
+        for rows in reference_batches(lengths, same_length=decoder, max_size=size):
             chunk = [inputs[row] for row in rows]
             texts = _split_pairs(chunk) if detected == PAIR else (chunk,)
             batch = hf_tokenizer(*texts, padding=not decoder, truncation=True, max_length=limit, return_tensors="pt")
