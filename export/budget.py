@@ -62,7 +62,8 @@ def fits(report: VariantReport, budget: int | None) -> bool:
 
 
 def gib(size: int) -> str:
-    return f"{size / 2**30:.2f} GiB"
+    """A memory size as people write limits: MiB below 1 GiB, GiB with two decimals above."""
+    return f"{size / 2**20:.0f} MiB" if size < 2**30 else f"{size / 2**30:.2f} GiB"
 
 
 def refuse(reports: Sequence[VariantReport], budget: int) -> DoesNotFit:

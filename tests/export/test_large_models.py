@@ -178,7 +178,7 @@ def test_auto_under_a_budget_tries_weight_only_and_keeps_the_smallest_that_fits(
 
     classic = [reports[name] for name in ("fp32", "fp32-optimized", "int8", "int8-selective")]
     assert not any(r["passed"] and fits(r) for r in classic)  # so auto went on to the weight-only variants
-    assert "no variant so far passed and fits 0.15 GiB: trying the weight-only variants" in captured.err
+    assert "no variant so far passed and fits 150 MiB: trying the weight-only variants" in captured.err
     assert {"int8-weights", "int4-weights"} <= set(reports)
     fitting = [r for r in reports.values() if r["passed"] and fits(r)]
     assert manifest.variant == min(fitting, key=lambda r: r["size_bytes"])["variant"] == "int8-weights"
@@ -193,8 +193,8 @@ def test_a_model_whose_passing_variants_cannot_fit_is_refused_in_one_line(decode
     captured = capsys.readouterr()
     assert code == ExitCode.DOES_NOT_FIT
     (line,) = captured.err.splitlines()
-    assert line.startswith("error: no variant that passed the gate fits --max-memory 0.10 GiB: the smallest, ")
-    assert "needs about 0.15 GiB" in line
+    assert line.startswith("error: no variant that passed the gate fits --max-memory 100 MiB: the smallest, ")
+    assert line.endswith("needs about 150 MiB")  # nothing fits under 150 MiB, so no failed variant is named
     assert not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary directory left behind
 
@@ -302,6 +302,12 @@ def test_declared_lengths_are_honoured_up_to_the_positions_and_the_cap(declared,
     assert MAX_LENGTH_CAP == 2048
     config = SimpleNamespace(max_position_embeddings=positions, model_type="qwen2")
     assert _checkpoint_max_length(config, SimpleNamespace(model_max_length=declared)) == expected
+
+
+def test_memory_sizes_read_as_limits_are_written():
+    from export.budget import gib
+
+    assert (gib(100 * 2**20), gib(2**30), gib(int(1.5 * 2**30))) == ("100 MiB", "1.00 GiB", "1.50 GiB")
 
 
 def test_the_budget_knows_which_graphs_the_bundle_maps_into_memory():
