@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from export.convert import copy_onnx, data_file, uses_external_data
+from export.convert import MAP_OVER, copy_onnx, data_file, onnx_size, uses_external_data
 from service.core.classifier import TextInput
 from service.core.manifest import (
     MODEL_FILE,
@@ -49,7 +49,12 @@ def write_bundle(
     ``sign`` signs the staged directory, so the bundle is never seen unsigned in its place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
-        copy_onnx(model_path, staging / MODEL_FILE)
+        # Large graphs go to the service with external data, which ONNX Runtime maps into memory.
+        copy_onnx(
+            model_path,
+            staging / MODEL_FILE,
+            external=uses_external_data(model_path) or onnx_size(model_path) > MAP_OVER,
+        )
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
         for name, path in (graphs or {}).items():
             shutil.copyfile(path, staging / name)

@@ -8,12 +8,13 @@ can fix ends in one readable line and a named exit code (see export.errors).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.errors import ExitCode, ExportError
+from export.errors import ExitCode, ExportError, OutOfResources
 from export.variants import VARIANTS
 
 
@@ -40,8 +41,16 @@ def _export_parser() -> argparse.ArgumentParser:
         "--variant",
         choices=("auto", *VARIANTS),
         default="auto",
-        help="'auto' verifies every variant and keeps the smallest that passes (the same choice on every "
-        "machine; the report also times them at batch 1 and 32 on this CPU) (default: auto)",
+        help="'auto' verifies fp32, fp32-optimized, int8 and int8-selective and keeps the smallest that passes "
+        "and fits --max-memory, adding the weight-only variants (int8-weights, int4-weights) when none does (the "
+        "same choice on every machine; the report also times them at batch 1 and 32 on this CPU) (default: auto)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="the memory the served bundle may expect to hold before any batch (e.g. 1GiB, 800MB): 'auto' "
+        "keeps the smallest variant that passes and fits, trying the weight-only variants when none of the "
+        "others does, and refuses a model none of whose passing variants fits (default: no limit)",
     )
     parser.add_argument(
         "--task",
@@ -188,9 +197,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except (MemoryError, OSError) as exc:
+        resource = out_of_resources(exc)
+        if resource is None:
+            raise
+        print(f"error: {resource}", file=sys.stderr)
+        return int(resource.exit_code)
     except KeyboardInterrupt:
         print("interrupted; no bundle was written", file=sys.stderr)
         return 130
+
+
+def out_of_resources(exc: BaseException) -> OutOfResources | None:
+    """Running out of memory or disk as one line (no bundle is written: the export works in a
+    temporary directory that is removed), or None for any other error. The kernel's OOM killer ends
+    the process without a word; docs/export.md gives the memory an export needs."""
+    if isinstance(exc, MemoryError):
+        return OutOfResources(
+            "out of memory during the export; no bundle was written. docs/export.md gives the memory "
+            "an export needs; free memory or use a larger machine"
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return OutOfResources(
+            f"no space left on the device{where}; no bundle was written. docs/export.md gives the disk "
+            "space an export needs beside --out"
+        )
+    return None
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -203,6 +236,9 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0 < args.threshold < 1:
         print("error: --threshold must be strictly between 0 and 1", file=sys.stderr)
         return ExitCode.USAGE
+    from export.budget import parse_size
+
+    max_memory = parse_size(args.max_memory) if args.max_memory is not None else None
     out = args.out or Path("bundles") / ("default" if args.model is None else Path(args.model).name)
     sign = None
     if args.sign_key is not None:
@@ -242,6 +278,7 @@ def _run_export(args: argparse.Namespace) -> int:
         ),
         progress=progress,
         sign=sign,
+        max_memory=max_memory,
     )
     print(report_table([*result.reports, *result.engine_reports], result.timings, result.manifest.variant))
     if not args.quiet:  # where the time went, beside the progress lines

@@ -21,6 +21,11 @@ from service.core.manifest import PAIR
 OPSET = 17
 # Protobuf cannot serialise a model of 2 GiB or more; leave room for the graph itself.
 EXTERNAL_DATA_OVER = 2 * 1024**3 - 64 * 1024**2
+# A bundle graph larger than this keeps its weights in external data even under the protobuf limit:
+# ONNX Runtime maps that file into memory instead of reading it into a protobuf and copying it into
+# tensors, which held about twice the graph's size once loaded (``python -m bench.variant_memory``:
+# a 458 MB fp32 graph held 877 MB as one file, 518 MB with external data; docs/memory.md).
+MAP_OVER = 64 * 1024**2
 SAMPLE_TEXTS = ["a short example", "and another, slightly longer, example text"]
 
 
@@ -70,12 +75,15 @@ def save_onnx(model: onnx.ModelProto, path: Path, *, external: bool) -> Path:
     return path
 
 
-def copy_onnx(source: Path, target: Path) -> Path:
-    """Copy a graph, renaming its external-data file after ``target``."""
-    if not uses_external_data(source):
+def copy_onnx(source: Path, target: Path, *, external: bool | None = None) -> Path:
+    """Copy a graph, renaming its external-data file after ``target``; ``external`` moves its
+    weights into (True) or out of (False) an external-data file, None keeps them as they are."""
+    if external is None:
+        external = uses_external_data(source)
+    if not external and not uses_external_data(source):
         shutil.copyfile(source, target)
         return target
-    return save_onnx(onnx.load(str(source)), target, external=True)
+    return save_onnx(onnx.load(str(source)), target, external=external)
 
 
 def external_locations(path: Path) -> set[str]:

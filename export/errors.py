@@ -12,7 +12,9 @@ ExportError (exit code 1)
 ├── BadValidationFile       10  an empty or unreadable validation text file
 ├── VerificationFailed      11  no requested variant passed the accuracy gate
 ├── BundleInvalid           12  `verify` found a bundle that does not match its manifest
-└── ConversionFailed        13  the model loaded but could not be traced or written as ONNX
+├── ConversionFailed        13  the model loaded but could not be traced or written as ONNX
+├── DoesNotFit              14  no variant that passed the gate fits --max-memory
+└── OutOfResources          15  the machine ran out of memory or disk space during the export
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class ExitCode(IntEnum):
     VERIFICATION_FAILED = 11
     BUNDLE_INVALID = 12
     CONVERSION_FAILED = 13
+    DOES_NOT_FIT = 14
+    OUT_OF_RESOURCES = 15
 
 
 class ExportError(Exception):
@@ -87,3 +91,11 @@ class BundleInvalid(ExportError):
 
 class ConversionFailed(ExportError):
     exit_code = ExitCode.CONVERSION_FAILED
+
+
+class DoesNotFit(ExportError):
+    exit_code = ExitCode.DOES_NOT_FIT
+
+
+class OutOfResources(ExportError):
+    exit_code = ExitCode.OUT_OF_RESOURCES

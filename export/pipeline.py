@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import engine_graphs
+from export import budget, engine_graphs, weight_only
 from export import variants as V
 from export.bundle import write_bundle
 from export.convert import (
@@ -37,7 +37,7 @@ from service.core.manifest import PAIR, SIGMOID, Manifest, score_function
 Progress = Callable[[str], None]
 # Which variant ``--variant auto`` keeps when two that passed are the same size (plain int8 and
 # int8-selective share a file when blind int8 passes; fused fp32 runs faster than plain fp32).
-AUTO_ORDER = (V.INT8, V.SELECTIVE, V.OPTIMIZED, V.FP32)
+AUTO_ORDER = (V.INT8, V.SELECTIVE, V.OPTIMIZED, V.FP32, V.INT8_WEIGHTS, V.INT4_WEIGHTS)
 # Validation texts the selective search ranks nodes on; every graph it tries is gated on all of them.
 RANKING_TEXTS = 64
 VERSIONED_PACKAGES = (
@@ -102,7 +102,9 @@ def check_output(out: Path, force: bool) -> None:
 
 
 def requested_variants(variant: str) -> tuple[str, ...]:
-    return V.VARIANTS if variant == "auto" else (variant,)
+    """What ``variant`` builds at first; ``auto`` adds the weight-only variants when none of these
+    passes and fits the memory budget."""
+    return V.CLASSIC if variant == "auto" else (variant,)
 
 
 def export_bundle(
@@ -123,11 +125,13 @@ def export_bundle(
     progress: Progress = lambda _: None,
     external_data_over: int = EXTERNAL_DATA_OVER,
     sign: Callable[[Path], None] | None = None,
+    max_memory: int | None = None,
 ) -> ExportResult:
     """``external_data_over``: graphs larger than this many bytes keep their weights in
     an external-data file (the 2 GB protobuf limit; lowered in tests). ``openvino``: also write and gate
     the graph OpenVINO runs (``export.engine_graphs``), when OpenVINO is installed. ``sign``, when given,
-    signs the bundle's directory before it takes its place (``export.sign``)."""
+    signs the bundle's directory before it takes its place (``export.sign``). ``max_memory``: the
+    bytes the served variant may expect to hold (``export.budget``); None for no limit."""
     out = Path(out)
     clock = progress = StepClock(progress)
     check_output(out, force)
@@ -172,6 +176,7 @@ def export_bundle(
             reference_set,
             openvino,
             sign,
+            max_memory,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -200,6 +205,7 @@ def _export_in(
     reference_set: bool,
     openvino: bool,
     sign: Callable[[Path], None] | None = None,
+    max_memory: int | None = None,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
@@ -207,7 +213,9 @@ def _export_in(
     reference = source.reference(texts)
     progress("converting to ONNX (fp32)")
     base = plain = export_onnx(source, work / "fp32.onnx", external_data_over=external_data_over)
-    external = uses_external_data(base)
+    # A stage may add up to a copy of the weights (the selective search's probe): a graph over half
+    # the limit writes every graph made from it with external data, never one proto over 2 GB.
+    external = uses_external_data(base) or 2 * onnx_size(base) > external_data_over
     if external:
         progress(f"the graph is {onnx_size(base) / 1e9:.2f} GB: weights go to an external-data file")
     draft = _draft_manifest(source, graph_inputs(base))
@@ -257,6 +265,8 @@ def _export_in(
                 )
                 check(V.SELECTIVE, path, kept_fp32=kept)
 
+    _weight_only(plain, work, variant, wanted, reports, max_memory, check, progress, external)
+
     if keep_variants is not None:
         # Every variant built, passing or not, for benchmarks; the bundle holds only the chosen one.
         keep_variants.mkdir(parents=True, exist_ok=True)
@@ -265,13 +275,16 @@ def _export_in(
     passing = [r for r in reports if r.passed]
     if not passing:
         raise VerificationFailed("no requested variant passed verification:\n" + report_table(reports))
+    fitting = [r for r in passing if budget.fits(r, max_memory)]
+    if max_memory is not None and not fitting:
+        raise budget.refuse(reports, max_memory)
     timings: list[Timing] = []
     if variant == "auto":
-        progress("timing the variants that passed, at batch 1 and 32 (for the report; the choice is a rule)")
-        for report in passing:
+        progress("timing the variants that passed and fit, at batch 1 and 32 (for the report; the choice is a rule)")
+        for report in fitting:
             classifier = OnnxClassifier(paths[report.variant], tokenizer_path, draft)
             timings.append(measure(report.variant, classifier, texts[:64]))
-        chosen = choose(passing)
+        chosen = choose(fitting)
     else:
         chosen = variant
     engines: dict[str, dict[str, object]] = {}
@@ -316,6 +329,29 @@ def _export_in(
     return ExportResult(out=out, manifest=manifest, reports=reports, timings=timings, engine_reports=engine_reports)
 
 
+def _weight_only(
+    plain: Path,
+    work: Path,
+    variant: str,
+    wanted: Sequence[str],
+    reports: list[VariantReport],
+    max_memory: int | None,
+    check: Callable[..., VariantReport],
+    progress: Progress,
+    external: bool,
+) -> None:
+    """Build and gate the weight-only variants asked for, or with ``auto`` when no variant built so far
+    passed and fits ``max_memory``."""
+    names = [name for name in wanted if name in V.WEIGHT_ONLY]
+    if variant == "auto" and not any(r.passed and budget.fits(r, max_memory) for r in reports):
+        why = "passed" if max_memory is None else f"passed and fits {budget.gib(max_memory)}"
+        progress(f"no variant so far {why}: trying the weight-only variants")
+        names = list(V.WEIGHT_ONLY)
+    for name in names:
+        progress(f"quantizing weights only: {name} (MatMulNBits, blocks of {weight_only.BLOCK_SIZE[name]})")
+        check(name, weight_only.quantize(plain, work / f"{name}.onnx", name, external=external))
+
+
 def ranking_rows(total: int, count: int = RANKING_TEXTS) -> list[int]:
     """A fixed subset of the validation texts, spread over them (the same on every run)."""
     return list(range(0, total, max(1, total // count)))[:count]
@@ -351,7 +387,7 @@ def _selective(
         return compare(V.SELECTIVE, expected, logits, source.problem_type, thresholds, threshold=source.threshold)
 
     classifier = classifier_of(base)
-    probe = V.Probe(base, work)
+    probe = V.Probe(base, work, external=external)
     ranking = probe_ranking(probe, texts, classifier, lambda rows, logits: report(logits, rows).max_prob_diff, progress)
     run_all = probe_runner(probe, classifier, texts)
 
@@ -437,8 +473,7 @@ def fewest_fp32(
 
     def attempt(count: int) -> bool:
         path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count], external=external)
-        if not external:  # graphs over 2 GB keep their weights as they are, in the external-data file
-            V.store_half(path)
+        V.store_half(path)
         passed = gate(path)
         progress(f"selective int8 with {count} node(s) kept in fp32: {'passed' if passed else 'failed'}")
         if passed:
@@ -505,7 +540,8 @@ def steps_table(steps: Sequence[tuple[str, float]]) -> str:
 
 
 def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (), chosen: str | None = None) -> str:
-    """One row per variant. ``measure`` says what agreement and max |Δscore| are:
+    """One row per variant. RSS is the memory a service holding it may expect before any batch
+    (``export.budget``). ``measure`` says what agreement and max |Δscore| are:
     top-1 labels and probabilities, decisions at a threshold and probabilities, or
     regression values (max |Δvalue| / std of the original's outputs; no agreement)."""
     by_name = {t.variant: t for t in timings}
@@ -513,6 +549,7 @@ def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (
         (
             "variant",
             "size MB",
+            "RSS MB",
             "measure",
             "agreement",
             "confident",
@@ -533,6 +570,7 @@ def report_table(reports: Sequence[VariantReport], timings: Sequence[Timing] = (
             (
                 r.variant,
                 f"{r.size_bytes / 1e6:.1f}",
+                f"{budget.expected_rss(r.variant, r.size_bytes) / 1e6:.0f}",
                 r.measure,
                 "-" if values else f"{r.agreement:.2%}",
                 "-" if values else f"{r.confident_agreement:.2%}",

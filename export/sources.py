@@ -59,6 +59,17 @@ SUPPORTED_MODEL_TYPES = tuple(
 _POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _REFERENCE_BATCH = 16
+# Padded tokens in one batch of the reference run: bounds its activations (a 0.5B decoder's
+# eager attention and MLP hold tens of MB per 1,000 tokens) whatever the batch size.
+_REFERENCE_TOKENS = 4096
+# The longest truncation length taken from a tokenizer's declared ``model_max_length`` (and the
+# model's position limit) without --max-length: the exported graph's eager attention holds
+# heads x length^2 fp32 scores per layer (235 MB for 14 heads at 2,048 tokens, 3.8 GB at 8,192),
+# which one long text must fit in the service's memory. Longer inputs are read in windows
+# (docs/long-texts.md); --max-length sets any length up to the position limit.
+MAX_LENGTH_CAP = 2048
+# What transformers sets ``model_max_length`` to when a tokenizer declares none (int(1e30)).
+_UNDECLARED = 10**29
 SETFIT_CONFIG = "config_setfit.json"
 SETFIT_HEAD = "model_head.pkl"
 # One input's windows: their logits (a row each) and their real tokens.
@@ -315,20 +326,27 @@ def _load_checkpoint(
         raise UnsupportedArchitecture(f"problem_type {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
     detected, task_from = _detect_task(config, local, task)
 
-    # Decoders run one text at a time: that is what their logits mean (transformers
-    # refuses batches without a pad token, and left padding would shift positions).
-    step = 1 if decoder else _REFERENCE_BATCH
-
     def reference(inputs: Sequence[TextInput]) -> np.ndarray:
-        outputs = []
-        for start in range(0, len(inputs), step):
-            chunk = list(inputs[start : start + step])
+        """The original's logits, in batches of similar length (sorted). A decoder's batches hold
+        texts of one length only, so no padding: each text's logits are what they are alone
+        (transformers refuses padded batches without a pad token, and left padding would shift positions)."""
+        lengths = [
+            len(hf_tokenizer(*_as_args(item), truncation=True, max_length=limit)["input_ids"]) for item in inputs
+        ]
+        # transformers refuses any batch of more than one text from a model without a pad token.
+        size = 1 if decoder and config.pad_token_id is None else _REFERENCE_BATCH
+        out: np.ndarray | None = None
+        for rows in reference_batches(lengths, same_length=decoder, max_size=size):
+            chunk = [inputs[row] for row in rows]
             texts = _split_pairs(chunk) if detected == PAIR else (chunk,)
-            batch = hf_tokenizer(*texts, padding=step > 1, truncation=True, max_length=limit, return_tensors="pt")
+            batch = hf_tokenizer(*texts, padding=not decoder, truncation=True, max_length=limit, return_tensors="pt")
             features = {name: batch[name] for name in input_names if name in batch}
             with torch.inference_mode():
-                outputs.append(original(**features).logits.float().numpy())
-        return np.concatenate(outputs)
+                logits = original(**features).logits.float().numpy()
+            if out is None:
+                out = np.empty((len(inputs), logits.shape[1]), dtype=np.float32)
+            out[rows] = logits
+        return out if out is not None else np.empty((0, len(config.id2label)), dtype=np.float32)
 
     def window_reference(inputs: Sequence[TextInput], overlap: int, side: str) -> list[Windows]:
         def run(features: dict[str, torch.Tensor]) -> np.ndarray:
@@ -388,6 +406,36 @@ def _windows_of(
     return results
 
 
+def reference_batches(
+    lengths: Sequence[int],
+    *,
+    same_length: bool = False,
+    max_size: int = _REFERENCE_BATCH,
+    max_tokens: int = _REFERENCE_TOKENS,
+) -> list[list[int]]:
+    """Indices of ``lengths`` in batches sorted by length: at most ``max_size`` inputs and ``max_tokens``
+    padded tokens each (an input longer than that alone gets a batch of its own); with ``same_length``,
+    only inputs of one length share a batch."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if (
+            current is not None
+            and len(current) < max_size
+            and (len(current) + 1) * lengths[index] <= max_tokens
+            and (not same_length or lengths[current[0]] == lengths[index])
+        ):
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+def _as_args(item: TextInput) -> tuple[str, ...]:
+    return (item,) if isinstance(item, str) else (item[0], item[1])
+
+
 def _split_pairs(chunk: Sequence[TextInput]) -> tuple[list[str], list[str]]:
     """A pair model's inputs as the tokenizer's two arguments: the texts and their pairs."""
     pairs = [item for item in chunk if not isinstance(item, str)]
@@ -411,10 +459,12 @@ def _load_weights(factory: Any, model: str, **kwargs: Any) -> torch.nn.Module:
 
 
 def _checkpoint_max_length(config: Any, hf_tokenizer: Any) -> int:
+    """The tokenizer's declared length, up to the model's position limit and ``MAX_LENGTH_CAP``;
+    512 (or the position limit) when it declares none."""
     positions = getattr(config, "max_position_embeddings", 512) - _POSITION_OFFSET.get(config.model_type, 0)
     declared = getattr(hf_tokenizer, "model_max_length", None)
-    if declared and declared < 100_000:
-        return int(min(declared, positions))
+    if declared and declared < _UNDECLARED:
+        return int(min(declared, positions, MAX_LENGTH_CAP))
     return int(min(512, positions))
 
 

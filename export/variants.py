@@ -18,8 +18,13 @@ from service.core import gate
 
 FP32 = "fp32"
 OPTIMIZED = "fp32-optimized"
-INT8, SELECTIVE = gate.INT8_VARIANTS  # held to the int8 tolerances of the gate
-VARIANTS = (FP32, OPTIMIZED, INT8, SELECTIVE)
+INT8, SELECTIVE, INT8_WEIGHTS, INT4_WEIGHTS = gate.INT8_VARIANTS  # held to the int8 tolerances of the gate
+# Built by ``--variant auto`` whatever the budget.
+CLASSIC = (FP32, OPTIMIZED, INT8, SELECTIVE)
+# Weight-only variants (``export.weight_only``): smaller, but slower than dynamic int8 on the CPUs
+# measured, so ``--variant auto`` builds them only when no variant above passes and fits.
+WEIGHT_ONLY = (INT8_WEIGHTS, INT4_WEIGHTS)
+VARIANTS = (*CLASSIC, *WEIGHT_ONLY)
 INT8_VARIANTS = gate.INT8_VARIANTS
 QUANTIZED_OPS = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
 # The selective search ranks only these. The token-embedding table stays int8 in every
@@ -111,6 +116,9 @@ def store_half(path: Path, *, min_elements: int = 4096) -> Path:
     """
     from onnx import helper, numpy_helper
 
+    from export.convert import save_onnx, uses_external_data
+
+    external = uses_external_data(path)
     model = onnx.load(str(path))
     graph = model.graph
     casts = []
@@ -125,7 +133,7 @@ def store_half(path: Path, *, min_elements: int = 4096) -> Path:
         graph.initializer.append(half)
     for index, node in enumerate(casts):
         graph.node.insert(index, node)
-    onnx.save(model, str(path))
+    save_onnx(model, path, external=external)  # a graph over 2 GB stays in two files
     return path
 
 
@@ -158,14 +166,14 @@ def rank_sensitivity(
     return sorted(scores, key=lambda item: item[1], reverse=True)
 
 
-def _fake_quantized(weight: np.ndarray) -> np.ndarray:
-    """What ``quantize`` makes of a weight, back in fp32: int8 per output channel, symmetric, 7-bit range."""
+def _int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize``'s int8 of a weight: the values and one scale per output channel (column)."""
     scale = np.abs(weight).max(axis=0, keepdims=True) / 64
     scale[scale == 0] = 1.0
-    return (np.clip(np.round(weight / scale), -64, 64) * scale).astype(np.float32)
+    return np.clip(np.round(weight / scale), -64, 64).astype(np.int8), scale.astype(np.float32)
 
 
-def probe_graph(source: Path, target: Path) -> list[str]:
+def probe_graph(source: Path, target: Path, *, external: bool = False) -> list[str]:
     """Write a copy of the fp32 graph in which any one searched node can run as dynamic int8 would.
 
     Each searched node gets a boolean input ``probe/N``: when true, its activation goes through
@@ -173,6 +181,10 @@ def probe_graph(source: Path, target: Path) -> list[str]:
     swapped for the fake-quantized copy of what ``quantize`` stores. One session then measures every
     node's damage, one run each, instead of one quantization and one session per node. Returns the
     searched nodes in graph order; ``probe/N`` belongs to the N-th.
+
+    The copies are stored as int8 with a DequantizeLinear (a quarter of an fp32 copy: 0.35 GB, not
+    1.4 GB, for a 0.5B-parameter decoder), and with ``external`` the graph keeps its weights in an
+    external-data file: the probe of a graph near 2 GB is over protobuf's limit as one file.
     """
     from onnx import helper, numpy_helper
 
@@ -187,33 +199,39 @@ def probe_graph(source: Path, target: Path) -> list[str]:
         if index is not None:
             switch, activation, weight = f"probe/{index}", node.input[0], node.input[1]
             graph.input.append(helper.make_tensor_value_info(switch, onnx.TensorProto.BOOL, []))
-            quantized = _fake_quantized(numpy_helper.to_array(initializers[weight]))
-            fake = numpy_helper.from_array(quantized, f"{weight}/int8")
-            graph.initializer.append(fake)
+            values, columns = _int8_columns(numpy_helper.to_array(initializers[weight]))
+            stored = numpy_helper.from_array(values, f"{weight}/int8")
+            column_scale = numpy_helper.from_array(columns.reshape(-1), f"{weight}/int8/scale")
+            graph.initializer.extend([stored, column_scale])
+            fake = f"{weight}/fake"
             q, scale, zero = (f"{switch}/{part}" for part in ("q", "scale", "zero"))
             ordered += [
+                helper.make_node(
+                    "DequantizeLinear", [stored.name, column_scale.name], [fake], name=f"{switch}/weights", axis=1
+                ),
                 helper.make_node("DynamicQuantizeLinear", [activation], [q, scale, zero], name=f"{switch}/quantize"),
                 helper.make_node("DequantizeLinear", [q, scale, zero], [f"{switch}/x"], name=f"{switch}/dequantize"),
                 helper.make_node("Where", [switch, f"{switch}/x", activation], [f"{switch}/in"], name=f"{switch}/a"),
-                helper.make_node("Where", [switch, fake.name, weight], [f"{switch}/weight"], name=f"{switch}/w"),
+                helper.make_node("Where", [switch, fake, weight], [f"{switch}/weight"], name=f"{switch}/w"),
             ]
             node.input[0], node.input[1] = f"{switch}/in", f"{switch}/weight"
         ordered.append(node)
     del graph.node[:]
     graph.node.extend(ordered)
-    _fresh(target)
-    onnx.save(model, str(target))
+    from export.convert import save_onnx
+
+    save_onnx(model, target, external=external)
     return names
 
 
 class Probe:
     """One session over ``probe_graph``: logits with any set of the searched nodes run as int8 would."""
 
-    def __init__(self, source: Path, workdir: Path) -> None:
+    def __init__(self, source: Path, workdir: Path, *, external: bool = False) -> None:
         import onnxruntime as ort
 
         path = workdir / "probe.onnx"
-        self.nodes = probe_graph(source, path)
+        self.nodes = probe_graph(source, path, external=external)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

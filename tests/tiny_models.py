@@ -180,7 +180,10 @@ DECODERS = {
 }
 
 
-def build_decoder(family: str, directory: Path, *, num_labels: int = 3, seed: int = 0) -> Path:
+def build_decoder(
+    family: str, directory: Path, *, num_labels: int = 3, seed: int = 0, **config_overrides: object
+) -> Path:
+    """``config_overrides`` change the sizes (``hidden_size``, ``num_hidden_layers``, ...)."""
     import torch
     import transformers
     from transformers import PreTrainedTokenizerFast
@@ -214,21 +217,25 @@ def build_decoder(family: str, directory: Path, *, num_labels: int = 3, seed: in
         name: tokenizer.token_to_id(token) if token else None
         for name, token in (("bos", bos), ("eos", eos), ("pad", pad))
     }
+    sizes = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        **extra,
+        **config_overrides,
+    }
     config = getattr(transformers, config_name)(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
         bos_token_id=ids["bos"] if ids["bos"] is not None else ids["eos"],
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
         num_labels=num_labels,
         id2label={i: f"label_{i}" for i in range(num_labels)},
         label2id={f"label_{i}": i for i in range(num_labels)},
-        **extra,
+        **sizes,
     )
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(config).eval()
@@ -237,4 +244,43 @@ def build_decoder(family: str, directory: Path, *, num_labels: int = 3, seed: in
         model.score.weight.mul_(20.0)
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
+    return directory
+
+
+# Keyword groups that label the built-in texts for ``fine_tune``: money, plans, anything else.
+_TOPICS = (
+    ("card", "credit", "account", "balance", "bank", "money", "pay", "transfer", "savings", "dollars"),
+    ("flight", "hotel", "trip", "travel", "book", "weather", "alarm", "timer", "music", "play", "remind"),
+)
+
+
+def topic(text: str) -> int:
+    words = text.lower()
+    return next((index for index, group in enumerate(_TOPICS) if any(word in words for word in group)), 2)
+
+
+def fine_tune(directory: Path, *, epochs: int = 3, seed: int = 0) -> Path:
+    """Train a decoder checkpoint from ``build_decoder`` (3 labels) briefly on the built-in texts,
+    labelled by ``topic``, and save it in place: random weights give nearly flat logits on which
+    any quantization flips top-1 labels, a trained model has real margins (seconds on a tiny one)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory)
+    # Right-padded batches: the head reads the last token that is not padding. Without a pad token
+    # transformers refuses batches, so such a model trains one text at a time.
+    size = 16 if tokenizer.pad_token is not None else 1
+    texts = sorted((t for t in IN_DOMAIN + OUT_OF_DOMAIN if t.strip()), key=len)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        for start in range(0, len(texts), size):
+            chunk = texts[start : start + size]
+            features = tokenizer(chunk, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+            optimizer.zero_grad()
+            model(**features, labels=torch.tensor([topic(text) for text in chunk])).loss.backward()
+            optimizer.step()
+    model.eval().save_pretrained(directory)
     return directory

@@ -328,12 +328,20 @@ class OnnxClassifier:
         feeds = self.feeds(batch)
         return self.backend.run(feeds, large=feeds["input_ids"].size > SHRINK_ABOVE_TOKENS)
 
-    def logits(self, texts: Sequence[TextInput], batch_size: int = 32) -> np.ndarray:
+    def logits(self, texts: Sequence[TextInput], batch_size: int = 32, max_tokens: int | None = None) -> np.ndarray:
+        """Logits of ``texts`` in batches sorted by length: at most ``batch_size`` inputs and, with
+        ``max_tokens``, at most that many padded tokens (an input longer than that alone gets a batch)."""
         encoded = self.encode(texts)
         order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
         out = np.empty((len(encoded), len(self.manifest.id2label)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        chunk: list[int] = []
+        for index in order:
+            full = len(chunk) == batch_size
+            if chunk and (full or (max_tokens is not None and (len(chunk) + 1) * encoded[index].length > max_tokens)):
+                out[chunk] = self.run([encoded[i] for i in chunk])
+                chunk = []
+            chunk.append(index)
+        if chunk:
             out[chunk] = self.run([encoded[i] for i in chunk])
         return out
 

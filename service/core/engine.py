@@ -159,6 +159,7 @@ class Engine:
             engine=self.settings.engine,
             intra_op_threads=self.settings.intra_op_threads,
             inter_op_threads=self.settings.inter_op_threads,
+            max_batch_tokens=self.settings.max_batch_tokens,
         )
         classifier = loaded.classifier
         self.engine_info = loaded.engine()

@@ -30,8 +30,9 @@ import numpy as np
 from service.core.manifest import DEFAULT_THRESHOLD, IDENTITY, SIGMOID, score_function
 from service.core.scoring import decisions, probabilities
 
-# The variants held to the int8 tolerances (the export stage's names, ``export.variants``).
-INT8_VARIANTS = ("int8", "int8-selective")
+# The variants held to the int8 tolerances (the export stage's names, ``export.variants``): dynamic
+# int8, and the weight-only variants (blockwise int8 or int4 weights, ``export.weight_only``).
+INT8_VARIANTS = ("int8", "int8-selective", "int8-weights", "int4-weights")
 # An engine's own graph is reported as ``ENGINE-PRECISION`` (``openvino-bf16``): bf16 keeps 8 bits of
 # mantissa and the graph stores its weights as fp16, so it is held to the int8 tolerances too.
 ENGINE_VARIANT_PREFIXES = ("openvino-",)

@@ -53,16 +53,24 @@ def load_classifier(
     inter_op_threads: int = 1,
     flags: list[str] | None = None,
     openvino: tuple[int, int] | None | bool = True,
+    max_batch_tokens: int | None = None,
 ) -> Loaded:
-    """The bundle's classifier on the engine the rule picks, warmed up and re-verified. ``flags`` and
-    ``openvino`` (True: what is installed) stand for this CPU's flags and OpenVINO's release."""
+    """The bundle's classifier on the engine the rule picks, warmed up and re-verified (in batches of at most
+    ``max_batch_tokens`` padded tokens). ``flags`` and ``openvino`` (True: what is installed) stand for this
+    CPU's flags and OpenVINO's release."""
     release = installed_openvino() if openvino is True else openvino or None
     choice = choose(engine, present_engines(bundle, manifest), cpu_flags() if flags is None else flags, release)
     fallback = None
     if choice.engine == OPENVINO:
         try:
             classifier = _openvino(bundle, manifest, choice.precision, intra_op_threads)
-            verdict = reverify(classifier, bundle, manifest, variant=f"openvino-{classifier.backend.precision}")
+            verdict = reverify(
+                classifier,
+                bundle,
+                manifest,
+                variant=f"openvino-{classifier.backend.precision}",
+                max_batch_tokens=max_batch_tokens,
+            )
         except Exception as exc:
             if choice.explicit:
                 raise
@@ -82,7 +90,8 @@ def load_classifier(
     warm_up(classifier)
     if fallback is not None:
         choice = Choice(ONNXRUNTIME, "", choice.reason, explicit=False)
-    return Loaded(classifier, choice, reverify(classifier, bundle, manifest), fallback)
+    verdict = reverify(classifier, bundle, manifest, max_batch_tokens=max_batch_tokens)
+    return Loaded(classifier, choice, verdict, fallback)
 
 
 def _openvino(bundle: Path, manifest: Manifest, precision: str, threads: int) -> OnnxClassifier:

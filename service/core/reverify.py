@@ -51,10 +51,16 @@ class Reverification:
 
 
 def reverify(
-    classifier: OnnxClassifier, directory: Path, manifest: Manifest, *, variant: str | None = None
+    classifier: OnnxClassifier,
+    directory: Path,
+    manifest: Manifest,
+    *,
+    variant: str | None = None,
+    max_batch_tokens: int | None = None,
 ) -> Reverification | None:
     """The gate's verdict on this CPU, or None for a bundle exported without a reference set. ``variant`` names
-    what runs when it is not the bundle's own variant (an engine's graph: ``openvino-bf16``)."""
+    what runs when it is not the bundle's own variant (an engine's graph: ``openvino-bf16``). Its batches
+    hold at most ``max_batch_tokens`` padded tokens, as the service's do (MAX_BATCH_TOKENS)."""
     if manifest.reference_set is None:
         return None
     started = time.perf_counter()
@@ -65,7 +71,7 @@ def reverify(
     report = compare(
         variant or manifest.variant,
         expected,
-        classifier.logits(inputs),
+        classifier.logits(inputs, max_tokens=max_batch_tokens),
         manifest.problem_type,
         thresholds,
         threshold=manifest.threshold,

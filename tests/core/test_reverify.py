@@ -51,6 +51,26 @@ def test_a_bundle_carries_its_reference_set_and_passes_on_this_cpu(tiny_bundle):
     assert set(verdict.cpu_flags) <= set(CPU_FLAGS)
 
 
+def test_reverification_batches_within_max_batch_tokens(tiny_bundle):
+    """A large model's reference run must not take the service past what MAX_BATCH_TOKENS allows."""
+    bundle = tiny_bundle("bert")
+    classifier, manifest = classify(bundle)
+    padded = []
+    run = classifier.run
+
+    def counting(batch):
+        padded.append(len(batch) * max(item.length for item in batch))
+        return run(batch)
+
+    classifier.run = counting  # type: ignore[method-assign]
+    verdict = reverify(classifier, bundle, manifest, max_batch_tokens=64)
+    assert verdict is not None and verdict.passed
+    longest = classifier.max_length
+    assert max(padded) <= max(64, longest) and len(padded) > manifest.verification["texts"] // 32
+    single = [size for size in padded if size > 64]
+    assert all(size <= longest for size in single)  # only a text longer than the budget runs alone over it
+
+
 def test_a_changed_graph_with_rewritten_hashes_fails(tiny_bundle, tmp_path):
     bundle = tampered(tiny_bundle("bert"), tmp_path / "tampered")
     verdict = reverify(OnnxClassifier.from_bundle(bundle), bundle, read_manifest(bundle))

@@ -243,6 +243,8 @@ def test_gate_failure_prints_the_table_and_writes_nothing(tiny_checkpoint, tmp_p
         "variant",
         "size",
         "MB",
+        "RSS",
+        "MB",
         "measure",
         "agreement",
         "confident",
@@ -256,7 +258,7 @@ def test_gate_failure_prints_the_table_and_writes_nothing(tiny_checkpoint, tmp_p
         "ms",
         "result",
     ]
-    assert lines[2].startswith("int8 ") and lines[2].split()[2] == "top-1"
+    assert lines[2].startswith("int8 ") and lines[2].split()[3] == "top-1"
     assert "FAILED: max |probability difference|" in lines[2] and lines[2].endswith("> 0.0")
     assert list(tmp_path.iterdir()) == []
 

@@ -35,8 +35,9 @@ def report(variant: str, size: int) -> VariantReport:
         pytest.param({"fp32": 90, "fp32-optimized": 90}, "fp32-optimized", id="fused-at-equal-size"),
         pytest.param({"fp32": 90, "int8": 23, "int8-selective": 23}, "int8", id="blind-int8-passed"),
         pytest.param({"fp32": 90}, "fp32", id="only-fp32"),
+        pytest.param({"int8-weights": 26, "int4-weights": 14}, "int4-weights", id="weight-only"),
     ],
 )
 def test_auto_keeps_the_smallest_that_passed_by_a_fixed_rule(sizes, chosen):
-    assert set(AUTO_ORDER) == {"fp32", "fp32-optimized", "int8", "int8-selective"}
+    assert set(AUTO_ORDER) == {"fp32", "fp32-optimized", "int8", "int8-selective", "int8-weights", "int4-weights"}
     assert choose([report(variant, size) for variant, size in sizes.items()]) == chosen
