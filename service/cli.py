@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logs.close()  # writes out what is still kept
     if fatal:
-        return _fail(f"{settings.bundle}: {fatal[0]}", EXIT_FAILED_VERIFICATION)
+        return _fail(f"{settings.repository or settings.bundle}: {fatal[0]}", EXIT_FAILED_VERIFICATION)
     return 0
 
 

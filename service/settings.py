@@ -53,6 +53,7 @@ class Settings:
     max_tokenize_tokens: int = 8192
     max_body_bytes: int = 524_288
     api_keys: tuple[str, ...] = ()
+    high_priority_keys: tuple[str, ...] = ()
     cors_allow_origins: tuple[str, ...] = ()
     drain_timeout: float = 20.0
     request_timeout: float = 0.0
@@ -63,6 +64,14 @@ class Settings:
     log_level: str = "info"
     log_inputs: bool = False
     on_failed_verification: str = "refuse"
+    max_reference_bytes: int = 4 * 1024 * 1024
+    max_reference_rows: int = 2000
+    require_reference_set: bool = False
+    gate_fp32_max_logit_diff: float = 1e-4
+    gate_int8_min_agreement: float = 0.99
+    gate_int8_confident_margin: float = 0.1
+    gate_int8_max_prob_diff: float = 0.05
+    gate_int8_max_value_diff: float = 0.05
     drift_window: int = 1000
     low_confidence: float = 0.5
     shadow: tuple[str, ...] = ()
@@ -98,6 +107,8 @@ class Settings:
             "max_windows",
             "long_input_tokens",
             "long_batch_tokens",
+            "max_reference_bytes",
+            "max_reference_rows",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -109,6 +120,10 @@ class Settings:
             "drain_timeout",
             "request_timeout",
             "cache_size",
+            "gate_fp32_max_logit_diff",
+            "gate_int8_confident_margin",
+            "gate_int8_max_prob_diff",
+            "gate_int8_max_value_diff",
         )
         for name in (*not_negative, "window_overlap"):
             if getattr(self, name) < 0:
@@ -130,6 +145,16 @@ class Settings:
             raise SettingsError(f"--poll-interval must be greater than 0, got {self.poll_interval}")
         if self.version_policy not in VERSION_POLICIES:
             raise SettingsError(f"--version-policy must be latest or all, got {self.version_policy!r}")
+        if not 0 <= self.gate_int8_min_agreement <= 1:
+            raise SettingsError(
+                f"--gate-int8-min-agreement must be between 0 and 1, got {self.gate_int8_min_agreement}"
+            )
+        unknown = sorted(set(self.high_priority_keys) - set(self.api_keys))
+        if unknown:
+            raise SettingsError(
+                f"--high-priority-keys names {len(unknown)} key(s) that are not in --api-keys: every key allowed "
+                "high priority must be an API key"
+            )
         if not 0 <= self.low_confidence <= 1:
             raise SettingsError(f"--low-confidence must be between 0 and 1, got {self.low_confidence}")
         for name in ("shadow_fraction", "shadow_cpu_budget"):
@@ -215,6 +240,11 @@ HELP = {
     "twice this (the bytes and the parsed texts), so MAX_CONNECTIONS x 2 x MAX_BODY_BYTES bounds the memory of "
     "bodies in flight",
     "api_keys": "comma-separated bearer keys; empty disables authentication. Health, metrics and docs stay open",
+    "high_priority_keys": "comma-separated API keys (each one also in API_KEYS) whose calls may ask for high "
+    "priority (x-priority: high, the priority parameter 1); a call from any other caller asking for it gets 403 "
+    "(PERMISSION_DENIED over gRPC). Empty: every caller that passes authentication may ask for it, which on a "
+    "server without API_KEYS is everyone; set it wherever callers are not all trusted, since high-priority work "
+    "is batched before everyone else's",
     "cors_allow_origins": "comma-separated origins allowed by CORS; empty disables CORS",
     "request_timeout": "seconds a request without a deadline of its own (gRPC's deadline, the x-request-timeout "
     "header, the Open Inference Protocol's timeout parameter) may wait for its inputs to start; past it they are "
@@ -273,6 +303,19 @@ HELP = {
     "repository_digests": "a file of 'sha256:<hex>  NAME/VERSION' lines (NAME alone for a model whose directory "
     "is its bundle), read again at every load: a repository's version loads only when it is listed with its "
     "bundle.json's digest. Empty: not pinned",
+    "max_reference_bytes": "largest reference set (reference.json) a bundle may carry; a larger one is refused "
+    "before it is read, as a failed re-verification is. Bounds the memory and time a load spends on it",
+    "max_reference_rows": "most inputs a bundle's reference set may hold; more are refused before any is run. "
+    "The set runs at every load, in batches within MAX_BATCH_TOKENS and MAX_BATCH_SIZE",
+    "require_reference_set": "refuse a bundle that carries no reference set (exported with --no-reference-set, "
+    "or with it deleted and the hashes rewritten), as a failed re-verification is",
+    "gate_fp32_max_logit_diff": "the gate's floor: a bundle whose recorded fp32_max_logit_diff tolerance is larger "
+    "is refused. A bundle's tolerances are its own record, so without a floor a rewritten bundle could relax them",
+    "gate_int8_min_agreement": "the gate's floor: a bundle whose recorded int8_min_agreement is lower is refused",
+    "gate_int8_confident_margin": "the gate's floor: a bundle whose recorded int8_confident_margin is larger (fewer "
+    "inputs held to agree) is refused",
+    "gate_int8_max_prob_diff": "the gate's floor: a bundle whose recorded int8_max_prob_diff is larger is refused",
+    "gate_int8_max_value_diff": "the gate's floor: a bundle whose recorded int8_max_value_diff is larger is refused",
     "on_failed_verification": "what happens to a bundle whose reference set, run on this CPU at load, falls outside "
     "the export's gate: refuse (not served: a repository keeps the version serving; a single --bundle exits 5) "
     "or warn (served anyway, logged and shown in /info and the classifier_verified metric). warn is unsafe: the "

@@ -171,3 +171,22 @@ def test_model_dir_is_a_bundle_or_a_repository(tmp_path):
     assert (settings.bundle, settings.repository) == (str(bundle), "")
     settings = load_settings([], environ={"MODEL_DIR": str(tmp_path), "REPOSITORY": "elsewhere"})
     assert settings.repository == str(tmp_path)
+
+
+def test_high_priority_keys_must_be_api_keys():
+    from service.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match=r"^--high-priority-keys names 1 key\(s\) that are not in --api-keys"):
+        load_settings(["--api-keys", "a,b", "--high-priority-keys", "a,c"], environ={})
+    assert load_settings(["--api-keys", "a,b", "--high-priority-keys", "a"], environ={}).high_priority_keys == ("a",)
+
+
+def test_the_gate_floor_and_reference_bounds_are_checked():
+    from service.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match=r"^--gate-int8-min-agreement must be between 0 and 1, got 1.5$"):
+        load_settings(["--gate-int8-min-agreement", "1.5"], environ={})
+    with pytest.raises(SettingsError, match=r"^--max-reference-rows must be at least 1, got 0$"):
+        load_settings([], environ={"MAX_REFERENCE_ROWS": "0"})
+    with pytest.raises(SettingsError, match=r"^--gate-fp32-max-logit-diff must not be negative, got -1.0$"):
+        load_settings(["--gate-fp32-max-logit-diff", "-1"], environ={})

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from service.core.classifier import Encoded
-from service.core.failures import Failure, QueueFull, ShuttingDown
+from service.core.failures import Failure, PayloadTooLarge, QueueFull, ShuttingDown
 from service.core.tracing import OFF, Tracing
 from service.core.urgency import LEVELS, LOW, NORMAL
 
@@ -151,9 +151,15 @@ class Admission:
         self.count = 0
 
     def grow(self, count: int) -> None:
-        """``count`` more slots (a long document's further windows) or QueueFull."""
+        """``count`` more slots (a long document's further windows) or QueueFull; PayloadTooLarge when the
+        request would need more slots than the queue has at its priority, which no wait can give it."""
+        self._batcher._never_fits(self.count + count, self.priority)
         self._batcher._reserve(count, self.priority)
         self.count += count
+
+
+def _stopped(batch: Sequence[Encoded]) -> np.ndarray:
+    raise RuntimeError("the batcher has stopped")
 
 
 class MicroBatcher:
@@ -226,11 +232,22 @@ class MicroBatcher:
         for item in left:
             if not item.future.done():
                 item.future.set_exception(why or ShuttingDown())
+        # Metrics callbacks may keep this batcher alive after its engine is gone: it lets go of the model it ran.
+        self._run_batch = _stopped
 
     def _bound(self, priority: int) -> int:
         if priority == LOW:
             return max(1, int(self.max_queue_size * LOW_PRIORITY_QUEUE_SHARE))
         return self.max_queue_size
+
+    def _never_fits(self, count: int, priority: int) -> None:
+        bound = self._bound(priority)
+        if count > bound:  # retrying cannot help: answered without retry advice
+            raise PayloadTooLarge(
+                f"the request needs {count} queue slots (one per input, or per window of a long input), more than "
+                f"the queue holds at its priority ({bound}, from MAX_QUEUE_SIZE); it can never be admitted: send "
+                "fewer or shorter texts, or ask for fewer windows"
+            )
 
     def check_room(self, count: int, priority: int = NORMAL) -> None:
         """Raise QueueFull if ``count`` inputs could not be admitted now: a request refused before its

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from service.core.urgency import NORMAL
+from service.core.failures import Forbidden
+from service.core.urgency import HIGH, NORMAL
 from service.logs import log_access
 
 if TYPE_CHECKING:
@@ -63,6 +64,15 @@ class Call:
     held: Loaded | None = None  # the version it holds until it has answered
     deadline: float | None = None  # when its caller stops waiting (service.core.urgency.now), if it said
     priority: int = NORMAL
+    may_ask_high: bool = True  # false for a caller HIGH_PRIORITY_KEYS does not name
+
+    def ask(self, priority: int) -> int:
+        """``priority``, when this caller may ask for it; Forbidden for high from a caller not allowed it."""
+        if priority == HIGH and not self.may_ask_high:
+            raise Forbidden(
+                "high priority is reserved for the API keys in HIGH_PRIORITY_KEYS; ask for normal or low priority"
+            )
+        return priority
 
     def release(self) -> None:
         """Let go of the held version (it may then be retired); safe to call twice."""

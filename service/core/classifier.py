@@ -70,6 +70,9 @@ class NoTokens(ValueError):
 # ends, so a burst of long texts does not leave the process at its peak. Smaller batches keep
 # it: giving it back after every short query costs each of them new page faults.
 SHRINK_ABOVE_TOKENS = 2048
+# Windowing tokenizers kept per classifier (one per strategy and overlap in use): a few cover the
+# settings' overlap for texts and pairs, and a caller trying every overlap cannot make more.
+WINDOW_TOKENIZERS = 4
 
 
 @dataclass(frozen=True)
@@ -275,14 +278,17 @@ class OnnxClassifier:
         return dataclasses.replace(windowed, cut=cut, overlap=stride)
 
     def _window_tokenizer(self, strategy: str, stride: int) -> Tokenizer:
-        """A copy of the tokenizer that cuts with ``strategy`` and keeps the rest as overlapping windows."""
+        """A copy of the tokenizer that cuts with ``strategy`` and keeps the rest as overlapping windows.
+        The last WINDOW_TOKENIZERS used are kept: each copy is megabytes, and callers choose the stride."""
         with self._window_lock:
-            tokenizer = self._windowing.get((strategy, stride))
+            tokenizer = self._windowing.pop((strategy, stride), None)
             if tokenizer is None:
                 tokenizer = Tokenizer.from_str(self.tokenizer.to_str())
                 tokenizer.no_padding()
                 tokenizer.enable_truncation(self.window_length, stride=stride, strategy=strategy, direction="right")
-                self._windowing[(strategy, stride)] = tokenizer
+            self._windowing[(strategy, stride)] = tokenizer  # the most recently used, last
+            while len(self._windowing) > WINDOW_TOKENIZERS:
+                del self._windowing[next(iter(self._windowing))]
             return tokenizer
 
     def tokens(

@@ -24,7 +24,7 @@ from service.core.loading import WARMUP_TEXTS, load_classifier
 from service.core.manifest import MODEL_FILE, Manifest
 from service.core.metrics import ModelMetrics
 from service.core.predictions import PredictionMonitor
-from service.core.reverify import FailedVerification, Reverification
+from service.core.reverify import BadReferenceSet, FailedVerification, Reverification, limits_of
 from service.core.shadow import Shadow
 from service.core.tracing import OFF, Tracing
 from service.core.urgency import NORMAL, deadline_after, now
@@ -110,7 +110,11 @@ class Engine:
             self.classifier = await asyncio.to_thread(self._load_and_warm)
         except FailedVerification as exc:
             self.failed_verification = True
-            self.not_ready_reason = f"model failed its re-verification on this CPU: {exc}"
+            self.not_ready_reason = (
+                f"bundle refused: {exc}"
+                if isinstance(exc, BadReferenceSet)
+                else f"model failed its re-verification on this CPU: {exc}"
+            )
             log.error(self.not_ready_reason, extra={"fields": {"reverification": self._reverified()}})
             return
         except Exception as exc:  # the reason is in the log and the index; the process stays up for probes
@@ -159,7 +163,7 @@ class Engine:
             engine=self.settings.engine,
             intra_op_threads=self.settings.intra_op_threads,
             inter_op_threads=self.settings.inter_op_threads,
-            max_batch_tokens=self.settings.max_batch_tokens,
+            limits=limits_of(self.settings),
         )
         classifier = loaded.classifier
         self.engine_info = loaded.engine()
@@ -186,6 +190,11 @@ class Engine:
     async def stop(self, why: Failure | None = None) -> None:
         if self.batcher is not None:
             await self.batcher.stop(why)
+
+    def free(self) -> None:
+        """Let go of the session and tokenizers of a stopped engine, so its memory can go back to the system."""
+        self.classifier, self.batcher, self.predictions = None, None, None
+        self.not_ready_reason = "model version was unloaded"
 
     def _loaded(self) -> OnnxClassifier:
         if self.classifier is None:
@@ -222,6 +231,14 @@ class Engine:
             deadline = deadline_after(self.settings.request_timeout)
         if self.settings.log_inputs:
             log.debug("inputs", extra={"fields": {"texts": list(texts)}})
+        if windowing is not None and windowing.overlap != self.windowing.overlap:
+            # Each overlap asked for costs a tokenizer of its own: only those that can take effect are taken.
+            room = (classifier.window_length - classifier.special_tokens(False)) // 2
+            if windowing.overlap > room:
+                raise InvalidInput(
+                    f"window_overlap {windowing.overlap} is more than half a window: at most {room} tokens "
+                    "for this model"
+                )
         reading = Reading(truncate, direction, windowing or self.windowing, side)
         cached = self._cached(texts, reading)
         missing = [i for i, hit in enumerate(cached) if hit is None]

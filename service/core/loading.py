@@ -20,7 +20,9 @@ from service.core.backends.choice import Choice, choose, installed_openvino
 from service.core.classifier import Encoded, OnnxClassifier
 from service.core.cpu import cpu_flags
 from service.core.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest, present_engines
-from service.core.reverify import Reverification, reverify
+from service.core.reverify import Limits, Reverification, reverify
+
+NO_LIMITS_SET = Limits()  # the defaults of the settings, for callers that have none (bulk, Ray Data)
 
 log = logging.getLogger("service.core.loading")
 WARMUP_TEXTS = ("warm up", "warm up with a somewhat longer text " * 8)
@@ -54,10 +56,12 @@ def load_classifier(
     flags: list[str] | None = None,
     openvino: tuple[int, int] | None | bool = True,
     max_batch_tokens: int | None = None,
+    limits: Limits = NO_LIMITS_SET,
 ) -> Loaded:
     """The bundle's classifier on the engine the rule picks, warmed up and re-verified (in batches of at most
     ``max_batch_tokens`` padded tokens). ``flags`` and ``openvino`` (True: what is installed) stand for this
-    CPU's flags and OpenVINO's release."""
+    CPU's flags and OpenVINO's release. ``limits`` bound the reference set and set the gate's floor
+    (``service.core.reverify``)."""
     release = installed_openvino() if openvino is True else openvino or None
     choice = choose(engine, present_engines(bundle, manifest), cpu_flags() if flags is None else flags, release)
     fallback = None
@@ -68,6 +72,7 @@ def load_classifier(
                 classifier,
                 bundle,
                 manifest,
+                limits,
                 variant=f"openvino-{classifier.backend.precision}",
                 max_batch_tokens=max_batch_tokens,
             )
@@ -90,7 +95,7 @@ def load_classifier(
     warm_up(classifier)
     if fallback is not None:
         choice = Choice(ONNXRUNTIME, "", choice.reason, explicit=False)
-    verdict = reverify(classifier, bundle, manifest, max_batch_tokens=max_batch_tokens)
+    verdict = reverify(classifier, bundle, manifest, limits, max_batch_tokens=max_batch_tokens)
     return Loaded(classifier, choice, verdict, fallback)
 
 

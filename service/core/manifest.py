@@ -164,6 +164,8 @@ class Manifest:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BundleError(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+        except RecursionError:  # nesting deeper than the parser's stack
+            raise BundleError(f"{MANIFEST_NAME} is not valid JSON: nested too deeply") from None
         if not isinstance(data, dict):
             raise BundleError(f"{MANIFEST_NAME} must hold a JSON object")
         if data.get("format_version") not in READABLE_VERSIONS:
@@ -171,11 +173,68 @@ class Manifest:
                 f"{MANIFEST_NAME} has format_version {data.get('format_version')!r}; "
                 f"this release reads versions {', '.join(map(str, READABLE_VERSIONS))}"
             )
-        try:
-            data["id2label"] = {int(k): str(v) for k, v in data["id2label"].items()}
-            return cls(**data)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BundleError(f"{MANIFEST_NAME} is malformed: {exc}") from None
+        problems = _shape_problems(data)
+        if problems:
+            raise BundleError(f"{MANIFEST_NAME} is malformed: " + "; ".join(problems))
+        data["id2label"] = {int(k): v for k, v in data["id2label"].items()}
+        return cls(**data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+
+
+def _is_label_key(key: str) -> bool:
+    return key.isascii() and key.isdigit() and len(key) <= 9 and str(int(key)) == key
+
+
+# What each field of the JSON must be, so that a manifest of the wrong shape is told field by field and
+# never reaches code that would fail on it with a TypeError (a list where an object belongs, ...).
+_REQUIRED: dict[str, tuple[str, Any]] = {
+    "model_id": ("a string", lambda v: isinstance(v, str)),
+    "source": ("an object", lambda v: isinstance(v, dict)),
+    "id2label": (
+        "an object mapping label ids (0, 1, ...) to names",
+        lambda v: _is_str_map(v) and all(_is_label_key(k) for k in v),
+    ),
+    "problem_type": ("a string", lambda v: isinstance(v, str)),
+    "max_length": ("a whole number", _is_int),
+    "input_names": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v)),
+    "variant": ("a string", lambda v: isinstance(v, str)),
+    "opset": ("a whole number", _is_int),
+    "versions": ("an object", lambda v: isinstance(v, dict)),
+    "verification": ("an object", lambda v: isinstance(v, dict)),
+    "files": ("an object mapping file names to sha256 digests", _is_str_map),
+}
+_OPTIONAL: dict[str, tuple[str, Any]] = {
+    "strip_whitespace": ("true or false", lambda v: isinstance(v, bool)),
+    "format_version": ("a whole number", _is_int),
+    "output_name": ("a string", lambda v: isinstance(v, str)),
+    "extra": ("an object", lambda v: isinstance(v, dict)),
+    "task": ("a string", lambda v: isinstance(v, str)),
+    "threshold": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "external_data": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "reference_set": ("a string or null", lambda v: v is None or isinstance(v, str)),
+}
+
+
+def _shape_problems(data: dict[str, Any]) -> list[str]:
+    """Fields missing, unknown or of the wrong JSON type, one line each naming the field."""
+    problems = [f"field {name!r} is missing" for name in _REQUIRED if name not in data]
+    problems += [f"field {name!r} is unknown" for name in sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))]
+    for name, (kind, check) in {**_REQUIRED, **_OPTIONAL}.items():
+        if name in data and not check(data[name]):
+            problems.append(f"field {name!r} must be {kind}, got {_shown(data[name])}")
+    return problems
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def score_function(problem_type: str, num_outputs: int) -> str:
@@ -322,7 +381,11 @@ def read_manifest(directory: Path) -> Manifest:
         raise BundleError(f"{path} is a symbolic link, not a file of the bundle")
     if not path.is_file():
         raise BundleError(f"{path} is missing: not a bundle")
-    return Manifest.from_json(path.read_text(encoding="utf-8"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{MANIFEST_NAME} is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    return Manifest.from_json(text)
 
 
 def integrity_problems(directory: Path, manifest: Manifest) -> list[str]:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from service.core import repository
 from service.core.calls import Call
+from service.core.classifier import release_free_memory
 from service.core.engine import Engine
 from service.core.failures import Failure, LoadRefused, ModelNotFound, NotReady, ShuttingDown, VersionUnloaded
 from service.core.manifest import BundleError, Manifest
@@ -138,8 +139,12 @@ class ModelRegistry:
         self.models: dict[str, Model] = {}
         self.root = Path(settings.repository) if settings.repository else None
         self._manifest = manifest  # --bundle's manifest, as the CLI already checked it
+        # The scan's lock, and one per model: a model that takes long to load (a large reference set) keeps
+        # the repository API waiting for that model only.
         self._lock = asyncio.Lock()
+        self._model_locks: dict[str, asyncio.Lock] = {}
         self._started = False
+        self._crash = ""  # why loading the models failed as a whole (a defect, told in the log)
         self._tasks: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
         # Shadow versions record their own engine metrics here, never scraped: /metrics shows what the model
@@ -160,6 +165,9 @@ class ModelRegistry:
             return self._manifest
         return load_trusted(path, Trust.of(self.settings), repository=self.root)  # signature and digest first
 
+    def _lock_of(self, name: str) -> asyncio.Lock:
+        return self._model_locks.setdefault(name, asyncio.Lock())
+
     def _model(self, name: str) -> Model:
         if name not in self.models:
             self.models[name] = Model(
@@ -179,14 +187,20 @@ class ModelRegistry:
         if self.settings.model_control == "poll":
             self._poller = asyncio.create_task(self._poll(), name="repository-poll")
 
+    def crashed(self, reason: str) -> None:
+        """Loading the models failed as a whole: the server is no longer loading, and says so."""
+        self._crash = reason
+        self._started = True
+
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
         async with self._lock:
-            for model in self.models.values():
-                for version in self._take_all(model):
-                    self._retire(version, ShuttingDown())
+            for model in list(self.models.values()):
+                async with self._lock_of(model.name):
+                    for version in self._take_all(model):
+                        self._retire(version, ShuttingDown())
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _poll(self) -> None:
@@ -204,10 +218,13 @@ class ModelRegistry:
             for name in found:
                 self._model(name)  # listed as LOADING at once
             for name in sorted(set(self.models)):
-                if name in found:
-                    await self._sync_model(self.models[name], found[name])
-                else:
-                    self._remove(name)
+                async with self._lock_of(name):
+                    if name not in self.models:  # unloaded and removed while this scan waited
+                        continue
+                    if name in found:
+                        await self._sync_model(self.models[name], found[name])
+                    else:
+                        self._remove(name)
 
     async def load(
         self, name: str, *, shadow_version: str | None = None, shadow_fraction: float | None = None
@@ -215,10 +232,9 @@ class ModelRegistry:
         """Load or reload one model from the repository (the repository API's load); ``shadow_version`` names
         the version to load as its shadow ("" for none, None to keep what it was)."""
         assert self.root is not None, "explicit model control needs a repository"
-        async with self._lock:
-            if not repository.is_model_name(name):
-                raise ModelNotFound(f"model {name!r} is not in the repository: that is not a model name")
-            directory = self.root / name
+        if not repository.is_model_name(name):
+            raise ModelNotFound(f"model {name!r} is not in the repository: that is not a model name")
+        async with self._lock_of(name):
             leading_out: list[str] = []
             found = await asyncio.to_thread(repository.versions, self.root, name, leading_out)
             if not found and leading_out:
@@ -227,11 +243,18 @@ class ModelRegistry:
                     "a link; links must stay inside it"
                 )
             if not found:
-                raise ModelNotFound(f"model {name!r} is not in the repository: {directory} holds no bundle")
+                # The directory is the server's business: a caller learns the name, never a path.
+                raise ModelNotFound(f"model {name!r} is not in the repository: its directory holds no bundle")
             if shadow_version and shadow_version not in {item.version for item in found}:
                 raise ModelNotFound(
                     f"model {name!r} has no version {shadow_version!r} to shadow it with; the repository holds "
                     f"{_quoted([item.version for item in found])}"
+                )
+            if shadow_version and all(item.version == shadow_version for item in found):
+                # Checked before anything changes: the shadow would leave no version to serve.
+                raise LoadRefused(
+                    f"model {name!r} version {shadow_version!r} is its only version: a shadow needs another "
+                    "version to serve beside it; nothing was changed"
                 )
             model = self._model(name)
             if shadow_version is not None:
@@ -254,7 +277,7 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         """Stop serving one model; it stays in the index as UNAVAILABLE until loaded again."""
-        async with self._lock:
+        async with self._lock_of(name):
             model = self.models.get(name)
             if model is None:
                 raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {_quoted(sorted(self.models))}")
@@ -314,6 +337,9 @@ class ModelRegistry:
                 manifest = await asyncio.to_thread(self._verify, item.path)
             except BundleError as exc:
                 return self._refuse(model, item, str(exc), current)
+            except Exception as exc:  # a bundle must never stop the others loading, whatever it holds
+                log.exception("bundle could not be read", extra={"fields": {"model": model.name}})
+                return self._refuse(model, item, f"bundle could not be read: {type(exc).__name__}", current)
             if current is not None and current.engine.manifest.files == manifest.files:
                 current.fingerprint = item.fingerprint  # the same files, touched or copied again
                 return current
@@ -458,6 +484,10 @@ class ModelRegistry:
             )
         await loaded.engine.stop(why)
         self._forget(loaded.view)
+        loaded.engine.free()
+        # A session, its arenas and its tokenizers are tens of MB that glibc keeps for reuse unless told to give
+        # them back: each version swap would otherwise leave its predecessor's share behind.
+        await asyncio.to_thread(release_free_memory)
         log.info("model version unloaded", extra={"fields": {"model": loaded.name, "version": loaded.version}})
 
     # Serving -----------------------------------------------------------------------
@@ -519,6 +549,8 @@ class ModelRegistry:
         """Why the server is not ready, naming models and their states only. Open routes (/health) answer
         with it, so the reasons, which may name paths on the server's disk, stay in the log and in the
         authenticated repository index."""
+        if self._crash:
+            return f"{self._crash}; the server log says why"
         if not self._started:
             return LOADING_REASON if self.root is None else "models are loading"
         if not self.models:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,21 @@ from service.web import docs, health, openapi
 from service.web.errors import EdgeError, MethodNotAllowed, RouteNotFound, answer
 from service.web.middleware import RequestContext
 from service.web.routing import FixedPathRoutes, dialect_of, open_paths, routes
+
+log = logging.getLogger("service.web.app")
+
+
+def _checked(registry: ModelRegistry, on_fatal: Callable[[str], None] | None, task: asyncio.Task) -> None:
+    """The loading task's end: a crash is logged at once and ends the wait for models, rather than leaving
+    the server "loading" for ever with its traceback held until shutdown."""
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    log.error("loading the models failed", exc_info=error)
+    reason = f"loading the models failed: {type(error).__name__}"
+    registry.crashed(reason)
+    if on_fatal is not None:  # nothing will load: stop, so that a supervisor restarts the process
+        on_fatal(reason)
 
 
 async def _error(request: Request, exc: Any) -> JSONResponse:
@@ -77,6 +94,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Serve /live and a 503 /health while the sessions load and warm up.
         loading = asyncio.create_task(registry.start())
+        loading.add_done_callback(functools.partial(_checked, registry, on_fatal))
         grpc_server = None
         if settings.grpc_port:  # grpcio is optional: import it only when asked for
             from service.protocols.oip import grpc_service
@@ -87,7 +105,7 @@ def create_app(
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(settings.drain_timeout)
-            await loading
+            await asyncio.gather(loading, return_exceptions=True)  # its failure was told when it happened
             await registry.stop()
             await asyncio.to_thread(tracing.shutdown)  # the spans still buffered go out
 
@@ -103,6 +121,7 @@ def create_app(
         Middleware(
             RequestContext,
             api_keys=settings.api_keys,
+            high_priority_keys=settings.high_priority_keys,
             open_paths=open_paths(endpoints),
             metrics=metrics,
             tracing=tracing,

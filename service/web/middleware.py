@@ -23,7 +23,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.calls import Call, bearer_key_matches, finish, request_id
-from service.core.failures import BadRequest, Failure, ShuttingDown, Unauthenticated
+from service.core.failures import BadRequest, Failure, Forbidden, ShuttingDown, Unauthenticated
 from service.core.tracing import OFF, Tracing
 from service.core.urgency import priority_header, timeout_header
 from service.logs import REQUEST_ID
@@ -41,6 +41,7 @@ class RequestContext:
         app: ASGIApp,
         *,
         api_keys: tuple[str, ...],
+        high_priority_keys: tuple[str, ...] = (),
         open_paths: frozenset[str],
         metrics: Any,
         tracing: Tracing = OFF,
@@ -49,6 +50,7 @@ class RequestContext:
         self.tracing = tracing
         self.open_paths = open_paths
         self.api_keys = tuple(key.encode() for key in api_keys)
+        self.high_priority_keys = tuple(key.encode() for key in high_priority_keys)
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,7 +110,10 @@ class RequestContext:
                 await send_error(
                     Unauthenticated("missing or invalid API key; send 'Authorization: Bearer KEY'"), send_with_headers
                 )
-            elif (refused := _read_urgency(call, headers)) is not None:
+            elif scope["path"] in self.open_paths or scope["path"].startswith("/docs/"):
+                # Probes and scrapes run no model: a deadline or a priority means nothing to them.
+                await self.app(scope, receive, send_with_headers)
+            elif (refused := self._read_urgency(call, headers)) is not None:
                 await send_error(refused, send_with_headers, dialect_of(scope))
             else:
                 await self.app(scope, receive, send_with_headers)
@@ -135,17 +140,19 @@ class RequestContext:
             return True
         return bearer_key_matches(headers.get("authorization", ""), self.api_keys)
 
-
-def _read_urgency(call: Call, headers: Headers) -> BadRequest | None:
-    """The call's deadline and priority from ``x-request-timeout`` and ``x-priority``; why not, if they are bad."""
-    try:
-        if (timeout := headers.get("x-request-timeout")) is not None:
-            call.deadline = timeout_header(timeout)
-        if (priority := headers.get("x-priority")) is not None:
-            call.priority = priority_header(priority)
-    except BadRequest as exc:
-        return exc
-    return None
+    def _read_urgency(self, call: Call, headers: Headers) -> BadRequest | Forbidden | None:
+        """The call's deadline and priority from ``x-request-timeout`` and ``x-priority``; why not, if they are
+        bad or the caller may not ask for high priority (HIGH_PRIORITY_KEYS)."""
+        if self.high_priority_keys:
+            call.may_ask_high = bearer_key_matches(headers.get("authorization", ""), self.high_priority_keys)
+        try:
+            if (timeout := headers.get("x-request-timeout")) is not None:
+                call.deadline = timeout_header(timeout)
+            if (priority := headers.get("x-priority")) is not None:
+                call.priority = call.ask(priority_header(priority))
+        except (BadRequest, Forbidden) as exc:
+            return exc
+        return None
 
 
 async def send_error(error: Failure | EdgeError, send: Send, dialect: str = "service") -> None:

@@ -80,7 +80,7 @@ def urgency(request: Request, deadline: float | None = None, priority: int | Non
     call = request.scope[CALL]
     return {
         "deadline": call.deadline if deadline is None else deadline,
-        "priority": call.priority if priority is None else priority,
+        "priority": call.priority if priority is None else call.ask(priority),
     }
 
 

@@ -1,15 +1,27 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from export.check import check_bundle
 from export.cli import main
 from export.errors import BundleInvalid, ExitCode
-from service.core.manifest import BundleError, Manifest, ZeroShotIds, load_verified, read_manifest
+from service.core.manifest import (
+    BundleError,
+    Manifest,
+    ZeroShotIds,
+    integrity_problems,
+    load_verified,
+    read_manifest,
+)
 from tests.conftest import needs_export
 
 pytestmark = needs_export
@@ -264,3 +276,87 @@ def test_deberta_v3_without_token_types_records_the_graph_inputs(tiny_checkpoint
     assert main(["--model", str(model), "--out", str(out), "--variant", "fp32", "--quiet"]) == 0
     assert read_manifest(out).input_names == ["input_ids", "attention_mask"]
     assert main(["verify", str(out)]) == 0
+
+
+def _valid_fields() -> dict:
+    return json.loads(_manifest().to_json())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        pytest.param(
+            "files",
+            ["model.onnx", "tokenizer.json"],
+            "bundle.json is malformed: field 'files' must be an object mapping file names to sha256 digests, "
+            'got ["model.onnx", "tokenizer.json"]',
+            id="files-list",
+        ),
+        pytest.param(
+            "id2label",
+            {"0": "a", "1": 2},
+            "bundle.json is malformed: field 'id2label' must be an object mapping label ids (0, 1, ...) to names, "
+            'got {"0": "a", "1": 2}',
+            id="label-not-text",
+        ),
+        pytest.param(
+            "id2label",
+            {"0": "a", "01": "b"},
+            "field 'id2label' must be an object mapping label ids",
+            id="label-id-not-canonical",
+        ),
+        pytest.param("max_length", True, "field 'max_length' must be a whole number, got true", id="bool-length"),
+        pytest.param("input_names", "input_ids", "field 'input_names' must be a list of strings", id="names-text"),
+        pytest.param("verification", [], "field 'verification' must be an object, got []", id="verification-list"),
+        pytest.param("threshold", "0.5", "field 'threshold' must be a number, got \"0.5\"", id="threshold-text"),
+        pytest.param("surprise", 1, "field 'surprise' is unknown", id="unknown-field"),
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_names_the_field(field, value, message):
+    data = {**_valid_fields(), field: value}
+    with pytest.raises(BundleError, match=re.escape(message)):
+        Manifest.from_json(json.dumps(data))
+
+
+def test_a_manifest_that_is_not_utf8_or_nested_too_deep_is_a_bad_bundle(bundle):
+    (bundle / "bundle.json").write_bytes(b'{"model_id": "\xff"}')
+    with pytest.raises(BundleError, match="bundle.json is not valid UTF-8"):
+        read_manifest(bundle)
+    (bundle / "bundle.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="bundle.json is not valid JSON"):
+        read_manifest(bundle)
+
+
+_EMPTY = Path(tempfile.mkdtemp(prefix="empty-bundle-"))
+# JSON of any shape: what a hand-edited or hostile bundle.json may hold in any field.
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    replaced=st.dictionaries(st.sampled_from(sorted(_valid_fields()) + ["other"]), _json, max_size=4),
+    removed=st.sets(st.sampled_from(sorted(_valid_fields())), max_size=3),
+)
+def test_any_manifest_is_read_or_refused_as_a_bad_bundle(replaced, removed):
+    """A valid manifest with fields replaced by any JSON, or removed: read, or BundleError, never anything else."""
+    data = {key: value for key, value in {**_valid_fields(), **replaced}.items() if key not in removed}
+    try:
+        manifest = Manifest.from_json(json.dumps(data))
+    except BundleError as exc:
+        assert "\n" not in str(exc)
+    else:
+        # What the service then asks of a manifest it accepted works.
+        assert manifest.labels and manifest.score_function in ("softmax", "sigmoid", "identity")
+        assert isinstance(manifest.zero_shot, (ZeroShotIds, type(None)))
+        assert "model.onnx: missing" in integrity_problems(_EMPTY, manifest)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_any_json_document_is_read_or_refused_as_a_bad_bundle(document):
+    with contextlib.suppress(BundleError):
+        Manifest.from_json(json.dumps(document))

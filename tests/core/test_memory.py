@@ -7,6 +7,7 @@ under the shipped 1 GiB limit; these run anywhere.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from service.core.classifier import OnnxClassifier
@@ -75,3 +76,83 @@ def test_memory_returns_after_a_long_text(default_bundle):
         server.stop()
     print(f"ready {ready:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB")
     assert after - ready < 35, f"{after - ready:.0f} MiB stayed after three long texts"
+
+
+def _rss_mib(pid: int) -> float:
+    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+def test_every_window_overlap_a_caller_may_ask_for_costs_bounded_memory(default_bundle):
+    """Anonymous requests asking for each overlap from 0 to half a window (127 tokens for the built-in model) in
+    turn: each took a tokenizer copy of its own, kept for ever (206 -> 977 MiB in the report). Now a few are
+    kept, and more than half a window is refused."""
+    import httpx
+
+    from tests.helpers import ServerProcess
+
+    require_serve_env()
+    server = ServerProcess(default_bundle)
+    server.wait_ready()
+    try:
+        body = {"inputs": "what is my balance", "windows": True}
+        httpx.post(server.url + "/predict", json={**body, "window_overlap": 0}, timeout=60).raise_for_status()
+        before = _rss_mib(server.proc.pid)
+        for overlap in range(128):
+            response = httpx.post(server.url + "/predict", json={**body, "window_overlap": overlap}, timeout=60)
+            assert response.status_code == 200, response.text
+        after = _rss_mib(server.proc.pid)
+        refused = httpx.post(server.url + "/predict", json={**body, "window_overlap": 128}, timeout=60)
+    finally:
+        server.stop()
+    print(f"before {before:.0f} MiB, after 128 overlaps {after:.0f} MiB")
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "window_overlap 128 is more than half a window: at most 127 tokens for this model"
+    assert after - before < 100, f"{after - before:.0f} MiB stayed after 128 overlaps"
+
+
+def test_twenty_version_swaps_leave_memory_where_one_did(default_bundle, tmp_path):
+    """Each swap kept about 50 MB (12 swaps: 210 -> 774 MiB): the retired version's session and tokenizers
+    were freed into glibc's arenas and kept there. The server's resident memory after 20 swaps is measured."""
+    import json
+    import shutil
+
+    import httpx
+
+    from tests.helpers import ServerProcess
+
+    require_serve_env()
+    repository = tmp_path / "repository"
+    shutil.copytree(default_bundle, repository / "intent" / "1")
+    key = {"Authorization": "Bearer swap-key"}
+    server = ServerProcess(
+        None, "--repository", str(repository), "--model-control", "explicit", "--api-keys", "swap-key"
+    )
+    server.wait_ready()
+
+    def unloaded() -> int:
+        lines = [json.loads(line) for line in server.log.read_text().splitlines() if line.startswith("{")]
+        return sum(line["msg"] == "model version unloaded" for line in lines)
+
+    def swap(version: int) -> None:
+        staging = repository / "intent" / f".{version}"
+        shutil.copytree(default_bundle, staging)
+        staging.rename(repository / "intent" / str(version))
+        response = httpx.post(server.url + "/v2/repository/models/intent/load", headers=key, timeout=300)
+        assert response.status_code == 200, response.text
+        shutil.rmtree(repository / "intent" / str(version - 1))
+        deadline = time.monotonic() + 120
+        while unloaded() < version - 1:  # the retired version drains, then frees its memory
+            assert time.monotonic() < deadline, "the retired version was never unloaded"
+            time.sleep(0.05)
+        httpx.post(server.url + "/predict", json={"inputs": "what is my balance"}, headers=key).raise_for_status()
+
+    try:
+        swap(2)
+        first = _rss_mib(server.proc.pid)
+        for version in range(3, 22):
+            swap(version)
+        last = _rss_mib(server.proc.pid)
+    finally:
+        server.stop()
+    print(f"after 1 swap {first:.0f} MiB, after 20 swaps {last:.0f} MiB")
+    assert last - first < 150, f"{last - first:.0f} MiB stayed over 19 more swaps"

@@ -365,7 +365,7 @@ def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle,
             client.load_model("nothing", headers=AUTH)
         assert (raised.value.status(), raised.value.message()) == (
             "404",
-            f"model 'nothing' is not in the repository: {repository / 'nothing'} holds no bundle",
+            "model 'nothing' is not in the repository: its directory holds no bundle",
         )
         broken = repository / "broken" / "1"
         broken.mkdir(parents=True)
@@ -395,7 +395,8 @@ def test_the_repository_api_refuses_everyone_without_api_keys(tmp_path, tiny_bun
                     "error_type": "forbidden",
                 },
             )
-        assert index(server) == [{"name": "alpha", "version": "1", "state": "READY", "reason": ""}]
+        rows = httpx.get(server.url + "/v2/models", headers=AUTH).json()
+        assert rows == [{"name": "alpha", "version": "1", "state": "READY", "reason": ""}]
     finally:
         server.stop()
     assert "MODEL_CONTROL=explicit without API_KEYS" in server.log.read_text()
@@ -657,3 +658,141 @@ def test_a_models_serving_json_sets_its_own_long_text_settings(tmp_path, tiny_bu
         assert first["details"] == [{"truncated": True, "windows": 1, "tokens": 24}]
     finally:
         server.stop()
+
+
+def test_a_malformed_manifest_is_a_bad_bundle_at_start_and_through_the_api(tmp_path, tiny_bundle):
+    """``files`` a list instead of an object: refused with one line naming the file and the field, at start
+    and when the repository API loads it (400, not 500), while the other model serves."""
+    repository = tmp_path / "repository"
+    place(tiny_bundle("bert"), repository / "good" / "1")
+    odd = repository / "odd" / "1"
+    place(tiny_bundle("bert"), odd)
+    manifest = json.loads((odd / "bundle.json").read_text())
+    (odd / "bundle.json").write_text(json.dumps({**manifest, "files": sorted(manifest["files"])}))
+    reason = (
+        "bundle.json is malformed: field 'files' must be an object mapping file names to sha256 digests, "
+        'got ["model.onnx", "reference.json", "tokeni…'  # the value, cut short
+    )
+    server = serve(repository, "--model-control", "explicit", "--api-keys", KEY)
+    try:
+        assert httpx.get(server.url + "/health").status_code == 200
+        rows = httpx.post(server.url + "/v2/repository/index", headers=AUTH).json()
+        assert {row["name"]: (row["state"], row["reason"]) for row in rows} == {
+            "good": ("READY", ""),
+            "odd": ("UNAVAILABLE", reason),
+        }
+        response = httpx.post(server.url + "/v2/repository/models/odd/load", headers=AUTH)
+        assert (response.status_code, response.json()) == (
+            400,
+            {"error": f"failed to load 'odd': {reason}", "error_type": "bad_request"},
+        )
+        assert httpx.post(server.url + "/models/good/predict", json=TEI, headers=AUTH).status_code == 200
+        refused = log_events(server, "model version refused")
+        assert [event["reason"] for event in refused] == [reason]  # refused once: unchanged since, not retried
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_refused_shadow_load_changes_nothing(tmp_path, tiny_bundle):
+    """Naming the only version as the shadow is refused (400) before anything changes: the model answers on."""
+    repository = tmp_path / "repository"
+    place(tiny_bundle("bert"), repository / "alpha" / "1")
+    server = serve(repository, "--model-control", "explicit", "--api-keys", KEY)
+    try:
+        body = {"parameters": {"shadow_version": "1"}}
+        response = httpx.post(server.url + "/v2/repository/models/alpha/load", json=body, headers=AUTH)
+        assert (response.status_code, response.json()) == (
+            400,
+            {
+                "error": "model 'alpha' version '1' is its only version: a shadow needs another version to serve "
+                "beside it; nothing was changed",
+                "error_type": "bad_request",
+            },
+        )
+        assert httpx.post(server.url + "/predict", json=TEI, headers=AUTH).status_code == 200
+        rows = httpx.get(server.url + "/v2/models", headers=AUTH).json()
+        assert rows == [{"name": "alpha", "version": "1", "state": "READY", "reason": ""}]
+        # And a later load (without a shadow) finds the model as it was.
+        assert httpx.post(server.url + "/v2/repository/models/alpha/load", headers=AUTH).status_code == 200
+        assert httpx.post(server.url + "/predict", json=TEI, headers=AUTH).status_code == 200
+    finally:
+        server.stop()
+
+
+FRACTION = "parameters.shadow_fraction"
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        pytest.param(
+            {"shadow_fraction": True}, "parameters.shadow_fraction: Input should be a valid number", id="true"
+        ),
+        pytest.param(
+            {"shadow_fraction": "0.5"}, "parameters.shadow_fraction: Input should be a valid number", id="text"
+        ),
+        pytest.param({"shadow_version": 2}, "parameters.shadow_version: Input should be a valid string", id="number"),
+    ],
+)
+def test_load_parameters_are_validated_strictly(tmp_path, tiny_bundle, parameters, message):
+    from service.core.failures import BadRequest
+    from service.protocols.oip.repository import LoadRequest
+    from service.protocols.validation import parse
+
+    with pytest.raises(BadRequest) as raised:
+        parse(LoadRequest, json.dumps({"parameters": parameters}).encode(), invalid=BadRequest)
+    assert raised.value.message == message
+    assert (
+        parse(LoadRequest, b'{"parameters": {"shadow_fraction": 1}}', invalid=BadRequest).parameters.shadow_fraction
+        == 1.0
+    )
+
+
+def test_a_slow_load_keeps_only_its_own_model_waiting(tmp_path, tiny_bundle, monkeypatch):
+    """While one model's new version runs its reference set (held here by an event), the repository API
+    unloads and loads another model at once."""
+    import service.core.engine as engine_module
+    from service.core.metrics import Metrics
+    from service.core.registry import ModelRegistry
+    from service.settings import Settings
+
+    repository = tmp_path / "repository"
+    place(tiny_bundle("bert"), repository / "slow" / "1")
+    place(tiny_bundle("bert"), repository / "other" / "1")
+    entered, held = threading.Event(), threading.Event()
+    real = engine_module.reverify
+
+    def reverify(classifier, directory, *args):
+        if directory == repository / "slow" / "2":
+            entered.set()
+            held.wait(120)
+        return real(classifier, directory, *args)
+
+    monkeypatch.setattr(engine_module, "reverify", reverify)
+    settings = Settings(repository=str(repository), model_control="explicit", api_keys=(KEY,))
+
+    async def scenario() -> tuple[bool, list[dict]]:
+        registry = ModelRegistry(settings, Metrics())
+        await registry.start()
+        try:
+            place(tiny_bundle("bert"), repository / "slow" / "2")
+            loading = asyncio.create_task(registry.load("slow"))
+            await asyncio.to_thread(entered.wait, 120)
+            try:
+                await asyncio.wait_for(registry.unload("other"), 60)
+                await asyncio.wait_for(registry.load("other"), 60)
+                waited = loading.done()
+            finally:
+                held.set()
+            await loading
+            return waited, registry.index()
+        finally:
+            await registry.stop()
+
+    waited, rows = asyncio.run(scenario())
+    assert not waited
+    assert [(row["name"], row["version"], row["state"]) for row in rows] == [
+        ("other", "1", "READY"),
+        ("slow", "2", "READY"),
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -143,3 +144,220 @@ def test_the_setting_takes_refuse_or_warn(flag, value):
 
     with pytest.raises(SettingsError, match="--on-failed-verification must be refuse or warn, got 'maybe'"):
         load_settings([flag, value], environ={})
+
+
+def with_reference(bundle, target, content: bytes | None = None, **changes):
+    """A copy of ``bundle`` whose reference.json holds ``content`` (or its data with ``changes``), hashes
+    rewritten to match, as a bundle edited by hand would be."""
+    import json
+
+    shutil.copytree(bundle, target)
+    path = target / REFERENCE_FILE
+    if content is None:
+        data = json.loads(path.read_text())
+        data.update(changes)
+        content = json.dumps({key: value for key, value in data.items() if value is not None}).encode()
+    path.write_bytes(content)
+    write_manifest(target, dataclasses.replace(read_manifest(target), files=hash_files(target)))
+    return target
+
+
+@pytest.mark.parametrize(
+    "content, changes, message",
+    [
+        pytest.param(b"{", {}, "reference.json is not valid JSON: ", id="not-json"),
+        pytest.param(b"\xff\xfe", {}, "reference.json is not valid JSON: ", id="not-utf8"),
+        pytest.param(b"[]", {}, "reference.json must hold a JSON object with 'inputs' and 'logits'", id="not-object"),
+        pytest.param(None, {"inputs": None}, "reference.json: 'inputs' must be a non-empty list", id="no-inputs"),
+        pytest.param(None, {"logits": [[1, 2, 3]]}, "reference.json: ", id="rows-differ"),
+        pytest.param(None, {"inputs": [7]}, "reference.json: ", id="input-not-text"),
+    ],
+)
+def test_a_corrupt_reference_set_is_named_with_its_problem(tiny_bundle, tmp_path, content, changes, message):
+    from service.core.reverify import BadReferenceSet
+
+    bundle = with_reference(tiny_bundle("bert"), tmp_path / "b", content, **changes)
+    with pytest.raises(BadReferenceSet) as caught:
+        reverify(OnnxClassifier.from_bundle(bundle), bundle, read_manifest(bundle))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_row_of_a_reference_set_is_checked(tiny_bundle, tmp_path):
+    import json
+
+    from service.core.reverify import BadReferenceSet
+
+    data = json.loads((tiny_bundle("bert") / REFERENCE_FILE).read_text())
+    bad_row = [*data["logits"][:-1], [0.0, "x", 1.0]]
+    bundle = with_reference(tiny_bundle("bert"), tmp_path / "b", logits=bad_row)
+    with pytest.raises(BadReferenceSet, match=rf"^reference.json: logits\[{len(bad_row) - 1}\] must be a list of 3 "):
+        reverify(OnnxClassifier.from_bundle(bundle), bundle, read_manifest(bundle))
+
+
+def test_a_single_bundle_with_a_corrupt_reference_set_exits_5_naming_it(tiny_bundle, tmp_path):
+    require_serve_env()
+    bundle = with_reference(tiny_bundle("bert"), tmp_path / "b", inputs=None)
+    proc = subprocess.run(
+        [str(SERVE_PYTHON), "-m", "service", "--bundle", str(bundle), "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 5
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"error: {bundle}: bundle refused: reference.json: 'inputs' must be a non-empty list"
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_reference_set_over_the_limits_is_refused_before_it_runs(tiny_bundle, tmp_path, monkeypatch):
+    from service.core.reverify import BadReferenceSet, Limits
+
+    bundle = tiny_bundle("bert")
+    manifest = read_manifest(bundle)
+    classifier = OnnxClassifier.from_bundle(bundle)
+    ran: list[int] = []
+    monkeypatch.setattr(classifier, "run", lambda batch: ran.append(len(batch)))
+    size = (bundle / REFERENCE_FILE).stat().st_size
+    rows = manifest.verification["texts"]
+    with pytest.raises(
+        BadReferenceSet, match=rf"^reference.json holds {size} bytes, more than MAX_REFERENCE_BYTES 100$"
+    ):
+        reverify(classifier, bundle, manifest, Limits(max_bytes=100))
+    with pytest.raises(BadReferenceSet, match=rf"^reference.json holds {rows} rows, more than MAX_REFERENCE_ROWS 3$"):
+        reverify(classifier, bundle, manifest, Limits(max_rows=3))
+    assert ran == []
+
+
+def test_the_reference_set_runs_in_batches_within_max_batch_tokens(tiny_bundle):
+    from service.core.reverify import Limits
+
+    bundle = tiny_bundle("bert")
+    classifier = OnnxClassifier.from_bundle(bundle)
+    shapes: list[tuple[int, int]] = []
+    run = classifier.run
+
+    def recorded(batch):
+        shapes.append((len(batch), max(item.length for item in batch)))
+        return run(batch)
+
+    classifier.run = recorded  # type: ignore[method-assign]
+    verdict = reverify(classifier, bundle, read_manifest(bundle), Limits(max_batch_tokens=40, max_batch_size=3))
+    assert verdict is not None and verdict.passed
+    assert sum(size for size, _ in shapes) == verdict.inputs
+    assert all(size <= 3 and size * width <= 40 for size, width in shapes), shapes
+    assert len(shapes) > 1
+
+
+def test_a_large_reference_set_costs_a_server_no_memory_and_its_neighbours_serve(tiny_bundle, tmp_path):
+    """22 MB, 10,000 rows: refused before it is read, while the repository's other model loads and answers.
+    The server's peak resident memory is measured, against a generous bound."""
+    import json
+    import re
+
+    from tests.core.test_registry import serve, wait_until
+
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_bundle("bert"), repository / "ok" / "1")
+    data = json.loads((tiny_bundle("bert") / REFERENCE_FILE).read_text())
+    rows = 10_000
+    big = {"inputs": ["what is my balance " * 115] * rows, "logits": [data["logits"][0]] * rows}
+    with_reference(tiny_bundle("bert"), repository / "big" / "1", json.dumps(big).encode())
+    assert (repository / "big" / "1" / REFERENCE_FILE).stat().st_size > 22_000_000
+    server = serve(repository)
+    try:
+        wait_until(lambda: any(row["name"] == "big" and row["state"] == "UNAVAILABLE" for row in index_of(server)))
+        reason = next(row["reason"] for row in index_of(server) if row["name"] == "big")
+        answer = httpx.post(server.url + "/models/ok/predict", json={"inputs": "hi"})
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    finally:
+        server.stop()
+    assert reason.startswith("bundle refused: reference.json holds ") and reason.endswith(
+        "bytes, more than MAX_REFERENCE_BYTES 4194304"
+    )
+    assert answer.status_code == 200
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    print(f"peak {peak:.0f} MiB")
+    assert peak < 250, f"peak resident memory {peak:.0f} MiB"
+
+
+def index_of(server):
+    return httpx.get(server.url + "/v2/models").json()
+
+
+@pytest.mark.parametrize(
+    "recorded, message",
+    [
+        pytest.param(
+            {"int8_min_agreement": 0.0},
+            "bundle.json: the bundle's tolerances are laxer than this service allows: int8_min_agreement 0 < "
+            "GATE_INT8_MIN_AGREEMENT 0.99",
+            id="agreement",
+        ),
+        pytest.param(
+            {"fp32_max_logit_diff": 10.0, "int8_max_prob_diff": 1.0},
+            "bundle.json: the bundle's tolerances are laxer than this service allows: fp32_max_logit_diff 10 > "
+            "GATE_FP32_MAX_LOGIT_DIFF 0.0001; int8_max_prob_diff 1 > GATE_INT8_MAX_PROB_DIFF 0.05",
+            id="ceilings",
+        ),
+        pytest.param(
+            {"int8_min_agreement": "0"},
+            "bundle.json: verification.thresholds.int8_min_agreement must be a number, got '0'",
+            id="not-a-number",
+        ),
+    ],
+)
+def test_a_bundle_cannot_relax_its_own_tolerances(tiny_bundle, tmp_path, recorded, message):
+    """A bundle rewritten whole (a graph changed, its tolerances opened wide, its hashes rewritten) passes its
+    own gate; the service's floor refuses it."""
+    from service.core.reverify import BadReferenceSet
+
+    bundle = tampered(tiny_bundle("bert"), tmp_path / "tampered")
+    manifest = read_manifest(bundle)
+    thresholds = {**manifest.verification["thresholds"], **recorded}
+    verification = {**manifest.verification, "thresholds": thresholds}
+    write_manifest(bundle, dataclasses.replace(manifest, verification=verification))
+    with pytest.raises(BadReferenceSet) as caught:
+        reverify(OnnxClassifier.from_bundle(bundle), bundle, read_manifest(bundle))
+    assert str(caught.value) == message
+
+
+def test_a_lower_floor_is_the_operators_choice(tiny_bundle, tmp_path):
+    require_serve_env()
+    bundle = tampered(tiny_bundle("bert"), tmp_path / "tampered")
+    manifest = read_manifest(bundle)
+    verification = {
+        **manifest.verification,
+        "thresholds": {**manifest.verification["thresholds"], "fp32_max_logit_diff": 10.0},
+    }
+    write_manifest(bundle, dataclasses.replace(manifest, verification=verification))
+    refused = subprocess.run(
+        [str(SERVE_PYTHON), "-m", "service", "--bundle", str(bundle), "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 5
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {bundle}: bundle refused: bundle.json: the bundle's tolerances are laxer than this service allows: "
+        "fp32_max_logit_diff 10 > GATE_FP32_MAX_LOGIT_DIFF 0.0001"
+    )
+    server = ServerProcess(bundle, "--gate-fp32-max-logit-diff", "10")
+    try:
+        server.wait_ready()
+        info = httpx.get(server.url + "/info").json()
+    finally:
+        server.stop()
+    assert info["reverification"]["passed"] is True
+
+
+def test_require_reference_set_refuses_a_bundle_without_one(tiny_checkpoint, tmp_path):
+    from export.pipeline import export_bundle
+    from service.core.reverify import BadReferenceSet, Limits
+
+    export_bundle(out=tmp_path / "b", model=str(tiny_checkpoint("bert")), variant="fp32", reference_set=False)
+    classifier = OnnxClassifier.from_bundle(tmp_path / "b")
+    with pytest.raises(BadReferenceSet, match="^bundle.json: the bundle carries no reference set, and REQUIRE_"):
+        reverify(classifier, tmp_path / "b", read_manifest(tmp_path / "b"), Limits(require_reference_set=True))

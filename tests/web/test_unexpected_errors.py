@@ -119,3 +119,39 @@ def test_a_500_carries_its_request_id_and_logs_one_traceback(server):
     assert len(entries) == len(text.splitlines())
     access = {entry["request_id"]: entry["status"] for entry in entries if entry["logger"] == "service.access"}
     assert access["boom-1"] == 500 and access[v2_id] == 500
+
+
+def test_a_crash_while_loading_the_models_is_told_at_once_not_held_until_shutdown(tiny_bundle, tmp_path, caplog):
+    """A defect that escapes the registry's start (here made by hand): the server stops waiting for models,
+    says why in /health and the log at once, and tells the process to stop (it exits 5)."""
+    import logging
+
+    from starlette.testclient import TestClient
+
+    from service.core.registry import ModelRegistry
+    from service.settings import Settings
+    from service.web.app import create_app
+
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_bundle("bert"), repository / "intent")
+    told: list[str] = []
+
+    async def crash(self):
+        raise RuntimeError("a defect")
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(ModelRegistry, "sync", crash)
+    try:
+        app = create_app(Settings(repository=str(repository)), on_fatal=told.append)
+        with caplog.at_level(logging.ERROR), TestClient(app) as client:
+            # The crash is the loading task's first step: once the lifespan has started, it has happened.
+            response = client.get("/health")
+            failed = [record for record in caplog.records if record.getMessage() == "loading the models failed"]
+    finally:
+        monkeypatch.undo()
+    assert (response.status_code, response.json()["error"]) == (
+        503,
+        "loading the models failed: RuntimeError; the server log says why",
+    )
+    assert told == ["loading the models failed: RuntimeError"]
+    assert len(failed) == 1 and failed[0].exc_info is not None

@@ -159,6 +159,7 @@ class InferenceService:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
         self.api_keys = tuple(key.encode() for key in registry.settings.api_keys)
+        self.high_priority_keys = tuple(key.encode() for key in registry.settings.high_priority_keys)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -204,7 +205,7 @@ class InferenceService:
             truncate=long_texts.truncate,
             windowing=long_texts.windowing(engine.windowing),
             deadline=call.deadline if checked.deadline is None else checked.deadline,
-            priority=call.priority if checked.priority is None else checked.priority,
+            priority=call.priority if checked.priority is None else call.ask(checked.priority),
         )
         response = infer.respond(
             checked,
@@ -236,21 +237,23 @@ class InferenceService:
             token = REQUEST_ID.set(call.request_id)
             code = Code.OK
             try:
-                if isinstance(request, _Malformed):
-                    raise failures.MalformedBody(f"the request is not a valid {name}Request message")
-                if (remaining := context.time_remaining()) is not None:  # the client's deadline, a little early so
-                    # that the service answers it (and counts it) before gRPC cancels the call at the deadline itself
-                    call.deadline = deadline_after(remaining - GRPC_DEADLINE_MARGIN)
-                if (priority := metadata.get("x-priority")) is not None:
-                    call.priority = priority_header(priority)
-                if (
-                    self.api_keys
-                    and name not in OPEN_METHODS
-                    and not bearer_key_matches(metadata.get("authorization", ""), self.api_keys)
-                ):
+                # The key first: a caller without one learns nothing else about its call, not even that its
+                # bytes or its metadata are bad.
+                authorization = metadata.get("authorization", "")
+                if self.api_keys and name not in OPEN_METHODS and not bearer_key_matches(authorization, self.api_keys):
                     raise failures.Unauthenticated(
                         "missing or invalid API key; send the metadata 'authorization: Bearer KEY'"
                     )
+                if isinstance(request, _Malformed):
+                    raise failures.MalformedBody(f"the request is not a valid {name}Request message")
+                if self.high_priority_keys:
+                    call.may_ask_high = bearer_key_matches(authorization, self.high_priority_keys)
+                if name not in OPEN_METHODS:  # probes run no model: a priority means nothing to them
+                    if (remaining := context.time_remaining()) is not None:  # the client's deadline, a little
+                        # early so that the service answers it (and counts it) before gRPC cancels the call itself
+                        call.deadline = deadline_after(remaining - GRPC_DEADLINE_MARGIN)
+                    if (priority := metadata.get("x-priority")) is not None:
+                        call.priority = call.ask(priority_header(priority))
                 return await method(request, call)
             except failures.Failure as exc:
                 code = status_of(exc)

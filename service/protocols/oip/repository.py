@@ -44,13 +44,14 @@ async def repository_index(request: Request) -> Response:
 
 
 class LoadParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON's true is not a fraction, nor "0.5" a number.
+    model_config = ConfigDict(extra="forbid", strict=True)
     shadow_version: str | None = Field(default=None, pattern=r"^([1-9][0-9]{0,17})?$")
     shadow_fraction: float | None = Field(default=None, gt=0, le=1)
 
 
 class LoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     parameters: LoadParameters = LoadParameters()
 
 
