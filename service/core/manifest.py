@@ -219,6 +219,7 @@ _OPTIONAL: dict[str, tuple[str, Any]] = {
     "threshold": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     "external_data": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "reference_set": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "engines": ("an object of engine name to its graph", lambda v: isinstance(v, dict)),
 }
 
 

@@ -360,3 +360,11 @@ def test_any_manifest_is_read_or_refused_as_a_bad_bundle(replaced, removed):
 def test_any_json_document_is_read_or_refused_as_a_bad_bundle(document):
     with contextlib.suppress(BundleError):
         Manifest.from_json(json.dumps(document))
+
+
+def test_every_field_of_the_manifest_has_its_json_shape_checked():
+    import dataclasses
+
+    from service.core import manifest
+
+    assert set(manifest._REQUIRED) | set(manifest._OPTIONAL) == {field.name for field in dataclasses.fields(Manifest)}
