@@ -752,7 +752,7 @@ def test_load_parameters_are_validated_strictly(tmp_path, tiny_bundle, parameter
 def test_a_slow_load_keeps_only_its_own_model_waiting(tmp_path, tiny_bundle, monkeypatch):
     """While one model's new version runs its reference set (held here by an event), the repository API
     unloads and loads another model at once."""
-    import service.core.engine as engine_module
+    import service.core.loading as loading_module
     from service.core.metrics import Metrics
     from service.core.registry import ModelRegistry
     from service.settings import Settings
@@ -761,15 +761,15 @@ def test_a_slow_load_keeps_only_its_own_model_waiting(tmp_path, tiny_bundle, mon
     place(tiny_bundle("bert"), repository / "slow" / "1")
     place(tiny_bundle("bert"), repository / "other" / "1")
     entered, held = threading.Event(), threading.Event()
-    real = engine_module.reverify
+    real = loading_module.reverify
 
-    def reverify(classifier, directory, *args):
+    def reverify(classifier, directory, *args, **kwargs):
         if directory == repository / "slow" / "2":
             entered.set()
             held.wait(120)
-        return real(classifier, directory, *args)
+        return real(classifier, directory, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "reverify", reverify)
+    monkeypatch.setattr(loading_module, "reverify", reverify)
     settings = Settings(repository=str(repository), model_control="explicit", api_keys=(KEY,))
 
     async def scenario() -> tuple[bool, list[dict]]:
