@@ -346,7 +346,7 @@ def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle,
         response = httpx.post(server.url + "/models/beta/predict", json=TEI, headers=AUTH)
         assert (response.status_code, response.json()) == (
             503,
-            {"error": "model 'beta' is unloaded", "error_type": "Unhealthy"},
+            {"error": "model 'beta' is unloaded", "error_type": "unhealthy"},
         )
         assert {"name": "beta", "version": "", "state": "UNAVAILABLE", "reason": "model 'beta' is unloaded"} in (
             client.get_model_repository_index(headers=AUTH)
