@@ -500,3 +500,18 @@ def test_docs_page_is_swagger_ui_from_local_assets(client):
     assert 'url: "openapi.json"' in init.text and "validatorUrl: null" in init.text
     error(client.get("/docs/other.js"), 404, "not_found", "no route /docs/other.js")
     error(client.get("/docs/swagger-ui/other.js"), 404, "not_found", "no route /docs/swagger-ui/other.js")
+
+
+def test_the_reverified_schema_is_derived_from_the_core_dataclass():
+    import dataclasses
+
+    from service.core.reverify import Reverification
+    from service.protocols.tei.responses import Reverified
+    from service.web.responses import model_of
+
+    verdict = Reverification(True, 3, "top1", 1.0, 0.0, 0.0, [], 0.5, ["avx2"], "1.32.0")
+    assert list(Reverified.model_fields) == [field.name for field in dataclasses.fields(Reverification)]
+    assert Reverified.model_validate(verdict.to_dict()).model_dump() == verdict.to_dict()
+    assert Reverified.model_json_schema()["required"] == list(Reverified.model_fields)
+    with pytest.raises(ValueError, match=r"Reverification has no fields \['second'\]"):
+        model_of(Reverification, "X", "x", second="a typo")
