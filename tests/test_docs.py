@@ -76,3 +76,9 @@ def test_the_index_names_every_requirements_file_of_each_environment():
     installed = set(re.findall(r"requirements-[\w-]+\.txt", setup.split("ensure_venv .venv-serve", 1)[1]))
     page = (ROOT / "docs" / "index.md").read_text()
     assert sorted(name for name in installed if f"`{name}`" not in page) == []
+
+
+def test_the_docs_toolchain_is_pinned_and_the_choice_explained():
+    pins = (ROOT / "requirements-dev.txt").read_text()
+    assert "mkdocs==1.6.1" in pins and "mkdocs-material==9.8.2" in pins
+    assert "Zensical" in (ROOT / "docs" / "development.md").read_text()
