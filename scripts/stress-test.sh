@@ -14,8 +14,10 @@ cores="$(nproc)"
 hogs="${STRESS_HOGS:-$((2 * cores))}"
 runs="${STRESS_RUNS:-1}"
 pids=()
+tests=""
 
 stop_hog() {
+  if [[ -n "$tests" ]]; then kill "$tests" 2>/dev/null || true; fi
   if ((${#pids[@]})); then
     kill "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
@@ -33,11 +35,16 @@ echo "stress-test: $hogs busy processes on $cores cores; $runs run(s) of pytest 
 
 for run in $(seq "$runs"); do
   echo "stress-test: run $run of $runs" >&2
+  # pytest runs in the background and the script waits for it, so that a TERM to the script stops it and the
+  # hog at once (bash would only run the trap after a foreground command ended).
   if (($#)); then
     # A selection: no coverage floor (scripts/test.sh applies it to the whole suite only).
-    .venv/bin/python -m pytest -p no:cacheprovider "$@"
+    .venv/bin/python -m pytest -p no:cacheprovider "$@" &
   else
-    .venv/bin/python -m pytest -p no:cacheprovider --cov-fail-under=85
+    .venv/bin/python -m pytest -p no:cacheprovider --cov-fail-under=85 &
   fi
+  tests="$!"
+  wait "$tests"
+  tests=""
 done
 echo "stress-test: $runs run(s) passed under $hogs busy processes" >&2
