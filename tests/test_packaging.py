@@ -76,7 +76,9 @@ def installed(tmp_path_factory) -> Path:
     pip = [str(SERVE_PYTHON), "-m", "pip", "--disable-pip-version-check", "-q"]
     wheels = root / "wheels"
     run = lambda *args: subprocess.run(args, env=env, check=True, capture_output=True, timeout=600)  # noqa: E731
-    run(*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), str(source))
+    # The build backend from .venv (setuptools 70.1 or later builds wheels alone), offline.
+    build = [str(ROOT / ".venv" / "bin" / "python"), *pip[1:]]
+    run(*build, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels), str(source))
     venv = root / "venv"
     run(str(SERVE_PYTHON), "-m", "venv", "--without-pip", str(venv))
     (wheel,) = wheels.glob("onnx_text_classifier_service-*.whl")
