@@ -42,6 +42,7 @@ def test_the_dependencies_are_the_serving_requirements():
         pytest.param("otel", ["requirements-otel.txt"], id="otel"),
         pytest.param("ray", ["requirements-ray.txt", "requirements-bulk.txt"], id="ray"),
         pytest.param("export", ["requirements-export.txt"], id="export"),
+        pytest.param("signing", ["requirements-signing.txt"], id="signing"),
     ],
 )
 def test_each_extra_is_its_requirements_file(extra, files):
