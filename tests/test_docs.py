@@ -82,3 +82,14 @@ def test_the_docs_toolchain_is_pinned_and_the_choice_explained():
     pins = (ROOT / "requirements-dev.txt").read_text()
     assert "mkdocs==1.6.1" in pins and "mkdocs-material==9.8.2" in pins
     assert "Zensical" in (ROOT / "docs" / "development.md").read_text()
+
+
+def test_the_coverage_floor_is_for_the_whole_suite_only():
+    """One test run by scripts/test.sh must not fail on the floor (it did, at 27.98%)."""
+    import tomllib
+
+    addopts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert not [option for option in addopts if option.startswith("--cov-fail-under")]
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    assert "if (($# == 0)); then\n  # The floor" in script and "set -- --cov-fail-under=85" in script
+    assert "bash scripts/test.sh tests/core/test_batcher.py::" in (ROOT / "docs" / "development.md").read_text()
