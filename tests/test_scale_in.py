@@ -10,18 +10,18 @@ import time
 import httpx
 
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, require_serve_env
+from tests.helpers import ServerProcess, metric_value, require_serve_env
 
 pytestmark = needs_export
 CLIENTS = 8
-PRE_STOP_SECONDS = 0.2  # the endpoints controller's head start (deploy/k8s/deployment.yaml waits 5 s)
+PRE_STOP_SECONDS = 1.0  # the endpoints controller's head start (deploy/k8s/deployment.yaml waits 5 s)
 
 
 def test_a_replica_drained_under_load_fails_no_request(tiny_bundle):
     require_serve_env()
-    # The leaving replica holds each input up to 1 s for company, so requests are still in flight at SIGTERM.
+    # The leaving replica holds each input up to 3 s for company, so requests are still in flight at SIGTERM.
     staying = ServerProcess(tiny_bundle("bert"))
-    leaving = ServerProcess(tiny_bundle("bert"), "--max-wait-ms", "1000", "--drain-timeout", "10")
+    leaving = ServerProcess(tiny_bundle("bert"), "--max-wait-ms", "3000", "--drain-timeout", "30")
     staying.wait_ready()
     leaving.wait_ready()
     endpoints = [staying.url, leaving.url]
@@ -42,18 +42,17 @@ def test_a_replica_drained_under_load_fails_no_request(tiny_bundle):
     async def run() -> float:
         stop = asyncio.Event()
         clients = [asyncio.create_task(client(i, stop)) for i in range(CLIENTS)]
-        await asyncio.sleep(0.5)
-        # Just after the leaving replica answered a batch, its next batching window opens: a few hundred ms
-        # in, requests are waiting in it.
-        marker = time.monotonic()
-        while not any(url == leaving.url and when > marker for url, _, when in outcomes):
+        # Half the clients' requests wait in the leaving replica's batching window (the staying one answers at
+        # once, so the clients gather there).
+        while (metric_value(leaving.url, "classifier_admitted_inputs") or 0) < CLIENTS // 2:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
         endpoints.remove(leaving.url)  # out of the Service's endpoints: no new request goes there
-        await asyncio.sleep(PRE_STOP_SECONDS)
+        await asyncio.sleep(PRE_STOP_SECONDS)  # the preStop pause, as Kubernetes makes it (not a synchronisation)
         leaving.proc.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
-        await asyncio.sleep(1.5)
+        # The load goes on until the leaving replica has drained and exited and the staying one answered after it.
+        while leaving.proc.poll() is None or not any(u == staying.url and w > stopped_at for u, _, w in outcomes):
+            await asyncio.sleep(0.01)
         stop.set()
         await asyncio.gather(*clients)
         return stopped_at

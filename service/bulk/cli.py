@@ -60,7 +60,14 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", help="files, directories or globs; - reads standard input")
     parser.add_argument("--output", "-o", required=True, help="the file to write; its suffix names its format")
-    parser.add_argument("--bundle", default=defaults.bundle, help="bundle directory (default: %(default)s)")
+    # No default path: a relative one would name a directory only from one place (the repository's root).
+    bundle = os.environ.get("BUNDLE")
+    parser.add_argument(
+        "--bundle",
+        default=bundle,
+        required=bundle is None,
+        help="bundle directory (default: the BUNDLE environment variable, as for the service; one is needed)",
+    )
     trust = parser.add_argument_group("the bundle's origin (as the service's settings of the same names)")
     trust.add_argument(
         "--trusted-key",

@@ -176,10 +176,14 @@ class MicroBatcher:
         on_batch: Callable[[BatchStats], None] = lambda _: None,
         sole_caller: Callable[[], bool] | None = None,
         tracing: Tracing = OFF,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``sole_caller``: a check, made when an input is submitted, that no other caller can be
-        waiting on the event loop; without it someone always might be."""
+        waiting on the event loop; without it someone always might be. ``clock``: the seconds every
+        wait, window and age is measured in (tests drive it by hand; waits still sleep in real time
+        and check it again on waking)."""
         self._run_batch = run_batch
+        self._clock = clock
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -285,7 +289,8 @@ class MicroBatcher:
         if self._loop is None:
             raise RuntimeError("the batcher has not been started")
         # The loop start() kept: get_running_loop would check the process id on every call.
-        items = [_Item(encoded, self._loop.create_future(), priority=priority, trace=trace) for encoded in inputs]
+        queued_at = self._clock()
+        items = [_Item(encoded, self._loop.create_future(), queued_at, priority, trace) for encoded in inputs]
         # From here each queued item owns its slot until it has run or been dropped.
         admission.count -= len(items)
         if len(items) == 1 and self._alone(items):
@@ -341,21 +346,15 @@ class MicroBatcher:
     def _yield_to_short_work(self) -> None:
         """Hold long work while short inputs are queued or running, up to ``LONG_YIELD_SECONDS`` (the lock is
         held)."""
-        deadline = time.perf_counter() + LONG_YIELD_SECONDS
-        while (
-            (self._pending or self._short_running)
-            and not self._stopping
-            and (delay := deadline - time.perf_counter()) > 0
-        ):
+        deadline = self._clock() + LONG_YIELD_SECONDS
+        while (self._pending or self._short_running) and not self._stopping and (delay := deadline - self._clock()) > 0:
             self._ready_long.wait(delay)
 
     def _wait_for_company(self) -> None:
         """Hold the first short input up to ``max_wait`` for others to join it (the lock is held)."""
         deadline = self._pending.first().queued_at + self.max_wait
         while (
-            len(self._pending) < self.max_batch_size
-            and not self._stopping
-            and (delay := deadline - time.perf_counter()) > 0
+            len(self._pending) < self.max_batch_size and not self._stopping and (delay := deadline - self._clock()) > 0
         ):
             self._ready.wait(delay)
 
@@ -371,7 +370,7 @@ class MicroBatcher:
         input of an aged lower level, if there is one, goes first, and higher levels fill the rest."""
         batch: list[_Item] = []
         longest = real = 0
-        now = time.perf_counter()
+        now = self._clock()
         aged = lane.aged_queue(now)
         lowest = LOW if aged is not None else None  # the lowest level this batch may take
         size = self.max_batch_size
@@ -397,7 +396,7 @@ class MicroBatcher:
         return batch
 
     def _run(self, batch: list[_Item], on_loop: bool = False) -> None:
-        started = time.perf_counter()
+        started = self._clock()
         encoded = [i.encoded for i in batch]
         try:
             outcome: np.ndarray | BaseException = self._run_batch(encoded)
@@ -405,7 +404,7 @@ class MicroBatcher:
             outcome = exc
         finally:
             self._release(len(batch))
-        elapsed = time.perf_counter() - started
+        elapsed = self._clock() - started
         if not isinstance(outcome, BaseException):
             padded = len(batch) * max(e.length for e in encoded)
             try:

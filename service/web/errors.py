@@ -19,7 +19,7 @@ InputTooLong            422     validation              Validation
 QueueFull               429     overloaded              Overloaded
 DeadlineExceeded        504     deadline_exceeded
 Failure (anything else) 500     internal                Backend
-NotReady                503     unhealthy               Unhealthy
+NotReady                503     unhealthy
 ShuttingDown            503     unavailable
 VersionUnloaded         503     unavailable
 ======================  ======  ======================  ============
@@ -70,7 +70,9 @@ FAILURES: dict[type[failures.Failure], HttpError] = {
     failures.InputTooLong: _VALIDATION,
     failures.QueueFull: HttpError(429, "overloaded", "Overloaded"),
     failures.DeadlineExceeded: HttpError(504, "deadline_exceeded"),
-    failures.NotReady: HttpError(503, "unhealthy", "Unhealthy"),
+    # One spelling on every route, readiness probes and TEI's routes alike: TEI's "Unhealthy" on /predict beside
+    # "unhealthy" on /health named one state twice.
+    failures.NotReady: HttpError(503, "unhealthy"),
     failures.ShuttingDown: _UNAVAILABLE,
     failures.VersionUnloaded: _UNAVAILABLE,
 }

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.core.engine import Classified
 from service.web.routing import CALL
+
+
+def model_of(source: type, name: str, doc: str, **descriptions: str) -> type[BaseModel]:
+    """A pydantic model ``name`` of a core dataclass (the core knows no pydantic), field for field and every field
+    required; ``descriptions`` document some fields in the OpenAPI document."""
+    hints = typing.get_type_hints(source)
+    names = [field.name for field in dataclasses.fields(source)]
+    unknown = set(descriptions) - set(names)
+    if unknown:
+        raise ValueError(f"{source.__name__} has no fields {sorted(unknown)}")
+    fields: dict[str, Any] = {name: (hints[name], Field(description=descriptions.get(name))) for name in names}
+    return create_model(name, __doc__=doc, __module__=source.__module__, **fields)
 
 
 class ErrorBody(BaseModel):

@@ -507,3 +507,17 @@ def test_a_resumed_run_reports_its_own_rows_and_the_total(tiny_bundle, tmp_path)
         summary,
     ), summary
     assert [row["text"] for row in read_rows(out)] == [f"text {i}" for i in range(10)]
+
+
+def test_the_bundle_is_named_by_the_flag_or_by_BUNDLE(tiny_bundle, tmp_path, capsys, monkeypatch):
+    """No default path: one relative to a directory would name a bundle only from there."""
+    write_rows(tmp_path / "in.jsonl", [{"text": "one"}])
+    argv = [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")]
+    monkeypatch.delenv("BUNDLE", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: the following arguments are required: --bundle")
+    monkeypatch.setenv("BUNDLE", str(tiny_bundle("bert")))
+    assert main(argv) == 0
+    assert [row["text"] for row in read_rows(tmp_path / "out.jsonl")] == ["one"]

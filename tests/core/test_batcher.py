@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,10 +245,11 @@ def test_a_failed_run_on_the_loop_reaches_its_caller():
     ],
 )
 def test_inputs_still_queued_at_stop_fail_with_the_reason(why, message):
-    release = threading.Event()
+    running, release = threading.Event(), threading.Event()
 
     def run_batch(batch):
-        release.wait(5)
+        running.set()
+        assert release.wait(60), "the running batch was never released"
         return np.zeros((len(batch), 1), dtype=np.float32)
 
     async def run() -> None:
@@ -257,9 +257,10 @@ def test_inputs_still_queued_at_stop_fail_with_the_reason(why, message):
         batcher.start()
         with batcher.admit(2) as admission:
             submitted = asyncio.ensure_future(batcher.submit([FakeEncoded(3), FakeEncoded(3)], admission))
-            await asyncio.sleep(0.05)  # the first input runs (and waits), the second stays queued
+            await asyncio.to_thread(running.wait)  # the first input runs (and waits), the second stays queued
+            assert batcher.queue_depth == 1
             stopping = asyncio.ensure_future(batcher.stop(why))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0)  # stop's first step marks the batcher stopping before the batch ends
             release.set()
             await stopping
             with pytest.raises(Exception) as raised:
@@ -271,20 +272,26 @@ def test_inputs_still_queued_at_stop_fail_with_the_reason(why, message):
 
 def test_long_work_yields_to_short_queries_for_a_bounded_time():
     """A long input waits while a short batch runs, but not longer than LONG_YIELD_SECONDS: then it runs
-    beside it, so a stream of short queries cannot starve it."""
+    beside it, so a stream of short queries cannot starve it. The batcher's clock is the test's."""
     from service.core.batcher import LONG_YIELD_SECONDS
 
     short_started, release_short, long_started = threading.Event(), threading.Event(), threading.Event()
+    clock, long_worker_read_the_clock = [0.0], threading.Event()
+
+    def read_clock() -> float:
+        if threading.current_thread().name == "inference-long":  # its first read sets the yield's deadline
+            long_worker_read_the_clock.set()
+        return clock[0]
 
     def run_batch(batch):
         if batch[0].length > 50:
             long_started.set()
         else:
             short_started.set()
-            assert release_short.wait(10), "the short batch was never released"
+            assert release_short.wait(60), "the short batch was never released"
         return np.zeros((len(batch), 1), dtype=np.float32)
 
-    async def run() -> tuple[bool, float]:
+    async def run() -> tuple[bool, bool]:
         batcher = MicroBatcher(
             run_batch,
             max_batch_tokens=1000,
@@ -293,6 +300,7 @@ def test_long_work_yields_to_short_queries_for_a_bounded_time():
             max_queue_size=10,
             long_input_tokens=50,
             long_batch_tokens=100,
+            clock=read_clock,
         )
         batcher.start()
 
@@ -301,34 +309,38 @@ def test_long_work_yields_to_short_queries_for_a_bounded_time():
                 await batcher.submit([FakeEncoded(length)], admission)  # type: ignore[list-item]
 
         short = asyncio.create_task(request(5))
-        await asyncio.to_thread(short_started.wait, 10)
-        started = time.perf_counter()
+        await asyncio.to_thread(short_started.wait, 60)
         long = asyncio.create_task(request(100))
-        held = not await asyncio.to_thread(long_started.wait, LONG_YIELD_SECONDS / 2)
-        await asyncio.to_thread(long_started.wait, 10)
-        waited = time.perf_counter() - started
+        await asyncio.to_thread(long_worker_read_the_clock.wait, 60)  # yielding, its deadline set at 0
+        # Just short of the yield, the long input is still held, however long the test looks (the worker wakes
+        # at least every LONG_YIELD_SECONDS of real time to read the clock again).
+        clock[0] = LONG_YIELD_SECONDS * 0.99
+        held = not await asyncio.to_thread(long_started.wait, 3 * LONG_YIELD_SECONDS)
+        clock[0] = LONG_YIELD_SECONDS
+        ran_beside = await asyncio.to_thread(long_started.wait, 60)
         release_short.set()
         await asyncio.gather(short, long)
         await batcher.stop()
-        return held, waited
+        return held, ran_beside
 
-    held, waited = asyncio.run(run())
+    held, ran_beside = asyncio.run(run())
     assert held  # the short batch was running: the long one waited
-    assert LONG_YIELD_SECONDS * 0.9 <= waited < LONG_YIELD_SECONDS * 5  # and then ran beside it, unreleased
+    assert ran_beside  # and once the yield was over it ran beside the short one, which was never released
 
 
 def queued(items: list[tuple[int, int, float]], **budgets: int) -> list[list[tuple[int, int]]]:
     """The batches cut from inputs (length, priority, seconds already waited) queued in this order."""
 
     async def run() -> list[list[tuple[int, int]]]:
+        now = 1000.0  # the batcher's clock stands still: ages are exactly what the case says
         batcher = MicroBatcher(
             lambda batch: np.zeros((len(batch), 1)),
             max_wait_ms=0,
             max_queue_size=1000,
+            clock=lambda: now,
             **{"max_batch_tokens": 1000, "max_batch_size": 64, **budgets},
         )
         loop = asyncio.get_running_loop()
-        now = time.perf_counter()
         with batcher.admit(len(items)) as admission:
             entries = [
                 _Item(FakeEncoded(n), loop.create_future(), now - waited, priority)  # type: ignore[arg-type]

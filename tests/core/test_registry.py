@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, require_serve_env
+from tests.helpers import HANG_SECONDS, ServerProcess, metric_value, require_serve_env
 
 pytestmark = needs_export
 POLL = 0.5
@@ -74,7 +74,7 @@ def index(server: ServerProcess) -> list[dict]:
     return httpx.get(server.url + "/v2/models").json()
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> float:
+def wait_until(condition: Callable[[], object], timeout: float = HANG_SECONDS) -> float:
     """Poll ``condition`` until it holds; return when it first did."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -346,7 +346,7 @@ def test_the_repository_api_needs_explicit_mode_and_a_key(tmp_path, tiny_bundle,
         response = httpx.post(server.url + "/models/beta/predict", json=TEI, headers=AUTH)
         assert (response.status_code, response.json()) == (
             503,
-            {"error": "model 'beta' is unloaded", "error_type": "Unhealthy"},
+            {"error": "model 'beta' is unloaded", "error_type": "unhealthy"},
         )
         assert {"name": "beta", "version": "", "state": "UNAVAILABLE", "reason": "model 'beta' is unloaded"} in (
             client.get_model_repository_index(headers=AUTH)
@@ -406,13 +406,15 @@ def test_one_models_overload_is_429_for_that_model_only(tmp_path, tiny_bundle):
     repository = tmp_path / "repository"
     place(tiny_bundle("bert"), repository / "alpha")
     place(tiny_bundle("bert"), repository / "beta")
-    # A batching window keeps alpha's admitted inputs waiting, so its queue stays full for a second.
-    server = serve(repository, "--max-queue-size", "4", "--max-inputs", "4", "--max-wait-ms", "1000")
+    # A batching window keeps alpha's admitted inputs waiting, so its queue stays full for five seconds: the test
+    # waits until it is full, then asks at once.
+    server = serve(repository, "--max-queue-size", "4", "--max-inputs", "4", "--max-wait-ms", "5000")
 
     async def scenario() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             fill = asyncio.ensure_future(client.post("/models/alpha/predict", json={"inputs": ["a", "b", "c", "d"]}))
-            await asyncio.sleep(0.3)
+            while metric_value(server.url, "classifier_admitted_inputs", '{model="alpha"}') != 4:
+                await asyncio.sleep(0.01)
             more, other = await asyncio.gather(
                 client.post("/models/alpha/predict", json={"inputs": "e"}),
                 client.post("/models/beta/predict", json={"inputs": "e"}),

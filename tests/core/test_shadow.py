@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import threading
 
 import httpx
 import numpy as np
@@ -169,10 +170,33 @@ class _Held:
         self.in_flight -= 1
 
 
+class _Gate:
+    """Wraps a batcher's run function: every batch waits until the test lets it through, so which inputs
+    are still queued when an answer is offered to the shadow is set by the test, not by the scheduler."""
+
+    def __init__(self, run) -> None:
+        self._run = run
+        self.entered = threading.Semaphore(0)  # one release per batch that reached the gate
+        self._passes = threading.Semaphore(0)
+        self._open = threading.Event()
+
+    def __call__(self, encoded):
+        self.entered.release()
+        while not self._open.is_set() and not self._passes.acquire(timeout=0.05):
+            pass
+        return self._run(encoded)
+
+    def let_one_through(self) -> None:
+        self._passes.release()
+
+    def open(self) -> None:
+        self._open.set()
+
+
 def test_a_busy_serving_queue_skips_shadow_work_and_every_picked_input_is_counted(serving_bundle, retrained_bundle):
-    async def scenario() -> tuple[dict[str, float], int, Shadow]:
+    async def scenario() -> tuple[dict[str, float], int, Shadow, int]:
         metrics = Metrics()
-        settings = Settings(max_wait_ms=20.0, max_batch_size=8)
+        settings = Settings(max_batch_size=8)
         serving = Engine(
             dataclasses.replace(settings, bundle=str(serving_bundle)),
             metrics.for_model("m"),
@@ -185,12 +209,25 @@ def test_a_busy_serving_queue_skips_shadow_work_and_every_picked_input_is_counte
         )
         await serving.start()
         await candidate.start()
+        assert serving.batcher is not None
+        gate = _Gate(serving.batcher._run_batch)
+        serving.batcher._run_batch = gate
         held = _Held(candidate)
         shadow = Shadow(serving, held, fraction=1.0, cpu_budget=1.0, metrics=metrics.for_shadow("m", "2"))
         serving.shadow = shadow
         texts = [f"text number {i}" for i in range(64)]
-        # 64 calls at once: the batch window keeps most of them queued while the first ones answer.
-        await asyncio.gather(*(serving.classify([text], truncate=True) for text in texts))
+        calls = [asyncio.create_task(serving.classify([text], truncate=True)) for text in texts]
+        while serving.batcher.admitted < len(texts):  # every call admitted and queued (short texts tokenize inline)
+            await asyncio.sleep(0)
+        await asyncio.to_thread(gate.entered.acquire)  # the first batch is at the gate; the rest are queued
+        first = len(texts) - serving.batcher.queue_depth  # the first batch: the first inputs, in arrival order
+        gate.let_one_through()
+        # The first batch's callers are answered while inputs wait in the queue (the next batch is held at the
+        # gate): their inputs are skipped as busy. Then every batch goes, and the last callers find the queue
+        # empty, and nothing mirrored yet: their inputs run.
+        await asyncio.gather(*calls[:first])
+        gate.open()
+        await asyncio.gather(*calls)
         await shadow.settle()
         samples = {
             sample.labels.get("reason", "ran"): sample.value
@@ -201,10 +238,11 @@ def test_a_busy_serving_queue_skips_shadow_work_and_every_picked_input_is_counte
         }
         await serving.stop()
         await candidate.stop()
-        return samples, held.in_flight, shadow
+        return samples, held.in_flight, shadow, first
 
-    counted, in_flight, shadow = asyncio.run(scenario())
-    assert counted.get("busy", 0) > 0, counted
+    counted, in_flight, shadow, first_batch = asyncio.run(scenario())
+    assert 1 <= first_batch <= 8
+    assert counted.get("busy", 0) >= first_batch, counted
     assert counted.get("ran", 0) > 0, counted
     assert sum(counted.values()) == 64
     assert in_flight == 0 and shadow.backlog == 0

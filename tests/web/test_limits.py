@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, require_serve_env
+from tests.helpers import ServerProcess, metric_value, require_serve_env, wait_for
 
 pytestmark = needs_export
 
@@ -39,7 +39,7 @@ class Raw:
 
 
 def connect(process: ServerProcess) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", process.port), timeout=15)
+    return socket.create_connection(("127.0.0.1", process.port), timeout=60)
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
@@ -79,7 +79,8 @@ def test_a_slow_header_gets_408_and_a_close_within_the_header_timeout(server):
         started = time.monotonic()
         raw = read_until_closed(sock)
         elapsed = time.monotonic() - started
-    assert 0.8 < elapsed < 4
+    # Not before the timeout; the upper bound only tells the timer from the socket's own 60 s time-out.
+    assert 0.8 < elapsed < 30
     assert_error(raw, "HTTP/1.1 408 Request Timeout", "request_timeout", "request header not received within 1 s")
 
 
@@ -90,7 +91,7 @@ def test_a_stalled_body_gets_408_and_a_close_within_the_body_timeout(server):
         started = time.monotonic()
         raw = read_until_closed(sock)
         elapsed = time.monotonic() - started
-    assert 0.8 < elapsed < 4
+    assert 0.8 < elapsed < 30  # as above
     assert_error(raw, "HTTP/1.1 408 Request Timeout", "request_timeout", "no request body data received for 1 s")
     log = process.log_with('"status": 408')
     assert '"status": 408' in log and "Traceback" not in log
@@ -114,7 +115,7 @@ def test_an_oversized_header_gets_431_or_a_close(server, size, terminated):
             pass  # the server stopped reading: that is the point
         raw = read_until_closed(sock)
         elapsed = time.monotonic() - started
-    assert elapsed < 5
+    assert elapsed < 30  # the server closed the connection: it did not wait for the socket's time-out
     # A client still sending when the server closes may see a reset instead of the answer.
     if terminated or raw:
         assert_error(
@@ -155,36 +156,36 @@ def test_connections_over_the_cap_get_503(server):
         }
     finally:
         held.pop().close()
-    # A freed slot is usable again.
-    deadline = time.monotonic() + 5
-    while (status := httpx.get(process.url + "/live").status_code) != 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert status == 200
+    # A freed slot is usable again, once the server has seen the close.
+    wait_for(lambda: httpx.get(process.url + "/live").status_code == 200, "a freed connection slot")
     held[0].close()
 
 
 def test_sigterm_with_a_stalled_upload_exits_within_the_body_timeout(server):
-    process = server("--body-timeout", "2", "--drain-timeout", "30")
+    # The drain would wait up to 300 s: a stalled upload ends it at its body timeout instead.
+    process = server("--body-timeout", "2", "--drain-timeout", "300")
     with connect(process) as sock:
         sock.sendall(f'{HEAD}Content-Length: 1000\r\n\r\n{{"inputs": '.encode())
-        time.sleep(0.3)
+        # Its bytes were in before this connection opened: once /live answers, the event loop has read the head.
+        assert httpx.get(process.url + "/live").status_code == 200
         started = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
-        assert process.proc.wait(timeout=30) == 0
+        assert process.proc.wait(timeout=240) == 0
         elapsed = time.monotonic() - started
         raw = read_until_closed(sock)
-    assert elapsed < 2 + 2.5
+    assert elapsed < 120
     assert parse(raw).status_line == "HTTP/1.1 408 Request Timeout"
 
 
 def test_requests_still_running_when_the_drain_ends_get_503_unavailable(server):
-    # A 5 s batching window keeps the requests queued past a 1 s drain.
-    process = server("--max-wait-ms", "5000", "--max-batch-size", "1000", "--drain-timeout", "1")
+    # A ten-minute batching window keeps the requests queued past a 1 s drain.
+    process = server("--max-wait-ms", "600000", "--max-batch-size", "1000", "--drain-timeout", "1")
 
     async def run():
-        async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=process.url, timeout=120) as client:
             calls = [asyncio.create_task(client.post("/predict", json={"inputs": f"text {i}"})) for i in range(8)]
-            await asyncio.sleep(0.5)
+            while metric_value(process.url, "classifier_admitted_inputs") != 8:  # all eight queued
+                await asyncio.sleep(0.01)
             process.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*calls)
 

@@ -56,7 +56,7 @@ class Receiver:
                             }
                         )
 
-    def wait_for(self, names: set[str], timeout: float = 20.0) -> list[dict]:
+    def wait_for(self, names: set[str], timeout: float = 120.0) -> list[dict]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:

@@ -6,11 +6,12 @@ models describe exactly those dicts, and the API tests hold the two together.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from service.web.responses import ModelState
+from service.core.reverify import Reverification
+from service.web.responses import ModelState, model_of
 
 
 class Prediction(BaseModel):
@@ -75,21 +76,19 @@ class VerificationSummary(BaseModel):
     max_logit_diff: float | None
 
 
-class Reverified(BaseModel):
-    """The bundle's reference set, run again on this CPU at load and held to the export's gate."""
-
-    passed: bool
-    inputs: int
-    measure: str
-    agreement: float
-    max_logit_diff: float
-    max_score_diff: float
-    failures: list[str]
-    seconds: float = Field(description="what the check cost at load")
-    cpu_flags: list[str] = Field(description="the instruction sets that decide the engines' kernels")
-    onnxruntime: str
-    engine: str = Field(description="the engine that ran the reference set: onnxruntime or openvino")
-    precision: str = Field(description="the precision of its matrix products: fp32, bf16 or int8")
+# Derived from the core's dataclass, field for field, so the wire schema cannot drift from what is sent.
+if TYPE_CHECKING:
+    Reverified = BaseModel
+else:
+    Reverified = model_of(
+        Reverification,
+        "Reverified",
+        "The bundle's reference set, run again on this CPU at load and held to the export's gate.",
+        seconds="what the check cost at load",
+        cpu_flags="the instruction sets that decide the engines' kernels",
+        engine="the engine that ran the reference set: onnxruntime or openvino",
+        precision="the precision of its matrix products: fp32, bf16 or int8",
+    )
 
 
 class EngineInfo(BaseModel):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from service import NAME, __version__
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, free_port, readme_snippet, require_serve_env
+from tests.helpers import ServerProcess, free_port, metric_value, readme_snippet, require_serve_env, wait_for
 
 pytestmark = needs_export
 TEXTS = ["what is my balance", "book a flight to paris", "héllo wörld"]
@@ -430,8 +428,9 @@ def test_grpc_and_http_share_one_batcher_and_drain_on_sigterm(tiny_bundle, expec
 
     import httpx
 
-    # A long batching window: requests from both protocols wait for each other, and for SIGTERM.
-    process = start(tiny_bundle("bert"), "--max-wait-ms", "1500", "--max-batch-size", "100")
+    # A batching window that only a full batch (the two requests' three inputs) ends before its 5 s: requests from
+    # both protocols wait for each other, however slowly the second arrives, and a lone one waits for SIGTERM.
+    process = start(tiny_bundle("bert"), "--max-wait-ms", "5000", "--max-batch-size", "3")
     try:
 
         def over_grpc():
@@ -457,7 +456,7 @@ def test_grpc_and_http_share_one_batcher_and_drain_on_sigterm(tiny_bundle, expec
 
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(over_grpc)
-            time.sleep(0.5)
+            wait_for(lambda: metric_value(process.url, "classifier_admitted_inputs") == 1, "the gRPC input queued")
             process.proc.send_signal(signal.SIGTERM)
             check(in_flight.result(timeout=30), expected, slice(0, 1))
         assert process.proc.wait(timeout=30) == 0

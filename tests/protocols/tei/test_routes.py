@@ -144,15 +144,15 @@ def test_not_ready_is_503_with_reason(bundle, tmp_path):
     with TestClient(create_app(settings, read_manifest(broken))) as client:
         import time
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a hang guard
         while (response := client.get("/health")).json()["error"] == "model is loading":
             assert time.monotonic() < deadline, "the broken model never finished loading"
             time.sleep(0.02)
-        assert response.status_code == 503
-        assert response.json()["error_type"] == "unhealthy"
-        assert response.json()["error"] == "model failed to load; the server log says why"
+        unhealthy = {"error": "model failed to load; the server log says why", "error_type": "unhealthy"}
+        assert (response.status_code, response.json()) == (503, unhealthy)
         assert client.get("/live").status_code == 200
-        assert post(client, "/predict", {"inputs": "x"}).status_code == 503
+        predicted = post(client, "/predict", {"inputs": "x"})
+        assert (predicted.status_code, predicted.json()["error_type"]) == (503, "unhealthy")  # one spelling
         assert client.get("/v2/health/ready").status_code == 503
 
 
@@ -500,3 +500,18 @@ def test_docs_page_is_swagger_ui_from_local_assets(client):
     assert 'url: "openapi.json"' in init.text and "validatorUrl: null" in init.text
     error(client.get("/docs/other.js"), 404, "not_found", "no route /docs/other.js")
     error(client.get("/docs/swagger-ui/other.js"), 404, "not_found", "no route /docs/swagger-ui/other.js")
+
+
+def test_the_reverified_schema_is_derived_from_the_core_dataclass():
+    import dataclasses
+
+    from service.core.reverify import Reverification
+    from service.protocols.tei.responses import Reverified
+    from service.web.responses import model_of
+
+    verdict = Reverification(True, 3, "top1", 1.0, 0.0, 0.0, [], 0.5, ["avx2"], "1.32.0")
+    assert list(Reverified.model_fields) == [field.name for field in dataclasses.fields(Reverification)]
+    assert Reverified.model_validate(verdict.to_dict()).model_dump() == verdict.to_dict()
+    assert Reverified.model_json_schema()["required"] == list(Reverified.model_fields)
+    with pytest.raises(ValueError, match=r"Reverification has no fields \['second'\]"):
+        model_of(Reverification, "X", "x", second="a typo")
