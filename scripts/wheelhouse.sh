@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Download wheels into wheels/ so `docker build` needs no index access.
-#   scripts/wheelhouse.sh            serving wheels, gRPC and tracing included (Dockerfile.slim, any WITH_*)
+#   scripts/wheelhouse.sh            serving wheels, gRPC, tracing and OpenVINO included (Dockerfile.slim, any WITH_*)
 #   scripts/wheelhouse.sh --export   also the export stage's (Dockerfile.export; torch CPU build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REQUIREMENTS=(-r requirements-serve.txt -r requirements-grpc.txt -r requirements-otel.txt)
+REQUIREMENTS=(-r requirements-serve.txt -r requirements-grpc.txt -r requirements-otel.txt -r requirements-openvino.txt)
 if [[ "${1:-}" == "--export" ]]; then
   REQUIREMENTS+=(-r requirements-export.txt -r requirements-loadtest.txt)
 fi

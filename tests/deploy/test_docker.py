@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 
+from service.core.cpu import BF16_FLAGS, cpu_flags
 from tests.conftest import ROOT, needs_export
 from tests.helpers import free_port
 
@@ -27,6 +28,12 @@ BASE_IMAGE = os.environ.get("BASE_IMAGE", "local/python:3.11-bookworm")
 # The image holds at most 150 MB above its base, default bundle included; README
 # "Size" shows where the bytes go (scripts/image-size.sh).
 SIZE_BUDGET_MB = 150
+# WITH_OPENVINO=1 adds OpenVINO's trimmed CPU runtime (100 MB) and keeps the bundle's OpenVINO graph (45 MB):
+# 278 MB above the base (docs/deployment/image.md "Size").
+OPENVINO_SIZE_BUDGET_MB = 290
+# The OpenVINO image serves with OpenVINO only where the CPU multiplies bf16 natively (service/core/backends/choice.py).
+BF16_UNITS = [flag for flag in BF16_FLAGS if flag in cpu_flags()]
+OPENVINO_VERSION = (ROOT / "requirements-openvino.txt").read_text().split("openvino==")[1].split()[0]
 
 REQUIRED = bool(os.environ.get("CI")) or os.environ.get("RUN_DOCKER_TESTS") == "1"
 
@@ -125,7 +132,18 @@ def container(image):
 
 
 def test_container_serves_predict_and_v2(container):
-    _, url = container
+    name, url = container
+    info = httpx.get(url + "/info").json()
+    # The slim image has no OpenVINO and its baked bundle leaves out the OpenVINO graph it could not run.
+    assert info["engine"]["engine"] == "onnxruntime"
+    assert info["engine"]["reason"] == "auto: OpenVINO is not installed (requirements-openvino.txt)"
+    assert info["reverification"]["passed"] is True
+    assert docker("exec", name, "ls", "/models/default").stdout.split() == [
+        "bundle.json",
+        "model.onnx",
+        "reference.json",
+        "tokenizer.json",
+    ]
     top = httpx.post(url + "/predict", json={"inputs": "connect me to a human agent", "top_k": 1}).json()
     assert [item["label"] for item in top] == ["connect_to_human"]
     body = {
@@ -208,6 +226,75 @@ def test_size_above_base(image):
     above_mb = (size - base) / 1e6
     print(f"image: {above_mb:.0f} MB above the base image")
     assert above_mb <= SIZE_BUDGET_MB, f"{above_mb:.0f} MB above the base image"
+
+
+@pytest.fixture(scope="module")
+def openvino_image(default_bundle):
+    """WITH_OPENVINO=1: built only where the CPU has bf16 units, the only CPUs on which it serves with OpenVINO."""
+    if not BF16_UNITS:
+        pytest.skip(f"the CPU has no bf16 matrix units ({' or '.join(BF16_FLAGS)}): ENGINE=auto stays on ONNX Runtime")
+    tag = IMAGE + "-openvino"
+    yield build(tag, default_bundle, "--build-arg", "WITH_OPENVINO=1")
+    docker("rmi", "-f", tag, check=False)
+
+
+# What compiling an ONNX graph for the CPU loads of OpenVINO: every other library of the wheel was cut.
+OPENVINO_LIBRARIES = [
+    "_pyopenvino.cpython-311-x86_64-linux-gnu.so",
+    "libhwloc.so.15",
+    "libopenvino.so.2641",
+    "libopenvino_intel_cpu_plugin.so",
+    "libopenvino_onnx_frontend.so.2641",
+    "libtbb.so.12",
+    "libtbbbind_2_5.so.3",
+    "libtbbmalloc.so.2",
+]
+
+
+def test_openvino_image_serves_with_openvino_in_bf16(openvino_image):
+    """ENGINE=auto (the default) picks OpenVINO in bf16 on this CPU, the bundle's reference set proves it at
+    load, and it answers; the process maps every OpenVINO library left in the image and no other."""
+    with serving(openvino_image, "--memory", "1g", "--memory-swap", "1g") as (name, url):
+        info = httpx.get(url + "/info").json()
+        top = httpx.post(url + "/predict", json={"inputs": "connect me to a human agent", "top_k": 1}).json()
+        body = {
+            "inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["what is my checking account balance"]}
+            ]
+        }
+        v2 = httpx.post(url + "/v2/models/classifier/infer", json=body).json()
+        libraries = docker("exec", name, "ls", "/opt/venv/lib/python3.11/site-packages/openvino/libs").stdout.split()
+        maps = docker("exec", name, "cat", "/proc/1/maps").stdout
+        status = docker("exec", name, "cat", "/proc/1/status").stdout
+    assert info["engine"] == {
+        "engine": "openvino",
+        "version": OPENVINO_VERSION,
+        "precision": "bf16",
+        "file": "openvino.onnx",
+        "reason": f"auto: the CPU multiplies bf16 natively ({', '.join(BF16_UNITS)})",
+        "fallback": None,
+    }
+    reverified = info["reverification"]
+    assert (reverified["passed"], reverified["engine"], reverified["precision"]) == (True, "openvino", "bf16")
+    assert reverified["failures"] == [] and reverified["inputs"] >= 200
+    assert [item["label"] for item in top] == ["connect_to_human"] and 0.9 < top[0]["score"] <= 1
+    assert [output["data"] for output in v2["outputs"] if output["name"] == "label"] == [["balance"]]
+    mapped = sorted({line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/site-packages/openvino/" in line})
+    assert mapped == OPENVINO_LIBRARIES
+    assert sorted([*libraries, "_pyopenvino.cpython-311-x86_64-linux-gnu.so"]) == OPENVINO_LIBRARIES
+    peak = re.search(r"VmHWM:\s+(\d+) kB", status)
+    assert peak, status
+    peak_mib = int(peak.group(1)) / 1024
+    print(f"OpenVINO image: peak resident memory after load and two requests: {peak_mib:.0f} MiB")
+    assert peak_mib < 768
+
+
+def test_openvino_image_size_above_base(openvino_image):
+    size = int(docker("image", "inspect", openvino_image, "--format", "{{.Size}}").stdout)
+    base = int(docker("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
+    above_mb = (size - base) / 1e6
+    print(f"OpenVINO image: {above_mb:.0f} MB above the base image")
+    assert above_mb <= OPENVINO_SIZE_BUDGET_MB, f"{above_mb:.0f} MB above the base image"
 
 
 def test_real_clients_against_the_grpc_image(grpc_image, hf_client_online):
