@@ -53,7 +53,7 @@ import httpx
 from bench.floor import summarize as summarize_floor
 from bench.loadtest import LevelResult, Samples, collect, exit_code, levels_arg, summarize
 from bench.process import free_port, wait_ready
-from bench.report import Report, ServerRun, machine, markdown, to_json
+from bench.report import COMMAND, Report, ServerRun, machine, markdown, to_json
 from bench.workload import Mix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--document-concurrency", type=int, default=4, help="concurrency of the documents-only level")
     parser.add_argument(
         "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
+    )
+    parser.add_argument(
+        "--report-command", dest="command", default=COMMAND, help="the command the report names as its source"
     )
     parser.add_argument(
         "--no-engines",
@@ -391,5 +394,6 @@ def _settings(args) -> dict:
         "document_fraction",
         "document_concurrency",
         "servers",
+        "command",
     )
     return {name: getattr(args, name) for name in names}

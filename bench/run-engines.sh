@@ -10,4 +10,5 @@ bash scripts/setup.sh
 if [[ ! -f bundles/default/bundle.json ]]; then .venv/bin/python -m export --out bundles/default; fi
 .venv/bin/python -m bench.engines --bundle bundles/default --out docs/benchmarks
 exec .venv/bin/python -m bench.loadtest compare --bundle bundles/default --out docs/benchmarks/engines-http \
-  --concurrency 1,32 --long-fraction 0 --cache-size 0 --shadow-fraction 0 --document-fraction 0 "$@"
+  --concurrency 1,32 --long-fraction 0 --cache-size 0 --shadow-fraction 0 --document-fraction 0 \
+  --report-command "bash bench/run-engines.sh" "$@"
