@@ -557,7 +557,8 @@ def markdown(report: Report) -> str:
     lines = [
         "# Benchmark report",
         "",
-        f"Command: `{settings.get('command', COMMAND)}`, {settings['duration']:g} s per level and server, closed loop, in "
+        f"Command: `{settings.get('command', COMMAND)}`, {settings['duration']:g} s per level and server, "
+        "closed loop, in "
         f"{settings.get('rounds', 1)} rounds: all servers stay up and each level is measured in slices, every "
         "server (and the in-process floor) taking one slice per round in a rotating order, so a drift of the "
         "machine's speed during the run falls on all of them alike.",
