@@ -126,7 +126,7 @@ def add_arguments(parser) -> None:
         "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
     )
     parser.add_argument(
-        "--report-command", dest="command", default=COMMAND, help="the command the report names as its source"
+        "--report-command", default=COMMAND, help="the command the report names as its source"
     )
     parser.add_argument(
         "--no-engines",
@@ -394,6 +394,6 @@ def _settings(args) -> dict:
         "document_fraction",
         "document_concurrency",
         "servers",
-        "command",
+        "report_command",
     )
     return {name: getattr(args, name) for name in names}

@@ -557,7 +557,7 @@ def markdown(report: Report) -> str:
     lines = [
         "# Benchmark report",
         "",
-        f"Command: `{settings.get('command', COMMAND)}`, {settings['duration']:g} s per level and server, "
+        f"Command: `{settings.get('report_command', COMMAND)}`, {settings['duration']:g} s per level and server, "
         "closed loop, in "
         f"{settings.get('rounds', 1)} rounds: all servers stay up and each level is measured in slices, every "
         "server (and the in-process floor) taking one slice per round in a rotating order, so a drift of the "
@@ -588,7 +588,7 @@ def markdown(report: Report) -> str:
 
 def to_json(report: Report) -> dict:
     return {
-        "command": report.settings.get("command", COMMAND),
+        "command": report.settings.get("report_command", COMMAND),
         "machine": report.machine,
         "bundle": {key: report.manifest[key] for key in ("model_id", "variant", "max_length")},
         "settings": report.settings,
