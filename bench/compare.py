@@ -125,9 +125,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--rounds", type=int, default=5, help="slices each level's --duration is cut into, the servers taking turns"
     )
-    parser.add_argument(
-        "--report-command", default=COMMAND, help="the command the report names as its source"
-    )
+    parser.add_argument("--report-command", default=COMMAND, help="the command the report names as its source")
     parser.add_argument(
         "--no-engines",
         dest="engines",
