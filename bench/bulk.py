@@ -130,27 +130,15 @@ async def _post_all(url: str, all_texts: list[str]) -> None:
 
 
 def service(bundle: str, path: Path, rows: int) -> dict:
-    from bench.process import free_port, wait_ready
+    from bench.process import free_port, serving
 
     port = free_port()
     command = [str(SERVE_PYTHON), "-m", "service", "--bundle", bundle, "--port", str(port)]
-    server = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(server, url, name="service")
+    with serving(command, port, name="service") as server:
         all_texts = _read_texts(path, rows)
         started = time.perf_counter()
-        asyncio.run(_post_all(url, all_texts))
+        asyncio.run(_post_all(server.url, all_texts))
         return {"texts": len(all_texts), "seconds": time.perf_counter() - started}
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def pytorch(path: Path, rows: int) -> dict:

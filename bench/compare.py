@@ -51,8 +51,9 @@ from pathlib import Path
 import httpx
 
 from bench.floor import summarize as summarize_floor
-from bench.loadtest import LevelResult, Samples, collect, exit_code, levels_arg, summarize
-from bench.process import free_port, wait_ready
+from bench.load import LevelResult, Samples, collect, exit_code, levels_arg, summarize
+from bench.plot import plot
+from bench.process import free_port, start, stop
 from bench.report import COMMAND, Report, ServerRun, machine, markdown, to_json
 from bench.workload import Mix
 
@@ -218,25 +219,15 @@ class Started:
 def start_server(name: str, server: str, extra_env: dict[str, str], workloads: list[Workload], args) -> Started:
     port = free_port()
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        command(server, Path(args.bundle), port, args.shadow_repository),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(extra_env),
+    running = start(
+        command(server, Path(args.bundle), port, args.shadow_repository), port, env=extra_env, name=f"{name} server"
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, name=f"{name} server")
-    except SystemExit:
-        proc.kill()
-        raise
     cold = time.perf_counter() - started
     time.sleep(1.0)
-    idle = _rss_mb(proc.pid)
+    idle = _rss_mb(running.process.pid)
     print(f"{name}: ready in {cold:.2f} s, idle RSS {idle:.0f} MB", file=sys.stderr, flush=True)
-    info = httpx.get(url + "/info", timeout=30).json() if server == "ours" else None
-    return Started(name, proc, url, round(cold, 2), round(idle, 1), workloads, info)
+    info = httpx.get(running.url + "/info", timeout=30).json() if server == "ours" else None
+    return Started(name, running.process, running.url, round(cold, 2), round(idle, 1), workloads, info)
 
 
 def interleave(servers: list[Started], args) -> tuple[dict[str, list[dict]], dict[str, dict[str, dict[int, Samples]]]]:
@@ -334,10 +325,7 @@ def compare(args) -> int:
         floor_slices, samples = interleave(servers, args)
         infos = {server.name: server.info for server in servers if server.info is not None}
     finally:
-        for server in servers:
-            server.proc.terminate()
-        for server in servers:
-            server.proc.wait(timeout=60)
+        stop(*(server.proc for server in servers))
         if args.shadow_repository is not None:
             shutil.rmtree(args.shadow_repository, ignore_errors=True)
     floor = summarize_floor(floor_slices["auto"])
@@ -370,8 +358,6 @@ def compare(args) -> int:
     text = markdown(report)
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.json").write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
-    from bench.plot import plot
-
     plot(report, out / "report.png")
     print(text)
     return exit_code([level for run in runs.values() for level in run.levels])

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -40,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.process import free_port, wait_ready
+from bench.process import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED_REQUESTS = 0, 1
@@ -286,18 +284,10 @@ def measure(
     command = [serve_python(), "-m", "service", "--bundle", bundle, "--port", str(port), *server_args]
     if grpc_calls:
         command += ["--grpc-port", str(grpc_port)]
-    server = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        wait_ready(server, url)
+    with serving(command, port) as server:
         with httpx.Client(base_url=url) as client:
             bound = limits(client)
-        ready = rss_kib(server.pid)["VmRSS"]
+        ready = rss_kib(server.process.pid)["VmRSS"]
         started = time.perf_counter()
         if grpc_calls:
             flood = grpc_flood(url, f"127.0.0.1:{grpc_port}", calls=grpc_calls, channels=grpc_channels)
@@ -305,10 +295,7 @@ def measure(
         else:
             statuses = Counter(asyncio.run(worst_mix(url, rounds=rounds, fill_body=fill_body)))
         seconds = time.perf_counter() - started
-        after = rss_kib(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+        after = rss_kib(server.process.pid)
     mib = lambda kib: f"{kib / 1024:.0f} MiB"  # noqa: E731
     flags = " ".join(server_args) or "defaults"
     if grpc_calls:

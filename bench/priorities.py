@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.process import free_port, wait_ready
+from bench.process import free_port, serving
 from bench.workload import SHORT_TEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,25 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the figures here as JSON")
     args = parser.parse_args(argv)
     port = free_port()
-    server = subprocess.Popen(
-        [str(SERVE_PYTHON if SERVE_PYTHON.exists() else sys.executable), "-m", "service", "--bundle", args.bundle]
-        + ["--port", str(port), "--max-queue-size", "4096"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(server, url)
+    command = [str(SERVE_PYTHON if SERVE_PYTHON.exists() else sys.executable), "-m", "service", "--bundle", args.bundle]
+    with serving(command + ["--port", str(port), "--max-queue-size", "4096"], port) as server:
         phases = {
-            "alone": asyncio.run(_phase(url, None, args)),
-            "flood, same priority": asyncio.run(_phase(url, "high", args)),
-            "flood, low priority": asyncio.run(_phase(url, "low", args)),
+            "alone": asyncio.run(_phase(server.url, None, args)),
+            "flood, same priority": asyncio.run(_phase(server.url, "high", args)),
+            "flood, low priority": asyncio.run(_phase(server.url, "low", args)),
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     alone = phases["alone"]["probe_p99_ms"]
     report = {
         "bundle": args.bundle,

@@ -11,7 +11,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.loadtest import LevelResult, format_table
+from bench.load import LevelResult, format_table
 from service.core.cpu import CPU_FLAGS
 
 COMMAND = "bash bench/run-loadtest.sh"

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.process import free_port, wait_ready
+from bench.process import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_PYTHON = ROOT / ".venv-serve" / "bin" / "python"
@@ -45,40 +43,18 @@ def measure(bundle: Path, count: int, python: Path, threads: int) -> dict[str, f
         for name in names:
             shutil.copytree(bundle, repository / name)
         port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "INTRA_OP_THREADS": str(threads)}
-        process = subprocess.Popen(
-            [
-                str(python),
-                "-m",
-                "service",
-                "--repository",
-                str(repository),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(process, url)
+        command = [str(python), "-m", "service", "--repository", str(repository), "--port", str(port)]
+        with serving(command + ["--log-level", "warning"], port, env={"INTRA_OP_THREADS": str(threads)}) as server:
             for name in names:
                 for _ in range(3):
-                    response = httpx.post(f"{url}/models/{name}/predict", json={"inputs": TEXTS}, timeout=60)
+                    response = httpx.post(f"{server.url}/models/{name}/predict", json={"inputs": TEXTS}, timeout=60)
                     response.raise_for_status()
-            status = _status(process.pid)
+            status = _status(server.process.pid)
             return {
                 "models": count,
                 "rss_mb": round(int(status["VmRSS"].split()[0]) / 1024, 1),
                 "threads": int(status["Threads"]),
             }
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from bench.loadtest import run_level
-from bench.process import free_port, wait_ready
+from bench.load import run_level
+from bench.process import Server, free_port, serving
 from bench.workload import Mix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,18 +43,9 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
-def _start(bundle: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def _serving(bundle: str, env: dict[str, str]) -> AbstractContextManager[Server]:
     port = free_port()
-    server = subprocess.Popen(
-        [str(SERVE_PYTHON), "-m", "service", "--bundle", bundle, "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(server, url)
-    return server, url
+    return serving([str(SERVE_PYTHON), "-m", "service", "--bundle", bundle, "--port", str(port)], port, env=env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,18 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     traced_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_port}"}
-    servers = {"off": _start(args.bundle, {}), "on": _start(args.bundle, traced_env)}
-    samples: dict[str, dict[int, list]] = {mode: {level: [] for level in LEVELS} for mode in servers}
+    samples: dict[str, dict[int, list]] = {mode: {level: [] for level in LEVELS} for mode in ("off", "on")}
     try:
-        for _ in range(args.rounds):
-            for level in LEVELS:
-                for mode, (_, url) in servers.items():
-                    result = run_level(url, concurrency=level, duration=args.duration, max_requests=10**9, mix=Mix())
-                    samples[mode][level].append(result)
+        with ExitStack() as servers:
+            urls = {
+                "off": servers.enter_context(_serving(args.bundle, {})).url,
+                "on": servers.enter_context(_serving(args.bundle, traced_env)).url,
+            }
+            for _ in range(args.rounds):
+                for level in LEVELS:
+                    for mode, url in urls.items():
+                        result = run_level(
+                            url, concurrency=level, duration=args.duration, max_requests=10**9, mix=Mix()
+                        )
+                        samples[mode][level].append(result)
     finally:
-        for server, _ in servers.values():
-            server.terminate()
-            server.wait(timeout=60)
         sink.shutdown()
     figures: dict[str, dict] = {}
     for mode, levels in samples.items():

@@ -1,5 +1,5 @@
 """The layout draws the architecture: a core that knows no protocol, protocols that know not each other,
-and one table per transport for every failure."""
+one table per transport for every failure, and benchmarks whose imports point one way."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from service.web import errors as http_errors
 from tests.conftest import ROOT
 
 SERVICE = ROOT / "service"
+BENCH = ROOT / "bench"
 
 
 def imports(package: Path) -> dict[str, set[str]]:
@@ -72,6 +73,75 @@ def test_bulk_scoring_stands_on_the_core_alone():
 def test_the_service_never_imports_the_export_stage():
     heavy = ("torch", "transformers", "optimum", "sentence_transformers", "sklearn", "export")
     assert offending(SERVICE, heavy) == {}
+
+
+def module_graph(package: Path) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports, deferred imports inside functions included."""
+    by_name = {
+        path.removesuffix(".py").removesuffix("/__init__").replace("/", "."): names
+        for path, names in imports(package).items()
+    }
+    return {module: {name for name in names if name in by_name} - {module} for module, names in by_name.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle, as the modules around it (the first repeated at the end); [] when there is none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return []
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if found := visit(imported):
+                return found
+        path.pop()
+        done.add(module)
+        return []
+
+    return next((found for module in sorted(graph) if (found := visit(module))), [])
+
+
+def test_the_benchmarks_import_one_way():
+    """A cycle dodged by an import inside a function is still a cycle: it counts here."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    graph = module_graph(BENCH)
+    assert "bench.report" in graph["bench.plot"]  # the graph holds the benchmarks' own imports
+    assert find_cycle(graph) == []
+
+
+def popen_calls(path: Path) -> set[str]:
+    """The functions of a module that call ``subprocess.Popen`` (``<module>`` for a call outside any)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST, function: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            function = node.name
+        if isinstance(node, ast.Call):
+            called = node.func
+            if (isinstance(called, ast.Attribute) and called.attr == "Popen") or (
+                isinstance(called, ast.Name) and called.id == "Popen"
+            ):
+                found.add(function)
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(ast.parse(path.read_text()), "<module>")
+    return found
+
+
+# Children of the benchmarks that are not servers: the bulk command, timed until it exits.
+NOT_SERVERS = {("bench/bulk.py", "_timed_child")}
+
+
+def test_servers_are_started_by_bench_process_only():
+    """One way to start a server and to stop it (SIGTERM, then a kill after a timeout), not one per benchmark."""
+    calls = {(str(path.relative_to(ROOT)), function) for path in BENCH.glob("*.py") for function in popen_calls(path)}
+    assert sorted(calls - NOT_SERVERS - {("bench/process.py", "start")}) == []
+    assert ("bench/process.py", "start") in calls
 
 
 def test_every_failure_has_an_http_answer():
