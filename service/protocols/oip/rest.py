@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from service import NAME, __version__
 from service.core.failures import BadRequest, NotReady, PayloadTooLarge, UnsupportedMediaType
-from service.core.registry import Loaded
+from service.core.loaded import Loaded
 from service.protocols.oip import infer
 from service.protocols.validation import parse
 from service.web.bodies import read_body
