@@ -33,7 +33,7 @@ EXIT_FAILED_VERIFICATION = 5
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
-    from service.web.app import create_app
+    from service.app import create_app
     from service.web.connection import Connections, http_protocol, sole_caller
 
     try:

@@ -36,7 +36,7 @@ def test_heavy_packages_are_not_importable_in_the_serving_environment(module):
 def test_service_never_imports_heavy_packages():
     """Even where they are installed (the export venv), the service does not load them."""
     code = (
-        "import sys, service.cli, service.web.app, service.protocols.tei.routes, service.core.engine;"
+        "import sys, service.cli, service.app, service.protocols.tei.routes, service.core.engine;"
         f"loaded = [m for m in {FORBIDDEN!r} if m in sys.modules]; print(loaded)"
     )
     proc = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", code], cwd=ROOT, capture_output=True, text=True)

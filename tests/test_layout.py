@@ -1,5 +1,6 @@
 """The layout draws the architecture: a core that knows no protocol, protocols that know not each other,
-one table per transport for every failure, and benchmarks whose imports point one way."""
+an HTTP edge that knows no protocol, imports that never come back round (in the service and the benchmarks),
+and one table per transport for every failure."""
 
 from __future__ import annotations
 
@@ -34,6 +35,64 @@ def imports(package: Path) -> dict[str, set[str]]:
     return found
 
 
+def module_graph(package: Path) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports, wherever the import stands: at the top, under
+    ``if TYPE_CHECKING:`` or inside a function. A name imported from a package counts as its module
+    when it is one (``from service.web import docs``), and as the package otherwise."""
+    modules = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for module, path in modules.items():
+        here = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        named = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                named.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package this module is in, up level - 1
+                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                named.add(base)
+                named.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[module] = {name for name in named if name in modules and name != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of nodes that reach each other (Tarjan's strongly connected components of more than one)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in order:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], order[other])
+        if low[node] == order[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in order:
+            visit(node)
+    return sorted(found)
+
+
 def offending(package: Path, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
     return {
         module: sorted(name for name in names if name.split(".")[0] in forbidden or name.startswith(forbidden))
@@ -62,6 +121,43 @@ def test_grpc_does_not_import_the_web_edge():
     assert offending(SERVICE / "protocols" / "oip" / "grpc_service.py", ("starlette", "uvicorn", "service.web")) == {}
 
 
+def test_the_inference_call_knows_no_transport():
+    """One data plane for HTTP and gRPC: it holds, checks room, decodes and classifies, and speaks neither."""
+    transports = ("starlette", "uvicorn", "grpc", "service.web", "service.protocols.oip.proto")
+    assert offending(SERVICE / "protocols" / "oip" / "dataplane.py", transports) == {}
+
+
+def test_the_web_edge_knows_no_protocol():
+    """The protocols build on the HTTP edge's plumbing; only the app above both gathers their routes."""
+    assert offending(SERVICE / "web", ("service.protocols", "service.app", "service.cli")) == {}
+
+
+def test_no_module_imports_its_importers():
+    """Not even for a type, nor late inside a function: an import that comes back round is a cycle all the same."""
+    assert cycles(module_graph(SERVICE)) == []
+
+
+def test_the_layers_import_one_way():
+    """The same at the size of the layers: the core, the protocols, the web edge, bulk, the app and each module
+    beside them."""
+    graph: dict[str, set[str]] = {}
+    for module, names in module_graph(SERVICE).items():
+        layer = ".".join(module.split(".")[:2])
+        graph.setdefault(layer, set()).update(".".join(name.split(".")[:2]) for name in names)
+    assert cycles({layer: names - {layer} for layer, names in graph.items()}) == []
+
+
+def test_the_cycle_finder_sees_type_checking_and_late_imports(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import B\n")
+    (package / "b.py").write_text("def f():\n    from pkg import c\n")
+    (package / "c.py").write_text("from .a import A\n")
+    (package / "d.py").write_text("import pkg.a\n")
+    assert cycles(module_graph(package)) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
 def test_bulk_scoring_stands_on_the_core_alone():
     """The bulk command needs no web server and no protocol, and nothing else needs it."""
     forbidden = ("starlette", "uvicorn", "grpc", "service.web", "service.protocols", "ray")
@@ -75,42 +171,11 @@ def test_the_service_never_imports_the_export_stage():
     assert offending(SERVICE, heavy) == {}
 
 
-def module_graph(package: Path) -> dict[str, set[str]]:
-    """module -> the modules of the same package it imports, deferred imports inside functions included."""
-    by_name = {
-        path.removesuffix(".py").removesuffix("/__init__").replace("/", "."): names
-        for path, names in imports(package).items()
-    }
-    return {module: {name for name in names if name in by_name} - {module} for module, names in by_name.items()}
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str]:
-    """One import cycle, as the modules around it (the first repeated at the end); [] when there is none."""
-    done: set[str] = set()
-    path: list[str] = []
-
-    def visit(module: str) -> list[str]:
-        if module in path:
-            return path[path.index(module) :] + [module]
-        if module in done:
-            return []
-        path.append(module)
-        for imported in sorted(graph[module]):
-            if found := visit(imported):
-                return found
-        path.pop()
-        done.add(module)
-        return []
-
-    return next((found for module in sorted(graph) if (found := visit(module))), [])
-
-
 def test_the_benchmarks_import_one_way():
     """A cycle dodged by an import inside a function is still a cycle: it counts here."""
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     graph = module_graph(BENCH)
     assert "bench.report" in graph["bench.plot"]  # the graph holds the benchmarks' own imports
-    assert find_cycle(graph) == []
+    assert cycles(graph) == []
 
 
 def popen_calls(path: Path) -> set[str]:

@@ -18,14 +18,12 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from service.core.failures import Forbidden
+from service.core.loaded import Loaded
 from service.core.urgency import HIGH, NORMAL
 from service.logs import log_access
-
-if TYPE_CHECKING:
-    from service.core.registry import Loaded
 
 # What a client may send as its request id; anything else is replaced by a fresh one.
 _VALID_REQUEST_ID = re.compile(r"[\w.:/+=-]{1,128}", re.ASCII)

@@ -45,6 +45,7 @@ from service.core.calls import Call
 from service.core.classifier import release_free_memory
 from service.core.engine import Engine
 from service.core.failures import Failure, LoadRefused, ModelNotFound, NotReady, ShuttingDown, VersionUnloaded
+from service.core.loaded import Loaded
 from service.core.manifest import BundleError, Manifest
 from service.core.metrics import Metrics, ModelMetrics
 from service.core.origin import Trust, load_trusted
@@ -57,32 +58,6 @@ log = logging.getLogger("service.core.registry")
 # Triton's model states, as its repository index reports them.
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 LOADING_REASON = "model is loading"
-
-
-class Loaded:
-    """One loaded version: its engine, and how many requests still use it."""
-
-    def __init__(
-        self, name: str, version: str, engine: Engine, view: ModelMetrics, fingerprint: str, *, shadow: bool = False
-    ) -> None:
-        self.name = name
-        self.version = version
-        self.shadow = shadow  # loaded as a shadow version: a session of its own, metrics not scraped
-        self.engine = engine
-        self.view = view
-        self.fingerprint = fingerprint
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-
-    def acquire(self) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self.idle.set()
 
 
 @dataclasses.dataclass

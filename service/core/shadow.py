@@ -44,7 +44,7 @@ BURST_SECONDS = 5.0
 
 
 class Held(Protocol):
-    """A loaded version a task may keep from being stopped (``service.core.registry.Loaded``)."""
+    """A loaded version a task may keep from being stopped (``service.core.loaded.Loaded``)."""
 
     engine: Any
 

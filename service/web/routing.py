@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.core.registry import Loaded
+from service.core.loaded import Loaded
 
 Handler = Callable[[Request], Awaitable[Response]]
 ErrorHandler = Callable[[Request, Any], Awaitable[Response]]
@@ -74,14 +74,10 @@ def dialect_of(scope: Scope) -> Dialect:
     return route.spec.dialect if isinstance(route, EndpointRoute) else "service"
 
 
-def urgency(request: Request, deadline: float | None = None, priority: int | None = None) -> dict[str, Any]:
-    """The call's deadline and priority as ``Engine.classify`` takes them; a protocol's own (the Open Inference
-    Protocol's parameters), when given, win over the headers'."""
+def urgency(request: Request) -> dict[str, Any]:
+    """The call's deadline and priority, from its headers, as ``Engine.classify`` takes them."""
     call = request.scope[CALL]
-    return {
-        "deadline": call.deadline if deadline is None else deadline,
-        "priority": call.priority if priority is None else call.ask(priority),
-    }
+    return {"deadline": call.deadline, "priority": call.priority}
 
 
 def hold(request: Request, name: str | None = None, version: str | None = None) -> Loaded:

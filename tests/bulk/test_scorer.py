@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from service.app import create_app
 from service.bulk.scorer import Answering, Scorer, batches
 from service.core.windows import Windowing
 from service.settings import Settings
-from service.web.app import create_app
 from tests.conftest import needs_export
 from tests.helpers import wait_app_ready
 

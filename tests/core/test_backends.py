@@ -246,9 +246,9 @@ def test_a_fallback_is_logged_counted_and_shown(wrong, monkeypatch):
     """The server's own auto choice, on a CPU whose flags say bf16 (patched in: the rule's input)."""
     from starlette.testclient import TestClient
 
+    from service.app import create_app
     from service.core import loading
     from service.settings import Settings
-    from service.web.app import create_app
     from tests.helpers import wait_app_ready
 
     monkeypatch.setattr(loading, "cpu_flags", lambda: list(BF16))

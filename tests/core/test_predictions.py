@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from service.app import create_app
 from service.core.predictions import psi
 from service.settings import Settings
-from service.web.app import create_app
 from tests.conftest import needs_export
 from tests.helpers import wait_app_ready
 

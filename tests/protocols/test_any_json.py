@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from service.app import create_app
 from service.protocols.oip import infer
 from service.settings import Settings
-from service.web.app import create_app
 from service.web.errors import ERROR_TABLE, TEI_ERROR_TABLE
 from tests.conftest import needs_export
 from tests.helpers import wait_app_ready

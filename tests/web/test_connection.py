@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.app import _error
 from service.core.failures import Failure
 from service.settings import Settings
-from service.web.app import _error
 from service.web.connection import Connections, http_protocol, sole_caller
 from service.web.errors import EdgeError
 from tests.helpers import free_port, wait_for

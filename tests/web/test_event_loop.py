@@ -97,9 +97,9 @@ def test_live_answers_while_the_largest_bodies_are_served(tiny_bundle):
 def test_a_tokenize_answer_is_bounded_by_a_setting(tiny_bundle):
     from starlette.testclient import TestClient
 
+    from service.app import create_app
     from service.core.classifier import OnnxClassifier
     from service.settings import Settings
-    from service.web.app import create_app
     from tests.helpers import wait_app_ready
 
     with TestClient(create_app(Settings(bundle=str(tiny_bundle("bert")), max_tokenize_tokens=12))) as client:

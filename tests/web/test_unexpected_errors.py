@@ -128,9 +128,9 @@ def test_a_crash_while_loading_the_models_is_told_at_once_not_held_until_shutdow
 
     from starlette.testclient import TestClient
 
+    from service.app import create_app
     from service.core.registry import ModelRegistry
     from service.settings import Settings
-    from service.web.app import create_app
 
     repository = tmp_path / "repository"
     shutil.copytree(tiny_bundle("bert"), repository / "intent")

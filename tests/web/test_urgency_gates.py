@@ -8,10 +8,10 @@ import grpc
 import pytest
 from starlette.testclient import TestClient
 
+from service.app import create_app
 from service.protocols.oip.proto import grpc_predict_v2_pb2 as pb
 from service.protocols.oip.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.settings import Settings
-from service.web.app import create_app
 from tests.conftest import needs_export
 from tests.helpers import free_port, wait_app_ready
 

@@ -4,8 +4,8 @@ The server runs in the HTTP server's event loop (grpc.aio) and resolves models i
 the same ``ModelRegistry``, so both transports share each model's batcher, its
 queue bound, the input limit and the API keys (``authorization: Bearer KEY``
 metadata; liveness and readiness stay open, as their HTTP routes do). A
-``ModelInferRequest`` is read into the neutral ``infer.InferRequest`` and checked
-by ``infer.decode``, the code the HTTP routes use.
+``ModelInferRequest`` is read into the neutral ``infer.InferRequest`` and answered
+by ``dataplane.model_infer``, the code the HTTP route uses.
 
 Every failure maps to a gRPC status in one table (``STATUS``), with the same
 message as over HTTP; a message that is not a valid protobuf is refused with
@@ -36,7 +36,7 @@ from service.core.calls import Call, bearer_key_matches, finish, request_id
 from service.core.registry import ModelRegistry
 from service.core.urgency import deadline_after, priority_header
 from service.logs import REQUEST_ID
-from service.protocols.oip import infer
+from service.protocols.oip import dataplane, infer
 from service.protocols.oip.proto import grpc_predict_v2_pb2 as pb
 from service.settings import Settings
 
@@ -193,30 +193,12 @@ class InferenceService:
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
-        held = self.registry.hold(call, request.model_name, request.model_version)
-        engine = held.engine
-        # A full queue refuses the call before its texts are copied out of the message and decoded.
-        max_inputs = self.registry.settings.max_inputs
-        engine.check_room(infer.declared_inputs(request.inputs, max_inputs))
-        checked = infer.decode(from_grpc(request), max_inputs=max_inputs, pairs=engine.takes_pairs)
-        long_texts = checked.long_texts
-        result = await engine.classify(
-            checked.texts,
-            truncate=long_texts.truncate,
-            windowing=long_texts.windowing(engine.windowing),
-            deadline=call.deadline if checked.deadline is None else checked.deadline,
-            priority=call.priority if checked.priority is None else call.ask(checked.priority),
-        )
-        response = infer.respond(
-            checked,
-            result.logits,
-            engine.scores(result.logits, raw=False),
-            engine.manifest.labels,
-            model_name=held.name,
-            model_version=held.version,
-            reports=result.reports,
-        )
-        return to_grpc(response)
+        async def receive() -> dataplane.Arrived:
+            # gRPC has parsed the message: a full queue refuses it before its texts are copied out and decoded.
+            return dataplane.Arrived(request.inputs, functools.partial(from_grpc, request))
+
+        inferred = await dataplane.model_infer(self.registry, call, request.model_name, request.model_version, receive)
+        return to_grpc(inferred.response)
 
     def handler(self, name: str, method: Method) -> Callable[[Any, aio.ServicerContext], Awaitable[Any]]:
         """API keys, the failure table, the call's record and its log context around one RPC."""

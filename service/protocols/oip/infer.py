@@ -2,7 +2,8 @@
 
 Each transport parses its own wire form into the neutral ``InferRequest`` below
 (``rest.from_http`` for JSON and binary tensors, ``grpc_service.from_grpc`` for
-protobuf) and encodes the neutral ``InferResponse`` back. Every rule of the
+protobuf) and encodes the neutral ``InferResponse`` back; ``dataplane.model_infer``
+runs the call between them. Every rule of the
 model's side of the protocol lives here, so HTTP and gRPC cannot disagree:
 
 - one BYTES input ``text`` (and ``text_pair`` for a pair model), shape ``[n]`` or ``[n, 1]``;

@@ -28,12 +28,12 @@ from starlette.responses import JSONResponse, Response
 
 from service import NAME, __version__
 from service.core.failures import BadRequest, NotReady, PayloadTooLarge, UnsupportedMediaType
-from service.core.registry import Loaded
-from service.protocols.oip import infer
+from service.core.loaded import Loaded
+from service.protocols.oip import dataplane, infer
 from service.protocols.validation import parse
 from service.web.bodies import read_body
 from service.web.responses import ModelState, timing_headers
-from service.web.routing import Endpoint, hold, urgency
+from service.web.routing import CALL, Endpoint, hold
 
 HEADER_LENGTH = "inference-header-content-length"
 # Triton reads a request without a Content-Type as JSON, and tritonclient sends none.
@@ -274,31 +274,23 @@ async def models(request: Request) -> Response:
 
 
 async def infer_route(request: Request) -> Response:
-    """JSON or binary tensors in, JSON or binary outputs back."""
-    held = _model(request)
-    engine = held.engine
-    settings = request.app.state.settings
-    body = await read_body(request, settings.max_body_bytes)
-    wire = from_http(body, request.headers, max_body_bytes=settings.max_body_bytes)
-    engine.check_room(infer.declared_inputs(wire.inputs, settings.max_inputs))
-    call = infer.decode(wire, max_inputs=settings.max_inputs, pairs=engine.takes_pairs)
-    result = await engine.classify(
-        call.texts,
-        truncate=call.long_texts.truncate,
-        windowing=call.long_texts.windowing(engine.windowing),
-        **urgency(request, call.deadline, call.priority),
+    """JSON or binary tensors in, JSON or binary outputs back (``dataplane.model_infer`` does the call)."""
+    max_body_bytes = request.app.state.settings.max_body_bytes
+
+    async def receive() -> dataplane.Arrived:
+        body = await read_body(request, max_body_bytes)
+        wire = from_http(body, request.headers, max_body_bytes=max_body_bytes)
+        return dataplane.Arrived(wire.inputs, lambda: wire)  # the JSON part is parsed; decode checks its texts
+
+    inferred = await dataplane.model_infer(
+        request.app.state.registry,
+        request.scope[CALL],
+        request.path_params["model_name"],
+        request.path_params.get("model_version"),
+        receive,
     )
-    response = infer.respond(
-        call,
-        result.logits,
-        engine.scores(result.logits, raw=False),
-        engine.manifest.labels,
-        model_name=held.name,
-        model_version=held.version,
-        reports=result.reports,
-    )
-    content, headers = to_http(response)
-    return Response(content, headers={**headers, **timing_headers(result, request)})
+    content, headers = to_http(inferred.response)
+    return Response(content, headers={**headers, **timing_headers(inferred.result, request)})
 
 
 _MODEL = "/v2/models/{model_name}"

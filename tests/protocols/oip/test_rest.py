@@ -12,8 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 
 import service
+from service.app import create_app
 from service.settings import Settings
-from service.web.app import create_app
 from tests.conftest import ROOT, needs_export
 from tests.helpers import wait_app_ready
 

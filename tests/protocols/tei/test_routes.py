@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from service.app import create_app
 from service.settings import Settings
-from service.web.app import create_app
 from service.web.errors import ERROR_TABLE, TEI_ERROR_TABLE
 from tests.conftest import ROOT, needs_export
 from tests.helpers import wait_app_ready

@@ -3,6 +3,10 @@
 The app gathers the protocols' route tables (``service.protocols``), the
 service's own endpoints and the docs page, behind one middleware; the gRPC
 service, when a port is set, runs in the same event loop on the same registry.
+
+It stands above both the protocols and the HTTP edge (``service.web``): the
+protocols build their routes from the edge's plumbing, and only this module
+knows them all, so the imports point one way.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from service.web.errors import EdgeError, MethodNotAllowed, RouteNotFound, answe
 from service.web.middleware import RequestContext
 from service.web.routing import FixedPathRoutes, dialect_of, open_paths, routes
 
-log = logging.getLogger("service.web.app")
+log = logging.getLogger("service.app")
 
 
 def _checked(registry: ModelRegistry, on_fatal: Callable[[str], None] | None, task: asyncio.Task) -> None:
