@@ -58,7 +58,7 @@ def main() -> None:
         old_rank = time.perf_counter() - started
         started = time.perf_counter()
         classifier = OnnxClassifier(base, tokenizer, draft)
-        new = probe_ranking(
+        damage = probe_ranking(
             V.Probe(base, work),
             texts,
             classifier,
@@ -72,8 +72,8 @@ def main() -> None:
                     threshold=source.threshold,
                 ).max_prob_diff
             ),
-            lambda _: None,
         )
+        new = [name for name, _ in damage]
         new_rank = time.perf_counter() - started
         print(f"model: {source.model_id}; {len(texts)} validation texts; {len(new)} nodes searched")
         print(

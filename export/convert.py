@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -42,6 +43,14 @@ def export_onnx(source: Source, path: Path, *, external_data_over: int = EXTERNA
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     return path
+
+
+def convert_checkpoint(loaded_with: dict[str, Any], path: Path, external_data_over: int) -> Path:
+    """Load the classifier as ``load_source(**loaded_with)`` and trace it: the conversion as a child
+    process runs it (``export.isolated``), its tracer's copies of the weights gone when it ends."""
+    from export.sources import load_source
+
+    return export_onnx(load_source(**loaded_with), path, external_data_over=external_data_over)
 
 
 def data_file(path: Path) -> Path:

@@ -10,15 +10,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
-from export import budget, engine_graphs, weight_only
+from export import budget, engine_graphs, isolated, weight_only
 from export import variants as V
 from export.bundle import write_bundle
 from export.convert import (
     EXTERNAL_DATA_OVER,
     OPSET,
+    convert_checkpoint,
     copy_onnx,
     export_onnx,
     graph_inputs,
@@ -30,16 +32,26 @@ from export.pairs import builtin_pairs, read_pair_file
 from export.sources import Source, load_source
 from export.texts import builtin_texts, read_lines, read_text_file
 from export.timing import Timing, measure
-from service.core.classifier import OnnxClassifier, TextInput
+from service.core.classifier import OnnxClassifier, TextInput, release_free_memory
 from service.core.gate import Thresholds, VariantReport, approximate, compare
 from service.core.manifest import PAIR, SIGMOID, Manifest, score_function
 
 Progress = Callable[[str], None]
+P = ParamSpec("P")
+R = TypeVar("R")
 # Which variant ``--variant auto`` keeps when two that passed are the same size (plain int8 and
 # int8-selective share a file when blind int8 passes; fused fp32 runs faster than plain fp32).
 AUTO_ORDER = (V.INT8, V.SELECTIVE, V.OPTIMIZED, V.FP32, V.INT8_WEIGHTS, V.INT4_WEIGHTS)
 # Validation texts the selective search ranks nodes on; every graph it tries is gated on all of them.
 RANKING_TEXTS = 64
+# Models whose weights take more bytes than this run each heavy step in a process of its own
+# (``export.isolated``): a step's peak is freed when it ends instead of piling up. Smaller models
+# stay in one process, where a step saves the second or so a child takes to start.
+ISOLATE_OVER = 256 * 2**20
+# The selective search runs the whole model once per searched node; above this many bytes of
+# weights that is longer than the rest of the export together (a 0.5B decoder: 169 nodes), so the
+# export skips it and, when int8 fails, goes on to the weight-only variants.
+SEARCH_UP_TO = 1024**3
 VERSIONED_PACKAGES = (
     "torch",
     "transformers",
@@ -77,6 +89,16 @@ class StepClock:
     def steps(self) -> list[tuple[str, float]]:
         ends = [started for _, started in self._started[1:]] + [time.monotonic()]
         return [(message, end - started) for (message, started), end in zip(self._started, ends)]
+
+
+class Steps:
+    """Runs a heavy step in a child process (``export.isolated``) when ``isolate``, else here."""
+
+    def __init__(self, *, isolate: bool) -> None:
+        self.isolate = isolate
+
+    def __call__(self, name: str, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return isolated.run(name, function, *args, **kwargs) if self.isolate else function(*args, **kwargs)
 
 
 def package_versions() -> dict[str, str]:
@@ -126,12 +148,14 @@ def export_bundle(
     external_data_over: int = EXTERNAL_DATA_OVER,
     sign: Callable[[Path], None] | None = None,
     max_memory: int | None = None,
+    isolate_over: int = ISOLATE_OVER,
 ) -> ExportResult:
     """``external_data_over``: graphs larger than this many bytes keep their weights in
     an external-data file (the 2 GB protobuf limit; lowered in tests). ``openvino``: also write and gate
     the graph OpenVINO runs (``export.engine_graphs``), when OpenVINO is installed. ``sign``, when given,
     signs the bundle's directory before it takes its place (``export.sign``). ``max_memory``: the
-    bytes the served variant may expect to hold (``export.budget``); None for no limit."""
+    bytes the served variant may expect to hold (``export.budget``); None for no limit. ``isolate_over``:
+    models with more bytes of weights run each heavy step in a child process (lowered in tests)."""
     out = Path(out)
     clock = progress = StepClock(progress)
     check_output(out, force)
@@ -177,6 +201,7 @@ def export_bundle(
             openvino,
             sign,
             max_memory,
+            isolate_over,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -206,13 +231,23 @@ def _export_in(
     openvino: bool,
     sign: Callable[[Path], None] | None = None,
     max_memory: int | None = None,
+    isolate_over: int = ISOLATE_OVER,
 ) -> ExportResult:
     tokenizer_path = work / "tokenizer.json"
     source.tokenizer.save(str(tokenizer_path))
     progress(f"running the original model on {len(texts)} validation texts")
     reference = source.reference(texts)
-    progress("converting to ONNX (fp32)")
-    base = plain = export_onnx(source, work / "fp32.onnx", external_data_over=external_data_over)
+    weights = source.weight_bytes()
+    step = Steps(isolate=weights > isolate_over)
+    progress("converting to ONNX (fp32)" + (", each step in a process of its own" if step.isolate else ""))
+    if step.isolate:
+        # The child loads the model again and traces it; this process no longer needs its copy.
+        source.release_model()
+        base = plain = isolated.run(
+            "converting to ONNX", convert_checkpoint, source.loaded_with, work / "fp32.onnx", external_data_over
+        )
+    else:
+        base = plain = export_onnx(source, work / "fp32.onnx", external_data_over=external_data_over)
     # A stage may add up to a copy of the weights (the selective search's probe): a graph over half
     # the limit writes every graph made from it with external data, never one proto over 2 GB.
     external = uses_external_data(base) or 2 * onnx_size(base) > external_data_over
@@ -232,6 +267,7 @@ def _export_in(
 
     def check(name: str, path: Path, *, record: bool = True, kept_fp32: Sequence[str] = ()) -> VariantReport:
         report = compare(name, reference, logits_of(path), source.problem_type, thresholds, threshold=source.threshold)
+        release_free_memory()  # the session is gone; hand its memory back before the next step
         report.size_bytes = onnx_size(path)
         report.kept_fp32 = list(kept_fp32)
         if record:
@@ -248,30 +284,45 @@ def _export_in(
         check(V.FP32, base)
     if {V.OPTIMIZED, V.INT8, V.SELECTIVE} & set(wanted):
         progress("optimizing with ONNX Runtime transformer fusions")
-        optimized = V.optimize(base, work / "fp32-optimized.onnx", external=external)
+        optimized = step("optimizing", V.optimize, base, work / "fp32-optimized.onnx", external=external)
         if check(V.OPTIMIZED, optimized, record=V.OPTIMIZED in wanted).passed:
             # Quantize the fused graph only when the fusions themselves are exact.
             base = optimized
     if V.INT8 in wanted or V.SELECTIVE in wanted:
         progress("quantizing to dynamic int8 (per-channel)")
-        int8 = V.quantize(base, work / "int8.onnx", external=external)
+        int8 = step("quantizing to int8", V.quantize, base, work / "int8.onnx", external=external)
         int8_passed = check(V.INT8, int8, record=V.INT8 in wanted).passed
         if V.SELECTIVE in wanted:
             if int8_passed:
                 check(V.SELECTIVE, int8)
-            else:
-                path, kept = _selective(
-                    base, work, texts, classifier_of, reference, logits_of, source, thresholds, progress, external
+            elif weights > SEARCH_UP_TO:
+                progress(
+                    f"no selective int8: the search runs the model once per node, too long for "
+                    f"{weights / 1e9:.1f} GB of weights (docs/export.md#large-models)"
                 )
+            else:
+                search = Search(
+                    base,
+                    work,
+                    tokenizer_path,
+                    draft,
+                    list(texts),
+                    reference,
+                    source.problem_type,
+                    source.threshold,
+                    thresholds,
+                    external,
+                )
+                path, kept = _selective(search, logits_of, progress, step)
                 check(V.SELECTIVE, path, kept_fp32=kept)
 
-    _weight_only(plain, work, variant, wanted, reports, max_memory, check, progress, external)
+    _weight_only(plain, work, variant, wanted, reports, max_memory, check, progress, external, step)
 
     if keep_variants is not None:
         # Every variant built, passing or not, for benchmarks; the bundle holds only the chosen one.
         keep_variants.mkdir(parents=True, exist_ok=True)
         for name, path in paths.items():
-            copy_onnx(path, keep_variants / f"{name}.onnx")
+            step("copying the variants", copy_onnx, path, keep_variants / f"{name}.onnx")
     passing = [r for r in reports if r.passed]
     if not passing:
         raise VerificationFailed("no requested variant passed verification:\n" + report_table(reports))
@@ -298,7 +349,7 @@ def _export_in(
             progress(f"no graph for OpenVINO: {unavailable}")
         else:
             progress("gating the fp32 graph on OpenVINO, for the engine the service picks on CPUs with bf16 units")
-            graph = engine_graphs.openvino_graph(plain, work)
+            graph = step("writing the graph for OpenVINO", engine_graphs.openvino_graph, plain, work)
             try:
                 name, logits = engine_graphs.openvino_logits(graph, tokenizer_path, draft, texts)
             except Exception as exc:  # OpenVINO raises its own error types for graphs it cannot compile
@@ -339,6 +390,7 @@ def _weight_only(
     check: Callable[..., VariantReport],
     progress: Progress,
     external: bool,
+    step: Steps,
 ) -> None:
     """Build and gate the weight-only variants asked for, or with ``auto`` when no variant built so far
     passed and fits ``max_memory``."""
@@ -349,7 +401,10 @@ def _weight_only(
         names = list(V.WEIGHT_ONLY)
     for name in names:
         progress(f"quantizing weights only: {name} (MatMulNBits, blocks of {weight_only.BLOCK_SIZE[name]})")
-        check(name, weight_only.quantize(plain, work / f"{name}.onnx", name, external=external))
+        check(
+            name,
+            step(f"quantizing {name}", weight_only.quantize, plain, work / f"{name}.onnx", name, external=external),
+        )
 
 
 def ranking_rows(total: int, count: int = RANKING_TEXTS) -> list[int]:
@@ -361,17 +416,28 @@ def _short(node: str) -> str:
     return node.removeprefix("/encoder/encoder/").removesuffix("/MatMul")
 
 
+@dataclass
+class Search:
+    """What the selective search needs, all of it picklable (it runs in a child for large models)."""
+
+    base: Path
+    work: Path
+    tokenizer_path: Path
+    draft: Manifest
+    texts: list[TextInput]
+    reference: np.ndarray
+    problem_type: str
+    threshold: float
+    thresholds: Thresholds
+    external: bool
+
+    def report(self, logits: np.ndarray, rows: Sequence[int] | None = None) -> VariantReport:
+        expected = self.reference if rows is None else self.reference[list(rows)]
+        return compare(V.SELECTIVE, expected, logits, self.problem_type, self.thresholds, threshold=self.threshold)
+
+
 def _selective(
-    base: Path,
-    work: Path,
-    texts: Sequence[TextInput],
-    classifier_of: Callable[[Path], OnnxClassifier],
-    reference: np.ndarray,
-    logits_of: Callable[[Path], np.ndarray],
-    source: Source,
-    thresholds: Thresholds,
-    progress: Progress,
-    external: bool,
+    search: Search, logits_of: Callable[[Path], np.ndarray], progress: Progress, step: Steps
 ) -> tuple[Path, list[str]]:
     """Find few fp32 nodes that let int8 pass the gate.
 
@@ -381,24 +447,36 @@ def _selective(
     quantized graph is built and gated, and only if it fails does the search go on with real graphs, from
     there up. Every graph that ships passed the real gate.
     """
-
-    def report(logits: np.ndarray, rows: Sequence[int] | None = None) -> VariantReport:
-        expected = reference if rows is None else reference[list(rows)]
-        return compare(V.SELECTIVE, expected, logits, source.problem_type, thresholds, threshold=source.threshold)
-
-    classifier = classifier_of(base)
-    probe = V.Probe(base, work, external=external)
-    ranking = probe_ranking(probe, texts, classifier, lambda rows, logits: report(logits, rows).max_prob_diff, progress)
-    run_all = probe_runner(probe, classifier, texts)
-
-    def emulated(count: int) -> bool:
-        return report(run_all(probe.switches(ranking[count:]))).passed
-
-    predicted = fewest(emulated, len(ranking))
+    progress(
+        f"measuring each node's quantization damage on {len(ranking_rows(len(search.texts)))} of the validation texts"
+    )
+    damage, predicted = step("searching the nodes to keep in fp32", probe_search, search)
+    progress("ranked: " + ", ".join(f"{_short(name)} {error:.4f}" for name, error in damage))
     progress(f"emulated int8 passes the gate with {predicted} node(s) kept in fp32")
     return fewest_fp32(
-        base, work, ranking, lambda path: report(logits_of(path)).passed, progress, external=external, start=predicted
+        search.base,
+        search.work,
+        [name for name, _ in damage],
+        lambda path: search.report(logits_of(path)).passed,
+        progress,
+        external=search.external,
+        start=predicted,
+        step=step,
     )
+
+
+def probe_search(search: Search) -> tuple[list[tuple[str, float]], int]:
+    """Each searched node's damage alone (most harmful first), and how many of the most harmful the
+    emulated int8 graph must keep in fp32 to pass the gate on every validation text."""
+    classifier = OnnxClassifier(search.base, search.tokenizer_path, search.draft)
+    probe = V.Probe(search.base, search.work, external=search.external)
+    damage = probe_ranking(
+        probe, search.texts, classifier, lambda rows, logits: search.report(logits, rows).max_prob_diff
+    )
+    ranking = [name for name, _ in damage]
+    run_all = probe_runner(probe, classifier, search.texts)
+    predicted = fewest(lambda count: search.report(run_all(probe.switches(ranking[count:]))).passed, len(ranking))
+    return damage, predicted
 
 
 def probe_runner(
@@ -425,16 +503,12 @@ def probe_ranking(
     texts: Sequence[TextInput],
     classifier: OnnxClassifier,
     damage_of: Callable[[Sequence[int], np.ndarray], float],
-    progress: Progress,
-) -> list[str]:
-    """The searched nodes, most harmful first: each node's damage (``damage_of`` the ranking texts' rows and
-    their logits) with it alone as int8, measured in the probe's one session."""
+) -> list[tuple[str, float]]:
+    """The searched nodes and their damage, most harmful first: each node's damage (``damage_of`` the
+    ranking texts' rows and their logits) with it alone as int8, measured in the probe's one session."""
     rows = ranking_rows(len(texts))
-    progress(f"measuring each node's quantization damage on {len(rows)} of the validation texts")
     run = probe_runner(probe, classifier, [texts[row] for row in rows])
-    damage = V.probed_damage(probe, run, lambda logits: damage_of(rows, logits))
-    progress("ranked: " + ", ".join(f"{_short(name)} {error:.4f}" for name, error in damage))
-    return [name for name, _ in damage]
+    return V.probed_damage(probe, run, lambda logits: damage_of(rows, logits))
 
 
 def fewest(passes: Callable[[int], bool], total: int, start: int = 0) -> int:
@@ -466,14 +540,17 @@ def fewest_fp32(
     *,
     external: bool = False,
     start: int | None = None,
+    step: Steps | None = None,
 ) -> tuple[Path, list[str]]:
     """Quantize with the first nodes of ``ranking`` kept in fp32, as few as pass the real gate. With
     ``start`` (a prediction) that count is tried first; when it fails, the search goes on above it."""
     built: dict[int, Path] = {}
+    run = step or Steps(isolate=False)
 
     def attempt(count: int) -> bool:
-        path = V.quantize(base, work / f"int8-selective-{count}.onnx", exclude=ranking[:count], external=external)
-        V.store_half(path)
+        target = work / f"int8-selective-{count}.onnx"
+        path = run("quantizing", V.quantize, base, target, exclude=ranking[:count], external=external)
+        run("storing fp32 weights as fp16", V.store_half, path)
         passed = gate(path)
         progress(f"selective int8 with {count} node(s) kept in fp32: {'passed' if passed else 'failed'}")
         if passed:

@@ -97,6 +97,30 @@ class Source:
     # tokenizer's own overflow windows, ``overlap`` tokens shared, of a pair the ``side`` one windowed.
     window_reference: Callable[[Sequence[TextInput], int, str], list[Windows]] | None = None
 
+    # The arguments ``load_source`` was called with: a child process loads the same model from them.
+    loaded_with: dict[str, Any] = field(default_factory=dict)
+
+    def weight_bytes(self) -> int:
+        """The bytes of the PyTorch model's parameters and buffers."""
+        tensors = [*self.module.parameters(), *self.module.buffers()]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+    def release_model(self) -> None:
+        """Let go of the PyTorch model once its reference logits exist: the export's later steps read the
+        graph, and an LLM-sized model is as large as the graph (the closures above hold it too)."""
+        import gc
+
+        from service.core.classifier import release_free_memory
+
+        def released(*_: object) -> Any:
+            raise RuntimeError(f"the PyTorch model of {self.model_id} was released after conversion")
+
+        self.module = torch.nn.Module()
+        self.reference = released
+        self.window_reference = None
+        gc.collect()
+        release_free_memory()
+
 
 class _LogitsOnly(torch.nn.Module):
     """A ``*ForSequenceClassification`` model whose only output is its logits."""
@@ -149,6 +173,12 @@ def load_source(
     model: str | None, *, head: str | None = None, max_length: int | None = None, task: str | None = None
 ) -> Source:
     """``task`` forces "text" or "pair"; None detects it from the checkpoint."""
+    source = _load(model, head=head, max_length=max_length, task=task)
+    source.loaded_with = {"model": model, "head": head, "max_length": max_length, "task": task}
+    return source
+
+
+def _load(model: str | None, *, head: str | None, max_length: int | None, task: str | None) -> Source:
     if model is None:
         return _load_sentence_head(
             default_model.body_path(),

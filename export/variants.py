@@ -55,25 +55,20 @@ def optimize(source: Path, target: Path, *, external: bool = False) -> Path:
     return target
 
 
-class _Once(logging.Filter):
-    """Let a message through the first time only (the selective search quantizes dozens of times)."""
+class _Without(logging.Filter):
+    """Drop the records that hold ``fragment``."""
 
     def __init__(self, fragment: str) -> None:
         super().__init__()
         self.fragment = fragment
-        self.seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.fragment not in record.getMessage():
-            return True
-        if self.seen:
-            return False
-        self.seen = True
-        return True
+        return self.fragment not in record.getMessage()
 
 
-# onnxruntime logs this on the root logger at every quantize_dynamic call.
-_PREPROCESS_HINT = _Once("consider to run pre-processing before quantization")
+# onnxruntime logs this on the root logger at every quantize_dynamic call: it asks for shape inference,
+# which dynamic quantization of these graphs does not need (the gate measures what comes out).
+_PREPROCESS_HINT = _Without("consider to run pre-processing before quantization")
 
 
 def quantize(
@@ -88,7 +83,8 @@ def quantize(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().addFilter(_PREPROCESS_HINT)
+    if _PREPROCESS_HINT not in logging.getLogger().filters:
+        logging.getLogger().addFilter(_PREPROCESS_HINT)
     _fresh(target)
 
     quantize_dynamic(
@@ -241,7 +237,11 @@ class Probe:
         self.nodes = probe_graph(source, path, external=external)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # Constant folding would turn every int8 weight copy back into fp32 (a second copy of the model's
+        # matrices); dequantizing them at each run costs little beside the run itself.
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=["ConstantFolding"]
+        )
 
     def switches(self, quantized: Iterable[str]) -> dict[str, np.ndarray]:
         """The ``probe/N`` inputs that run exactly the nodes in ``quantized`` as int8."""

@@ -123,12 +123,13 @@ def test_conversion_failure_has_its_own_exit_code(tiny_checkpoint, tmp_path, cap
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_pre_processing_hint_is_logged_once(tiny_bundle, tmp_path, caplog):
+def test_the_pre_processing_hint_is_not_logged(tiny_bundle, tmp_path, caplog):
+    """onnxruntime's hint at each quantization asks for a step these graphs do not need; the selective
+    search quantizes many times, each in its own process for a large model."""
     from export import variants
 
-    variants._PREPROCESS_HINT.seen = False
     with caplog.at_level(logging.WARNING):
         for index in range(3):
             variants.quantize(tiny_bundle("bert") / "model.onnx", tmp_path / f"q{index}.onnx")
-    hints = [r for r in caplog.records if "pre-processing" in r.getMessage()]
-    assert len(hints) == 1
+    assert [r for r in caplog.records if "pre-processing" in r.getMessage()] == []
+    assert (tmp_path / "q2.onnx").is_file()
