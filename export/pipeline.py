@@ -48,10 +48,12 @@ RANKING_TEXTS = 64
 # (``export.isolated``): a step's peak is freed when it ends instead of piling up. Smaller models
 # stay in one process, where a step saves the second or so a child takes to start.
 ISOLATE_OVER = 256 * 2**20
-# The selective search runs the whole model once per searched node; above this many bytes of
-# weights that is longer than the rest of the export together (a 0.5B decoder: 169 nodes), so the
-# export skips it and, when int8 fails, goes on to the weight-only variants.
-SEARCH_UP_TO = 1024**3
+# ``--variant auto`` on a model with more bytes of weights than this builds neither the fused fp32
+# variant nor the selective search: ONNX Runtime's transformer optimizer held about 11 times the graph
+# (7.2 GB for a 640 MB decoder), and the search runs the model once per node (169 nodes for a 0.5B
+# decoder, longer than the rest of the export together). Such a model is served from int8 or the
+# weight-only variants, which its fp32 graph is quantized into directly (docs/export.md#large-models).
+LARGE = 512 * 2**20
 VERSIONED_PACKAGES = (
     "torch",
     "transformers",
@@ -282,7 +284,14 @@ def _export_in(
 
     if V.FP32 in wanted:
         check(V.FP32, base)
-    if {V.OPTIMIZED, V.INT8, V.SELECTIVE} & set(wanted):
+    large = variant == "auto" and weights > LARGE
+    if large:
+        progress(
+            f"{weights / 1e9:.2f} GB of weights: no fused fp32 and no selective search "
+            "(each costs many times the model; docs/export.md#large-models)"
+        )
+        wanted = tuple(name for name in wanted if name not in (V.OPTIMIZED, V.SELECTIVE))
+    if not large and {V.OPTIMIZED, V.INT8, V.SELECTIVE} & set(wanted):
         progress("optimizing with ONNX Runtime transformer fusions")
         optimized = step("optimizing", V.optimize, base, work / "fp32-optimized.onnx", external=external)
         if check(V.OPTIMIZED, optimized, record=V.OPTIMIZED in wanted).passed:
@@ -295,11 +304,6 @@ def _export_in(
         if V.SELECTIVE in wanted:
             if int8_passed:
                 check(V.SELECTIVE, int8)
-            elif weights > SEARCH_UP_TO:
-                progress(
-                    f"no selective int8: the search runs the model once per node, too long for "
-                    f"{weights / 1e9:.1f} GB of weights (docs/export.md#large-models)"
-                )
             else:
                 search = Search(
                     base,

@@ -339,7 +339,7 @@ def _load_checkpoint(
             f"model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     original = _load_weights(AutoModelForSequenceClassification, model)
-    exported = _load_weights(AutoModelForSequenceClassification, model, attn_implementation="eager")
+    exported = _eager_copy(original, AutoModelForSequenceClassification)
     try:
         hf_tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
     except (OSError, ValueError) as exc:
@@ -613,14 +613,21 @@ def _load_sentence_head(
     )
 
 
-def _eager_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The same weights with eager attention, which traces into fusable ONNX."""
+def _eager_copy(model: torch.nn.Module, factory: Any = None) -> torch.nn.Module:
+    """The same weights with eager attention, which traces into fusable ONNX. The copy shares the
+    original's tensors instead of holding its own: an LLM-sized model would otherwise be held twice."""
     from transformers import AutoModel
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
-        copy = AutoModel.from_config(model.config, attn_implementation="eager")
-    copy.load_state_dict(model.state_dict())
+        copy = (factory or AutoModel).from_config(model.config, attn_implementation="eager")
+    copy.load_state_dict(model.state_dict(), assign=True)
+    # Buffers left out of the state dict (rotary frequencies) are still on the meta device.
+    originals = dict(model.named_buffers(remove_duplicate=False))
+    for name, buffer in copy.named_buffers(remove_duplicate=False):
+        if buffer.is_meta:
+            owner, _, attribute = name.rpartition(".")
+            setattr(copy.get_submodule(owner), attribute, originals[name])
     return copy.eval()
 
 
