@@ -61,3 +61,47 @@ def test_steps_in_child_processes_make_the_same_bundle(tmp_path):
     assert [r.to_dict() for r in apart.reports] == [r.to_dict() for r in together.reports]
     assert {r.variant for r in apart.reports} >= {"fp32", "fp32-optimized", "int8", "int8-selective"}
     assert read_manifest(tmp_path / "apart").files == read_manifest(tmp_path / "together").files
+
+
+def waits_forever(pid_file: str) -> None:
+    import threading
+    from pathlib import Path
+
+    Path(pid_file).write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+def test_a_step_stops_when_its_export_is_killed(tmp_path):
+    """A killed export leaves no step running on (minutes of CPU and gigabytes for a large model)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.helpers import wait_for
+
+    pid_file = tmp_path / "step.pid"
+    code = (
+        "from export import isolated; from tests.export import test_isolated as t; "
+        f"isolated.run('waiting', t.waits_forever, {str(pid_file)!r})"
+    )
+    export = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", "the step started")
+        step = int(pid_file.read_text())
+    finally:
+        export.kill()
+        export.wait()
+    wait_for(lambda: not _alive(step), "the step stopped with its export")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A child that died but is not yet reaped is a zombie: gone for this purpose.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -315,3 +315,21 @@ def test_the_budget_knows_which_graphs_the_bundle_maps_into_memory():
 
     assert budget.MAP_OVER == convert.MAP_OVER
     assert budget.expected_rss("int8-weights", 540 * 10**6) < 2**30 < budget.expected_rss("fp32", 1_977 * 10**6)
+
+
+def test_auto_on_a_large_model_skips_the_fusions_and_the_selective_search(decoder, tmp_path, monkeypatch):
+    """Each costs many times the model (the optimizer held 11x a 640 MB graph); the tiny decoder stands
+    for a large one by lowering the threshold."""
+    from export import pipeline
+
+    monkeypatch.setattr(pipeline, "LARGE", 0)
+    lines: list[str] = []
+    result = pipeline.export_bundle(out=tmp_path / "b", model=str(decoder), progress=lines.append, openvino=False)
+    assert [r.variant for r in result.reports] == ["fp32", "int8"]
+    assert any(
+        line.endswith(
+            "no fused fp32 and no selective search (each costs many times the model; docs/export.md#large-models)"
+        )
+        for line in lines
+    )
+    assert not any(line.startswith("optimizing") for line in lines)
