@@ -12,8 +12,9 @@ so the classification head is trained on frozen features: the last token's hidde
 built-in validation text, labelled by topic (``tests.tiny_models.topic``: 3 of the 8 labels), with a
 logistic regression (a few minutes of forward passes).
 
-Then ``python -m export --model DIR --out BUNDLE [--max-memory ...] --keep-variants DIR`` runs under
-``/usr/bin/time -v`` (export time, peak RSS), and every variant kept is loaded in a fresh process as
+Then ``python -m export --model DIR --out BUNDLE [--max-memory ...] --keep-variants DIR`` runs with its
+time and peak memory measured (the summed resident memory of the command and the child processes it runs
+its heavy steps in), and every variant kept is loaded in a fresh process as
 the service loads it (``OnnxClassifier``): resident memory once loaded and after use, batch-1 latency
 and batch-8 throughput. Results go to ``docs/benchmarks/llm_shape-SHAPE.json`` and a Markdown table
 to stdout, with the CPU's flags.
@@ -133,30 +134,22 @@ def build(directory: Path, shape: dict[str, int]) -> Path:
 
 
 def timed_export(model: Path, out: Path, keep: Path, extra: list[str]) -> dict[str, Any]:
-    command = [
-        "/usr/bin/time",
-        "-v",
-        sys.executable,
-        "-m",
-        "export",
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--keep-variants",
-        str(keep),
-        "--force",
-        *extra,
-    ]
+    """The export command's time and peak memory: the resident memory of its process and the children it
+    runs each heavy step in, summed, sampled every 50 ms."""
+    from bench.load import ProcessSampler
+
+    command = [sys.executable, "-m", "export", "--model", str(model), "--out", str(out)]
+    command += ["--keep-variants", str(keep), "--force", *extra]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    export = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    with ProcessSampler(export.pid) as sampler:
+        stdout, stderr = export.communicate()
     seconds = time.monotonic() - started
-    sys.stderr.write(result.stderr[-6000:])
-    print(result.stdout)
-    if result.returncode != 0:
-        raise SystemExit(f"export failed with exit code {result.returncode}")
-    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    return {"seconds": seconds, "peak_rss": int(peak.group(1)) * 1024 if peak else 0, "report": result.stdout}
+    sys.stderr.write(stderr[-6000:])
+    print(stdout)
+    if export.returncode != 0:
+        raise SystemExit(f"export failed with exit code {export.returncode}")
+    return {"seconds": seconds, "peak_rss": sampler.peak_rss, "report": stdout, "steps": stderr}
 
 
 def size_of(path: Path) -> int:
@@ -205,6 +198,8 @@ def main() -> None:
         "cores": os.cpu_count(),
         "export_seconds": round(exported["seconds"], 1),
         "export_peak_rss": exported["peak_rss"],
+        # The export's own table of where its time went (``export.pipeline.steps_table``).
+        "export_steps": [line for line in exported["steps"].splitlines() if re.match(r"^ *\d+\.\d s  ", line)],
         "chosen": manifest["variant"],
         "bundle_size": size_of(bundle),
         "max_length": manifest["max_length"],

@@ -65,14 +65,28 @@ class ProcessSampler:
         process = psutil.Process(self.pid)
         return [process, *process.children(recursive=True)]
 
-    def _sample(self) -> None:
+    def _tree_rss(self) -> int | None:
+        """The resident memory of the process and its children now; None once the process is gone."""
         import psutil
 
-        while not self._stop.is_set():
+        try:
+            processes = self._processes()
+        except psutil.Error:
+            return None
+        total = 0
+        for process in processes:
             try:
-                self.peak_rss = max(self.peak_rss, sum(p.memory_info().rss for p in self._processes()))
-            except psutil.Error:
+                total += process.memory_info().rss
+            except psutil.Error:  # a child that ended between the listing and the reading
+                continue
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = self._tree_rss()
+            if rss is None:
                 return
+            self.peak_rss = max(self.peak_rss, rss)
             self._stop.wait(0.05)
 
     def __enter__(self) -> ProcessSampler:

@@ -38,8 +38,13 @@ def export_onnx(source: Source, path: Path, *, external_data_over: int = EXTERNA
     try:
         traced = _trace(source, trace_dir / path.name)
         # The tracer writes one file per tensor for models over 2 GB; one graph + one data file is the contract.
-        size = sum(f.stat().st_size for f in trace_dir.iterdir())
-        save_onnx(onnx.load(str(traced)), path, external=size > external_data_over)
+        files = list(trace_dir.iterdir())
+        size = sum(f.stat().st_size for f in files)
+        if files == [traced] and size <= external_data_over:
+            # Already one file, as wanted: reading and rewriting it would hold the graph three times over.
+            traced.replace(path)
+        else:
+            save_onnx(onnx.load(str(traced)), path, external=size > external_data_over)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     return path
