@@ -17,6 +17,10 @@ from pathlib import Path
 from export.errors import ExitCode, ExportError, OutOfResources
 from export.variants import VARIANTS
 
+# What ``--variant auto`` fits the served bundle into unless told otherwise: the memory limit of the
+# service in docker-compose.yml and deploy/ (a test holds the three together).
+DEFAULT_MAX_MEMORY = "1GiB"
+
 
 def _export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -48,9 +52,11 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-memory",
         metavar="SIZE",
-        help="the memory the served bundle may expect to hold before any batch (e.g. 1GiB, 800MB): 'auto' "
-        "keeps the smallest variant that passes and fits, trying the weight-only variants when none of the "
-        "others does, and refuses a model none of whose passing variants fits (default: no limit)",
+        default=DEFAULT_MAX_MEMORY,
+        help="the memory the served bundle may expect to hold before any batch (e.g. 1GiB, 800MB), or 'none': "
+        "'auto' keeps the smallest variant that passes and fits, trying the weight-only variants when none of "
+        "the others does, and refuses a model none of whose passing variants fits (default: "
+        f"{DEFAULT_MAX_MEMORY}, the limit the shipped compose file and Kubernetes manifests give the service)",
     )
     parser.add_argument(
         "--task",
@@ -254,7 +260,7 @@ def _run_export(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     from export.budget import parse_size
 
-    max_memory = parse_size(args.max_memory) if args.max_memory is not None else None
+    max_memory = None if args.max_memory.strip().lower() == "none" else parse_size(args.max_memory)
     out = args.out or Path("bundles") / ("default" if args.model is None else Path(args.model).name)
     sign = None
     if args.sign_key is not None:

@@ -209,6 +209,44 @@ def test_memory_sizes(text, size):
     assert parse_size(text) == size
 
 
+def test_the_default_budget_is_the_limit_the_service_ships_with():
+    """A default export fits the container it will run in; the compose file and manifests say 1 GiB."""
+    import re
+
+    import yaml
+
+    from export.budget import parse_size
+    from export.cli import DEFAULT_MAX_MEMORY
+    from tests.conftest import ROOT
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    # Docker reads "1g" as a binary unit (GiB); Kubernetes writes "1Gi".
+    docker = [service["mem_limit"] for service in compose["services"].values() if "mem_limit" in service]
+    limits = {parse_size(value + "i") for value in docker}
+    for manifest in ("deploy/k8s/deployment.yaml", "deploy/kserve/servingruntime.yaml"):
+        limits.update(
+            parse_size(size) for size in re.findall(r"limits: \{[^}]*memory: (\w+)\}", (ROOT / manifest).read_text())
+        )
+    assert limits == {parse_size(DEFAULT_MAX_MEMORY)} == {2**30}
+
+
+def test_no_budget_is_none(decoder, tmp_path, monkeypatch):
+    """``--max-memory none`` lifts the budget: what reaches the pipeline is no limit at all."""
+    from export import pipeline
+
+    seen = {}
+
+    def export_bundle(**kwargs):
+        seen.update(kwargs)
+        raise pipeline.UsageError("stop here")
+
+    monkeypatch.setattr(pipeline, "export_bundle", export_bundle)
+    assert main(["--model", str(decoder), "--out", str(tmp_path / "b"), "--max-memory", "none", "--quiet"]) == 2
+    assert seen["max_memory"] is None
+    assert main(["--model", str(decoder), "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert seen["max_memory"] == 2**30
+
+
 def test_a_bad_memory_size_is_one_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "b"), "--max-memory", "lots"]) == ExitCode.USAGE
     assert capsys.readouterr().err == (
