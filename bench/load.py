@@ -100,9 +100,14 @@ class ProcessSampler:
 
     def __exit__(self, *exc: object) -> None:
         if self.pid:
+            import psutil
+
             self._stop.set()
             self._thread.join()
-            self.cpu_seconds = self._cpu_seconds() - self._cpu_start
+            try:
+                self.cpu_seconds = self._cpu_seconds() - self._cpu_start
+            except psutil.Error:  # the process ended (and was waited for) before the block did
+                self.cpu_seconds = float("nan")
 
 
 _COUNTERS = (
