@@ -4,7 +4,7 @@ Tracing, the transformer fusions, quantization and the selective search's probe 
 copies of the weights for a while (the tracer's folded constants, protobufs being parsed and written,
 ONNX Runtime's arena). In one long process those peaks pile up: C allocators keep what was freed for
 later, and an arena never shrinks. A 160M-parameter decoder reached 12 GB that way; each step in its
-own process keeps the export's peak to the largest single step (docs/memory.md#exporting).
+own process keeps the export's peak to the largest single step (docs/export.md#large-models).
 
 The child is spawned, not forked: the parent holds ONNX Runtime and PyTorch thread pools, which a
 fork would copy in an undefined state. Errors cross back as themselves (they are pickled), so the
@@ -47,5 +47,5 @@ def run(step: str, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) 
         except BrokenProcessPool:
             raise OutOfResources(
                 f"the export step that was {step} was killed before it finished, most likely for memory: "
-                "give the export more memory (docs/memory.md#exporting)"
+                "give the export more memory (docs/export.md#large-models)"
             ) from None

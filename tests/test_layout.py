@@ -198,8 +198,8 @@ def popen_calls(path: Path) -> set[str]:
     return found
 
 
-# Children of the benchmarks that are not servers: the bulk command, timed until it exits.
-NOT_SERVERS = {("bench/bulk.py", "_timed_child")}
+# Children of the benchmarks that are not servers: the bulk and export commands, timed until they exit.
+NOT_SERVERS = {("bench/bulk.py", "_timed_child"), ("bench/llm_shape.py", "timed_export")}
 
 
 def test_servers_are_started_by_bench_process_only():

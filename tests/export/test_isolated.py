@@ -36,7 +36,7 @@ def test_a_step_killed_for_memory_is_out_of_resources():
         isolated.run("quantizing", killed_by_the_kernel)
     assert str(raised.value) == (
         "the export step that was quantizing was killed before it finished, most likely for memory: "
-        "give the export more memory (docs/memory.md#exporting)"
+        "give the export more memory (docs/export.md#large-models)"
     )
 
 
