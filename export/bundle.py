@@ -74,6 +74,9 @@ def write_bundle(
         if sign is not None:
             sign(staging)
         for path in staging.iterdir():
+            # The service often runs as another user than the export (the image's uid 10001); onnx writes
+            # external data as 0600.
+            os.chmod(path, 0o644)
             _fsync(path)
         os.chmod(staging, 0o755)
         _replace(staging, out, force)

@@ -405,7 +405,11 @@ def integrity_problems(directory: Path, manifest: Manifest) -> list[str]:
             if name not in optional:
                 problems.append(f"{name}: missing")
             continue
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:  # a file the service's user may not read (another uid wrote it 0600)
+            problems.append(f"{name}: cannot be read ({exc.strerror or exc})")
+            continue
         if actual != expected:
             problems.append(f"{name}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
     for path in sorted(directory.iterdir()):

@@ -368,3 +368,26 @@ def test_every_field_of_the_manifest_has_its_json_shape_checked():
     from service.core import manifest
 
     assert set(manifest._REQUIRED) | set(manifest._OPTIONAL) == {field.name for field in dataclasses.fields(Manifest)}
+
+
+def test_a_file_the_service_user_cannot_read_is_a_bad_bundle_not_a_traceback(bundle, monkeypatch):
+    """The image runs as uid 10001; a bundle written 0600 by another user is refused in one line. The
+    tests run as root, whom no file permission stops, so the refusal to read is simulated here (the
+    export writes every bundle file 0644: test_large_models)."""
+    import errno
+
+    from service.core import manifest
+
+    real = manifest.sha256_file
+
+    def denied(path: Path) -> str:
+        if path.name == "model.onnx":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(manifest, "sha256_file", denied)
+    with pytest.raises(BundleError) as raised:
+        load_verified(bundle)
+    assert str(raised.value) == (
+        f"bundle {bundle} failed its integrity check: model.onnx: cannot be read (Permission denied)"
+    )

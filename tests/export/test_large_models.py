@@ -54,6 +54,10 @@ def test_the_int8_weight_only_variant_passes_the_gate_through_external_data(weig
     manifest = load_verified(out)
     assert manifest.variant == "int8-weights"
     assert manifest.external_data == "model.onnx.data"
+    # Readable by the service's user, whoever wrote it (onnx writes external data 0600).
+    assert {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()} == dict.fromkeys(
+        ["bundle.json", "model.onnx", "model.onnx.data", "reference.json", "tokenizer.json"], 0o644
+    )
     (report,) = result.reports
     assert report.passed and report.agreement >= 0.99 and report.max_prob_diff <= 0.05
     # Blockwise int8 weights and an int8 embedding table; no fp32 weight left (MatMul only of activations).
