@@ -16,6 +16,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -620,7 +621,9 @@ def _eager_copy(model: torch.nn.Module, factory: Any = None) -> torch.nn.Module:
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
-        copy = (factory or AutoModel).from_config(model.config, attn_implementation="eager")
+        # A config of its own: from_config sets the attention choice on the config it is given, and the
+        # original reads its own at every call.
+        copy = (factory or AutoModel).from_config(deepcopy(model.config), attn_implementation="eager")
     copy.load_state_dict(model.state_dict(), assign=True)
     # Buffers left out of the state dict (rotary frequencies) are still on the meta device.
     originals = dict(model.named_buffers(remove_duplicate=False))
