@@ -7,7 +7,6 @@ pair, and the bundle holds it as ``model.onnx`` + ``model.onnx.data``.
 
 from __future__ import annotations
 
-import gc
 import shutil
 import warnings
 from pathlib import Path
@@ -53,40 +52,10 @@ def export_onnx(source: Source, path: Path, *, external_data_over: int = EXTERNA
 
 def convert_checkpoint(loaded_with: dict[str, Any], path: Path, external_data_over: int) -> Path:
     """Load the classifier as ``load_source(**loaded_with)`` and trace it: the conversion as a child
-    process runs it (``export.isolated``), its tracer's copies of the weights gone when it ends.
-
-    Only the traced module is kept, its linear layers holding their weights the way the graph does
-    (``TransposedLinear``), so that the tracer has no transposed copy of every weight to fold while
-    the original still holds them: for a 0.5B decoder, 1.4 GB less at the export's peak."""
+    process runs it (``export.isolated``), its tracer's copies of the weights gone when it ends."""
     from export.sources import load_source
 
-    source = load_source(**loaded_with)
-    source.reference = source.window_reference = None  # type: ignore[assignment]  # they hold the original
-    gc.collect()
-    transpose_linears(source.module)
-    return export_onnx(source, path, external_data_over=external_data_over)
-
-
-class TransposedLinear(torch.nn.Module):
-    """``nn.Linear`` with its weight stored as (in, out), as the ONNX graph's MatMul takes it."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
-        self.bias = linear.bias
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        out = torch.matmul(features, self.weight)
-        return out if self.bias is None else out + self.bias
-
-
-def transpose_linears(module: torch.nn.Module) -> None:
-    """Swap every ``nn.Linear`` of ``module`` for a ``TransposedLinear``, one at a time, so that each old
-    weight is freed before the next is copied (when nothing else holds it)."""
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear:
-                setattr(parent, name, TransposedLinear(child))
+    return export_onnx(load_source(**loaded_with), path, external_data_over=external_data_over)
 
 
 def data_file(path: Path) -> Path:

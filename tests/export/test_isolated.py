@@ -43,8 +43,7 @@ def test_a_step_killed_for_memory_is_out_of_resources():
 @needs_export
 def test_steps_in_child_processes_make_the_same_bundle(tmp_path):
     """The tiny decoder as if it were large: conversion, fusions, quantization and the selective search
-    (a tighter gate makes int8 fail) each in a child; every gate figure and the graph's operations are the
-    same."""
+    (a tighter gate makes int8 fail) each in a child; the bundle's bytes and every gate figure are the same."""
     from export.pipeline import export_bundle
     from service.core.gate import Thresholds
     from service.core.manifest import read_manifest
@@ -59,22 +58,9 @@ def test_steps_in_child_processes_make_the_same_bundle(tmp_path):
     together = export_bundle(out=tmp_path / "together", model=model, thresholds=strict, openvino=False)
     assert any("each step in a process of its own" in line for line in lines)
     assert any(line.startswith("measuring each node's quantization damage") for line in lines)
-    # The child traces linear layers stored as the graph holds them (``convert.TransposedLinear``): the
-    # same matrix products and answers; the weights' names, a few shape nodes and the file's size differ.
-    figures = [{k: v for k, v in r.to_dict().items() if k != "size_bytes"} for r in apart.reports]
-    assert figures == [{k: v for k, v in r.to_dict().items() if k != "size_bytes"} for r in together.reports]
-    # Names are a large share of so tiny a graph's bytes (a few percent here; nothing on a real model).
-    assert all(abs(a.size_bytes / b.size_bytes - 1) < 0.1 for a, b in zip(apart.reports, together.reports))
+    assert [r.to_dict() for r in apart.reports] == [r.to_dict() for r in together.reports]
     assert {r.variant for r in apart.reports} >= {"fp32", "fp32-optimized", "int8", "int8-selective"}
-    assert read_manifest(tmp_path / "apart").variant == read_manifest(tmp_path / "together").variant
-    matmuls = [ops(tmp_path / out / "model.onnx").count("MatMul") for out in ("apart", "together")]
-    assert matmuls[0] == matmuls[1] > 0
-
-
-def ops(path):
-    import onnx
-
-    return [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+    assert read_manifest(tmp_path / "apart").files == read_manifest(tmp_path / "together").files
 
 
 def waits_forever(pid_file: str) -> None:
