@@ -37,6 +37,17 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = HANG_S
         time.sleep(0.01)
 
 
+async def until(condition: Callable[[], object], what: str, timeout: float = HANG_SECONDS) -> None:
+    """``wait_for`` inside an event loop: other tasks run while ``condition`` does not hold yet."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not reached in {timeout:g} s")
+        await asyncio.sleep(0.01)
+
+
 def metric_value(url: str, name: str, labels: str = '{model="classifier"}') -> float | None:
     """One sample from /metrics, or None while the series has not appeared."""
     text = httpx.get(url + "/metrics").text

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, needs_export
-from tests.helpers import SERVE_PYTHON, ServerProcess, free_port, metric_value, require_serve_env
+from tests.helpers import SERVE_PYTHON, ServerProcess, free_port, metric_value, require_serve_env, until
 
 FORBIDDEN = ("torch", "transformers", "optimum", "sentence_transformers", "sklearn")
 pytestmark = needs_export
@@ -174,8 +174,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server):
     async def run():
         async with httpx.AsyncClient(base_url=process.url, timeout=120) as client:
             calls = [asyncio.create_task(client.post("/predict", json={"inputs": f"text {i}"})) for i in range(20)]
-            while metric_value(process.url, "classifier_admitted_inputs") != 20:
-                await asyncio.sleep(0.01)
+            await until(lambda: metric_value(process.url, "classifier_admitted_inputs") == 20, "20 inputs admitted")
             process.proc.send_signal(signal.SIGTERM)
             return await asyncio.gather(*calls)
 

@@ -10,7 +10,7 @@ import time
 import httpx
 
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, metric_value, require_serve_env
+from tests.helpers import ServerProcess, metric_value, require_serve_env, until
 
 pytestmark = needs_export
 CLIENTS = 8
@@ -44,15 +44,21 @@ def test_a_replica_drained_under_load_fails_no_request(tiny_bundle):
         clients = [asyncio.create_task(client(i, stop)) for i in range(CLIENTS)]
         # Half the clients' requests wait in the leaving replica's batching window (the staying one answers at
         # once, so the clients gather there).
-        while (metric_value(leaving.url, "classifier_admitted_inputs") or 0) < CLIENTS // 2:
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: (metric_value(leaving.url, "classifier_admitted_inputs") or 0) >= CLIENTS // 2,
+            "half the clients waiting in the leaving replica",
+        )
         endpoints.remove(leaving.url)  # out of the Service's endpoints: no new request goes there
         await asyncio.sleep(PRE_STOP_SECONDS)  # the preStop pause, as Kubernetes makes it (not a synchronisation)
         leaving.proc.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         # The load goes on until the leaving replica has drained and exited and the staying one answered after it.
-        while leaving.proc.poll() is None or not any(u == staying.url and w > stopped_at for u, _, w in outcomes):
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: (
+                leaving.proc.poll() is not None and any(u == staying.url and w > stopped_at for u, _, w in outcomes)
+            ),
+            "the leaving replica exited and the staying one answered after",
+        )
         stop.set()
         await asyncio.gather(*clients)
         return stopped_at

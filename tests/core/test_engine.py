@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, metric_value, require_serve_env, wait_for
+from tests.helpers import ServerProcess, metric_value, require_serve_env, until, wait_for
 
 pytestmark = needs_export
 LONG = "tell me everything about the weather in paris " * 8
@@ -46,8 +46,7 @@ def test_admitted_inputs_never_exceed_the_queue_bound(server):
         async with httpx.AsyncClient(base_url=process.url, timeout=120) as client:
             bodies = [{"inputs": [f"{LONG} {i} {j}" for j in range(4)]} for i in range(12)]
             first = [asyncio.ensure_future(client.post("/predict", json=body)) for body in bodies[:2]]
-            while admitted(process.url) != 8:
-                await asyncio.sleep(0.01)
+            await until(lambda: admitted(process.url) == 8, "8 inputs admitted")
             refused = await asyncio.gather(*(client.post("/predict", json=body) for body in bodies[2:]))
             return list(await asyncio.gather(*first)), list(refused)
 
@@ -89,11 +88,10 @@ def test_batches_follow_arrival_order(server, tiny_bundle):
             calls = []
             for count, text in enumerate((LONG, "hi"), start=1):
                 calls.append(asyncio.ensure_future(one(text)))
-                while admitted(process.url) != count:
-                    await asyncio.sleep(0.01)
+                await until(lambda count=count: admitted(process.url) == count, f"{count} inputs admitted")
             calls.append(asyncio.ensure_future(one("yo")))
-            while batches() != 1:  # the third input filled the first batch, which ran without it
-                await asyncio.sleep(0.01)
+            # The third input filled the first batch, which ran without it.
+            await until(lambda: batches() == 1, "the first batch ran")
             calls += [asyncio.ensure_future(one(text)) for text in ("a", "b")]
             return list(await asyncio.gather(*calls)), finished
 

@@ -7,12 +7,11 @@ under the shipped 1 GiB limit; these run anywhere.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 from service.core.classifier import OnnxClassifier
 from tests.conftest import needs_export
-from tests.helpers import require_serve_env
+from tests.helpers import require_serve_env, wait_for
 
 pytestmark = needs_export
 
@@ -141,10 +140,8 @@ def test_twenty_version_swaps_leave_memory_where_one_did(default_bundle, tmp_pat
         response = httpx.post(server.url + "/v2/repository/models/intent/load", headers=key, timeout=300)
         assert response.status_code == 200, response.text
         shutil.rmtree(repository / "intent" / str(version - 1))
-        deadline = time.monotonic() + 120
-        while unloaded() < version - 1:  # the retired version drains, then frees its memory
-            assert time.monotonic() < deadline, "the retired version was never unloaded"
-            time.sleep(0.05)
+        # The retired version drains, then frees its memory.
+        wait_for(lambda: unloaded() >= version - 1, "the retired version unloaded")
         httpx.post(server.url + "/predict", json={"inputs": "what is my balance"}, headers=key).raise_for_status()
 
     try:

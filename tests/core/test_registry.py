@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import needs_export
-from tests.helpers import HANG_SECONDS, ServerProcess, metric_value, require_serve_env
+from tests.helpers import HANG_SECONDS, ServerProcess, metric_value, require_serve_env, until
 
 pytestmark = needs_export
 POLL = 0.5
@@ -413,8 +413,10 @@ def test_one_models_overload_is_429_for_that_model_only(tmp_path, tiny_bundle):
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             fill = asyncio.ensure_future(client.post("/models/alpha/predict", json={"inputs": ["a", "b", "c", "d"]}))
-            while metric_value(server.url, "classifier_admitted_inputs", '{model="alpha"}') != 4:
-                await asyncio.sleep(0.01)
+            await until(
+                lambda: metric_value(server.url, "classifier_admitted_inputs", '{model="alpha"}') == 4,
+                "alpha's queue full",
+            )
             more, other = await asyncio.gather(
                 client.post("/models/alpha/predict", json={"inputs": "e"}),
                 client.post("/models/beta/predict", json={"inputs": "e"}),
