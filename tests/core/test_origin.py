@@ -16,8 +16,8 @@ import pytest
 from export.cli import main as export_main
 from service.core.origin import Trust, check_keys, load_trusted, read_digests
 from tests.conftest import ROOT, needs_export
-from tests.core.test_registry import POLL, TEI, V1, V2, export, index, labels, place, serve, wait_until
-from tests.helpers import SERVE_PYTHON, ServerProcess, make_key_pair, require_serve_env
+from tests.core.test_registry import POLL, TEI, V1, V2, export, index, labels, place, serve
+from tests.helpers import SERVE_PYTHON, ServerProcess, make_key_pair, require_serve_env, wait_for
 
 pytestmark = needs_export
 
@@ -163,7 +163,7 @@ def test_a_repository_keeps_serving_while_bad_versions_are_refused(signed, tmp_p
             with digests.open("a") as file:
                 file.write(f"{digest_of(bundle)}  alpha/{version}\n")
             place(bundle, repository / "alpha" / version)
-            wait_until(lambda version=version: index(server)[0]["version"] == version)
+            wait_for(lambda version=version: index(server)[0]["version"] == version, f"version {version} in the index")
             refused, serving = index(server)[0], index(server)[-1]
             assert refused["state"] == "UNAVAILABLE"
             where = repository / "alpha" / version
@@ -175,7 +175,7 @@ def test_a_repository_keeps_serving_while_bad_versions_are_refused(signed, tmp_p
             assert labels(predict()) <= V1
         # Signed well but not listed: refused until the digests file lists it.
         place(second, repository / "alpha" / "6")
-        wait_until(lambda: index(server)[0]["version"] == "6")
+        wait_for(lambda: index(server)[0]["version"] == "6", "version 6 in the index")
         assert index(server)[0]["reason"] == (
             f"bundle {repository / 'alpha' / '6'}: alpha/6 is not listed in REPOSITORY_DIGESTS {digests}"
         )
@@ -183,7 +183,7 @@ def test_a_repository_keeps_serving_while_bad_versions_are_refused(signed, tmp_p
         with digests.open("a") as file:
             file.write(f"{digest_of(second)}  alpha/6\n")
         (repository / "alpha" / "6" / "model.sig").touch()  # a change the scan sees: the version is read again
-        wait_until(lambda: labels(predict()) <= V2)
+        wait_for(lambda: labels(predict()) <= V2, "version 6 answering")
     finally:
         server.stop()
 

@@ -256,7 +256,8 @@ def test_a_large_reference_set_costs_a_server_no_memory_and_its_neighbours_serve
     import json
     import re
 
-    from tests.core.test_registry import serve, wait_until
+    from tests.core.test_registry import serve
+    from tests.helpers import wait_for
 
     repository = tmp_path / "repository"
     shutil.copytree(tiny_bundle("bert"), repository / "ok" / "1")
@@ -267,7 +268,10 @@ def test_a_large_reference_set_costs_a_server_no_memory_and_its_neighbours_serve
     assert (repository / "big" / "1" / REFERENCE_FILE).stat().st_size > 22_000_000
     server = serve(repository)
     try:
-        wait_until(lambda: any(row["name"] == "big" and row["state"] == "UNAVAILABLE" for row in index_of(server)))
+        wait_for(
+            lambda: any(row["name"] == "big" and row["state"] == "UNAVAILABLE" for row in index_of(server)),
+            "big unavailable",
+        )
         reason = next(row["reason"] for row in index_of(server) if row["name"] == "big")
         answer = httpx.post(server.url + "/models/ok/predict", json={"inputs": "hi"})
         status = Path(f"/proc/{server.proc.pid}/status").read_text()

@@ -19,7 +19,8 @@ from service.core.metrics import Metrics
 from service.core.shadow import CpuBudget, Sampler, Shadow, compare
 from service.settings import Settings
 from tests.conftest import needs_export
-from tests.core.test_registry import AUTH, KEY, Load, place, serve, wait_until
+from tests.core.test_registry import AUTH, KEY, Load, place, serve
+from tests.helpers import wait_for
 
 pytestmark = needs_export
 WORDS = [
@@ -304,7 +305,7 @@ def test_a_shadow_sees_its_share_is_compared_rightly_and_is_promoted_under_load(
                 assert response.status_code == 200
                 assert [entry["label"] for entry in response.json()][0] == top_labels(serving_bundle, [text])[0]
         labels = '{model="alpha",version="2"}'
-        wait_until(lambda: metric_value(server.url, "classifier_shadow_inputs_total", labels) == 10)
+        wait_for(lambda: metric_value(server.url, "classifier_shadow_inputs_total", labels) == 10, "10 shadow inputs")
         assert metric_value(server.url, "classifier_shadow_agreements_total", labels) == 6
         assert metric_value(server.url, "classifier_shadow_agreement", labels) == 0.6
         assert metric_value(server.url, "classifier_shadow_score_deviation_count", labels) == 10
