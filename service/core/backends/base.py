@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,3 +36,31 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """The backend, its version and precision, and the file it runs: for /info, logs and metrics."""
         ...
+
+
+class RunsItsGraph:
+    """What every backend does alike, given ``run``, its ``precision`` and ``version``: warming up is running
+    each batch once, and the description names the engine and the file."""
+
+    name: str
+    version: str
+    model_path: Path
+
+    @property
+    def precision(self) -> str:
+        raise NotImplementedError
+
+    def run(self, feeds: dict[str, np.ndarray], *, large: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def warm_up(self, batches: list[dict[str, np.ndarray]]) -> None:
+        for feeds in batches:
+            self.run(feeds)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "version": self.version,
+            "precision": self.precision,
+            "file": os.path.basename(self.model_path),
+        }

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from service.core.backends.base import ONNXRUNTIME
+from service.core.backends.base import ONNXRUNTIME, RunsItsGraph
 from service.core.cpu import available_cores
 
 _shared_thread_pool = False
@@ -70,8 +68,9 @@ def run_options(*, shrink_arena: bool) -> ort.RunOptions:
     return options
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(RunsItsGraph):
     name = ONNXRUNTIME
+    version = ort.__version__
 
     def __init__(
         self, model_path: Path, *, variant: str = "", intra_op_threads: int = 0, inter_op_threads: int = 1
@@ -95,15 +94,3 @@ class OnnxRuntimeBackend:
         options = self._shrinking_run_options if large else self._run_options
         (logits,) = self.session.run(["logits"], feeds, options)
         return np.asarray(logits, dtype=np.float32)
-
-    def warm_up(self, batches: list[dict[str, np.ndarray]]) -> None:
-        for feeds in batches:
-            self.run(feeds)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "engine": self.name,
-            "version": ort.__version__,
-            "precision": self.precision,
-            "file": os.path.basename(self.model_path),
-        }

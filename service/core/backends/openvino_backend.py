@@ -7,15 +7,13 @@ only, not ONNX Runtime's fused or quantized ones, hence a graph of its own in th
 
 from __future__ import annotations
 
-import os
 import queue
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import openvino as ov
 
-from service.core.backends.base import OPENVINO
+from service.core.backends.base import OPENVINO, RunsItsGraph
 from service.core.cpu import available_cores
 
 # Releases before this one answered wrongly in bf16 on the default model (34.8% top-1 agreement with 2025.4.1).
@@ -27,8 +25,9 @@ RUNTIME_CACHE_SHAPES = 64
 PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(RunsItsGraph):
     name = OPENVINO
+    version = ov.get_version().split("-")[0]
 
     def __init__(self, model_path: Path, *, precision: str = "bf16", threads: int = 0) -> None:
         self.model_path = Path(model_path)
@@ -67,15 +66,3 @@ class OpenVinoBackend:
             return np.array(result["logits"], dtype=np.float32)  # a copy: the request reuses its buffers
         finally:
             self._requests.put(request)
-
-    def warm_up(self, batches: list[dict[str, np.ndarray]]) -> None:
-        for feeds in batches:
-            self.run(feeds)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "engine": self.name,
-            "version": ov.get_version().split("-")[0],
-            "precision": self.precision,
-            "file": os.path.basename(self.model_path),
-        }
