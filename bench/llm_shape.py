@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.cgroup import MemoryLimit
+from export.budget import parse_size
+
 SHAPES = {
     "qwen2.5-0.5b": {
         "hidden_size": 896,
@@ -134,14 +137,21 @@ def build(directory: Path, shape: dict[str, int]) -> Path:
     return directory
 
 
-def timed_export(model: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+def timed_export(model: Path, out: Path, extra: list[str], limit: MemoryLimit | None = None) -> dict[str, Any]:
     """The export command's exit code, time and peak memory: the resident memory of its process and the
-    children it runs each heavy step in, summed, sampled every 50 ms."""
+    children it runs each heavy step in, summed, sampled every 50 ms; inside ``limit`` if given."""
     from bench.load import ProcessSampler
 
     command = [sys.executable, "-m", "export", "--model", str(model), "--out", str(out), "--force", *extra]
     started = time.monotonic()
-    export = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    export = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=limit.join if limit else None,
+    )
     with ProcessSampler(export.pid) as sampler:
         stdout, stderr = export.communicate()
     seconds = time.monotonic() - started
@@ -154,6 +164,8 @@ def timed_export(model: Path, out: Path, extra: list[str]) -> dict[str, Any]:
         "error": errors[-1] if errors else None,
         "seconds": round(seconds, 1),
         "peak_rss": sampler.peak_rss,
+        "peak_private": sampler.peak_private,
+        **({"memory_limit": limit.limit, "limit_peak": limit.peak(), "oom_kills": limit.oom_kills()} if limit else {}),
         "report": stdout,
         # The export's own table of where its time went (``export.pipeline.steps_table``).
         "steps": [line for line in stderr.splitlines() if re.match(r"^ *\d+\.\d s  ", line)],
@@ -178,6 +190,11 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
     parser.add_argument("--max-memory", help="passed to the export (e.g. 1GiB)")
     parser.add_argument("--max-length", help="passed to the export (default: what the tokenizer declares, capped)")
+    parser.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="run each export in a memory cgroup of this size, as a container would (e.g. 8GB; needs root)",
+    )
     parser.add_argument("--work", type=Path, help="where the model and bundle go (default: a temporary directory)")
     parser.add_argument(
         "--then",
@@ -197,14 +214,19 @@ def main() -> None:
         print(f"built {model} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     extra = ["--max-memory", args.max_memory] if args.max_memory else []
     extra += ["--max-length", args.max_length] if args.max_length else []
-    # The command a user runs, every variant it builds kept for the serving figures below.
-    exports = [timed_export(model, work / "default", [*extra, "--keep-variants", str(work / "variants")])]
-    bundle = work / "default"
-    if exports[0]["exit_code"] != 0 and args.then:
-        # Nothing the default could ship (random weights are harsh on quantization): the bundle the
-        # serving figures and the container use comes from the options given, said in the results.
-        bundle = work / "bundle"
-        exports.append(timed_export(model, bundle, [*extra, *args.then.split()]))
+    limit = MemoryLimit(parse_size(args.memory_limit)) if args.memory_limit else None
+    try:
+        # The command a user runs, every variant it builds kept for the serving figures below.
+        exports = [timed_export(model, work / "default", [*extra, "--keep-variants", str(work / "variants")], limit)]
+        bundle = work / "default"
+        if exports[0]["exit_code"] != 0 and args.then:
+            # Nothing the default could ship (random weights are harsh on quantization): the bundle the
+            # serving figures and the container use comes from the options given, said in the results.
+            bundle = work / "bundle"
+            exports.append(timed_export(model, bundle, [*extra, *args.then.split()], limit))
+    finally:
+        if limit:
+            limit.remove()
     manifest = json.loads((bundle / "bundle.json").read_text()) if (bundle / "bundle.json").exists() else None
     rows = []
     for path in sorted((work / "variants").glob("*.onnx")) if manifest else ():
@@ -228,7 +250,16 @@ def main() -> None:
     print(f"shape {args.shape}; CPU flags {' '.join(results['cpu_flags'])}; {results['cores']} cores")
     for run in exports:
         outcome = "bundle written" if run["exit_code"] == 0 else f"exit {run['exit_code']}: {run['error']}"
-        print(f"{run['command']}: {run['seconds']:.0f} s, peak RSS {run['peak_rss'] / 2**30:.2f} GiB; {outcome}")
+        within = (
+            f", inside a {run['memory_limit'] / 2**30:.2f} GiB cgroup (its peak {run['limit_peak'] / 2**30:.2f} GiB, "
+            f"{run['oom_kills']} OOM kills)"
+            if "memory_limit" in run
+            else ""
+        )
+        print(
+            f"{run['command']}: {run['seconds']:.0f} s, peak RSS {run['peak_rss'] / 2**30:.2f} GiB "
+            f"(private {run['peak_private'] / 2**30:.2f} GiB){within}; {outcome}"
+        )
     if manifest:
         print(
             f"served bundle: {manifest['variant']}, {results['bundle_size'] / 1e6:.0f} MB, "

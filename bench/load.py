@@ -56,6 +56,9 @@ class ProcessSampler:
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.peak_rss = 0
+        # Resident memory less the pages of mapped files (a checkpoint, a graph's external data), which
+        # the kernel can drop and read again: what the processes hold that only ending them frees.
+        self.peak_private = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -65,28 +68,31 @@ class ProcessSampler:
         process = psutil.Process(self.pid)
         return [process, *process.children(recursive=True)]
 
-    def _tree_rss(self) -> int | None:
-        """The resident memory of the process and its children now; None once the process is gone."""
+    def _tree_rss(self) -> tuple[int, int] | None:
+        """The resident and private memory of the process and its children now; None once it is gone."""
         import psutil
 
         try:
             processes = self._processes()
         except psutil.Error:
             return None
-        total = 0
+        rss = private = 0
         for process in processes:
             try:
-                total += process.memory_info().rss
+                info = process.memory_info()
             except psutil.Error:  # a child that ended between the listing and the reading
                 continue
-        return total
+            rss += info.rss
+            private += info.rss - info.shared
+        return rss, private
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            rss = self._tree_rss()
-            if rss is None:
+            now = self._tree_rss()
+            if now is None:
                 return
-            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_rss = max(self.peak_rss, now[0])
+            self.peak_private = max(self.peak_private, now[1])
             self._stop.wait(0.05)
 
     def __enter__(self) -> ProcessSampler:
