@@ -37,6 +37,11 @@ FACTOR = {
     "int8-weights": (1.45, 2.1),
     "int4-weights": (1.8, 2.4),
 }
+# The shortest window a budget may bring a declared length down to.
+MIN_WINDOW = 256
+# A quantized graph's bytes per parameter: one for int8 weights, plus block scales and the few tensors
+# kept in fp32 (the 0.5B shape: 494M parameters, 556 MB int8-weights, 494 MB int8).
+QUANTIZED_BYTES_PER_PARAMETER = 1.15
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b?\s*$", re.IGNORECASE)
 
@@ -76,3 +81,24 @@ def refuse(reports: Sequence[VariantReport], budget: int) -> DoesNotFit:
         f"no variant that passed the gate fits --max-memory {gib(budget)}: the smallest, {smallest.variant}, "
         f"needs about {gib(expected_rss(smallest.variant, smallest.size_bytes))}{also}"
     )
+
+
+def window_bytes(length: int, *, heads: int, intermediate: int) -> int:
+    """ONNX Runtime's activations for one window of ``length`` tokens through the exported graph, whose
+    attention is eager: about 3.4 maps of heads x length² floats alive at once, and the feed-forward
+    layer's two intermediate activations. Measured on the 0.5B shape's int8-weights graph (14 heads,
+    intermediate 4864): 24, 52, 186 and 739 MB for 256, 512, 1024 and 2048 tokens; this gives 22, 70,
+    239 and 878 (docs/memory.md#large-models)."""
+    return int(4 * length * (3.4 * heads * length + 2 * intermediate))
+
+
+def window_length(declared: int, *, heads: int, intermediate: int, parameters: int, budget: int) -> int:
+    """The longest window, ``declared`` or the powers of two below it down to ``MIN_WINDOW``, whose
+    activations fit in ``budget`` beside the model held in a quantized variant. A long input is read in
+    windows of the bundle's max_length, one window a batch (``LONG_BATCH_TOKENS``), so one window is what
+    the service must find room for."""
+    room = budget - expected_rss("int8-weights", int(parameters * QUANTIZED_BYTES_PER_PARAMETER))
+    length = declared
+    while length > MIN_WINDOW and window_bytes(length, heads=heads, intermediate=intermediate) > room:
+        length = max(MIN_WINDOW, 1 << ((length - 1).bit_length() - 1))
+    return length

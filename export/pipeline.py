@@ -164,7 +164,7 @@ def export_bundle(
     if validation_file:
         read_lines(validation_file, "one text, or one tab-separated pair, per line")  # fail before the slow load
     progress(f"loading {'the default model' if model is None else model}")
-    source = load_source(model, head=head, max_length=max_length, task=task)
+    source = load_source(model, head=head, max_length=max_length, task=task, max_memory=max_memory)
     if threshold is not None:
         if score_function(source.problem_type, len(source.id2label)) != SIGMOID:
             raise UsageError(
@@ -176,6 +176,13 @@ def export_bundle(
         f"loaded {source.model_id}: {source.task} model, {len(source.id2label)} outputs, "
         f"{source.problem_type}, max_length {source.max_length}"
     )
+    if "max_length_declared" in source.details:
+        declared = source.details["max_length_declared"]
+        progress(
+            f"max_length {source.max_length}, not the {declared} declared: one window of {declared} tokens would "
+            f"not fit --max-memory {budget.gib(max_memory or 0)} beside the model (docs/export.md#large-models); "
+            "--max-length sets another length"
+        )
     texts = validation_inputs(source.task, validation_file)
     # A decoder without BOS turns an empty text into no tokens at all: neither the
     # original nor the bundle can classify it (the service answers 422).

@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer
 
 from export import default_model
+from export.budget import window_length
 from export.decoders import DECODER_MODEL_TYPES, DecoderClassifier
 from export.decoders import INPUT_NAMES as DECODER_INPUTS
 from export.errors import (
@@ -171,15 +172,29 @@ class _EmbedAndClassify(torch.nn.Module):
 
 
 def load_source(
-    model: str | None, *, head: str | None = None, max_length: int | None = None, task: str | None = None
+    model: str | None,
+    *,
+    head: str | None = None,
+    max_length: int | None = None,
+    task: str | None = None,
+    max_memory: int | None = None,
 ) -> Source:
-    """``task`` forces "text" or "pair"; None detects it from the checkpoint."""
-    source = _load(model, head=head, max_length=max_length, task=task)
-    source.loaded_with = {"model": model, "head": head, "max_length": max_length, "task": task}
+    """``task`` forces "text" or "pair"; None detects it from the checkpoint. ``max_memory``: the budget a
+    declared length must fit one window of (``export.budget.window_length``); ``max_length`` is taken as it is."""
+    source = _load(model, head=head, max_length=max_length, task=task, max_memory=max_memory)
+    source.loaded_with = {
+        "model": model,
+        "head": head,
+        "max_length": max_length,
+        "task": task,
+        "max_memory": max_memory,
+    }
     return source
 
 
-def _load(model: str | None, *, head: str | None, max_length: int | None, task: str | None) -> Source:
+def _load(
+    model: str | None, *, head: str | None, max_length: int | None, task: str | None, max_memory: int | None = None
+) -> Source:
     if model is None:
         return _load_sentence_head(
             default_model.body_path(),
@@ -199,7 +214,7 @@ def _load(model: str | None, *, head: str | None, max_length: int | None, task: 
     if _st_model_type(path) == "CrossEncoder":
         if head is not None:
             raise NotAClassifier(f"{model} is a sentence-transformers CrossEncoder; it takes no --head")
-        return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id)
+        return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id, max_memory=max_memory)
     if (path / "modules.json").is_file():
         setfit = _setfit_config(path)
         if head is None and setfit is not None and (path / SETFIT_HEAD).is_file():
@@ -212,7 +227,7 @@ def _load(model: str | None, *, head: str | None, max_length: int | None, task: 
         return _load_sentence_head(path, Path(head), max_length=max_length, setfit=setfit, model_id=hub_id)
     if head is not None:
         raise NotAClassifier(f"--head needs a sentence-transformers body; {model} has no modules.json")
-    return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id)
+    return _load_checkpoint(str(path), max_length=max_length, task=task, hub_id=hub_id, max_memory=max_memory)
 
 
 def _looks_like_path(model: str) -> bool:
@@ -322,7 +337,12 @@ def _read_config(model: str, shown: str) -> Any:
 
 
 def _load_checkpoint(
-    model: str, *, max_length: int | None, task: str | None = None, hub_id: str | None = None
+    model: str,
+    *,
+    max_length: int | None,
+    task: str | None = None,
+    hub_id: str | None = None,
+    max_memory: int | None = None,
 ) -> Source:
     """A local checkpoint directory (a hub model's cached snapshot when ``hub_id`` is set)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -350,6 +370,12 @@ def _load_checkpoint(
 
     local = Path(model)
     limit = max_length or _st_max_length(local) or _checkpoint_max_length(config, hf_tokenizer)
+    lowered: dict[str, int] = {}
+    if max_memory is not None and not max_length and not _st_max_length(local):
+        fitted = _fitting_length(limit, config, original, max_memory)
+        if fitted < limit:
+            lowered = {"max_length_declared": limit}
+            limit = fitted
     decoder = config.model_type in DECODER_MODEL_TYPES
     input_names = list(DECODER_INPUTS) if decoder else _input_names(hf_tokenizer, exported)
     problem_type = config.problem_type or SINGLE_LABEL
@@ -399,6 +425,7 @@ def _load_checkpoint(
             "path": hub_id or str(Path(model).resolve()),
             "model_type": config.model_type,
             "task_from": task_from,
+            **lowered,
         },
         task=detected,
         window_reference=window_reference,
@@ -487,6 +514,18 @@ def _load_weights(factory: Any, model: str, **kwargs: Any) -> torch.nn.Module:
             raise CorruptWeights(f"weights of {model} are corrupt: {_first_line(exc)}") from None
         raise
     return loaded.eval()
+
+
+def _fitting_length(declared: int, config: Any, model: torch.nn.Module, max_memory: int) -> int:
+    """``declared``, or the longest shorter window that fits ``max_memory`` beside the model quantized."""
+    heads = getattr(config, "num_attention_heads", 12)
+    return window_length(
+        declared,
+        heads=heads,
+        intermediate=getattr(config, "intermediate_size", 4 * getattr(config, "hidden_size", 64 * heads)),
+        parameters=sum(p.numel() for p in model.parameters()),
+        budget=max_memory,
+    )
 
 
 def _checkpoint_max_length(config: Any, hf_tokenizer: Any) -> int:

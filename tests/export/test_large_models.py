@@ -375,3 +375,63 @@ def test_auto_on_a_large_model_skips_the_fusions_and_the_selective_search(decode
         for line in lines
     )
     assert not any(line.startswith("optimizing") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "budget_bytes, expected",
+    [
+        pytest.param(2**30, 512, id="0.5B-in-1GiB"),
+        pytest.param(3 * 2**29, 1024, id="0.5B-in-1.5GiB"),
+        pytest.param(2 * 2**30, 2048, id="0.5B-in-2GiB"),
+        pytest.param(700 * 2**20, 256, id="no-room-stops-at-the-shortest"),
+    ],
+)
+def test_a_declared_length_comes_down_to_the_window_that_fits_the_budget(budget_bytes, expected):
+    """The 0.5B shape (14 heads, intermediate 4864, 494M parameters): its 2048-token window took the
+    service past the 1 GiB container limit, its 512-token one served inside it (docs/memory.md)."""
+    from export.budget import MIN_WINDOW, window_length
+
+    shape = {"heads": 14, "intermediate": 4864, "parameters": 494_032_768}
+    assert window_length(2048, **shape, budget=budget_bytes) == expected
+    assert MIN_WINDOW == 256
+
+
+def test_the_window_estimate_holds_what_the_service_measured():
+    """Per window of the 0.5B shape's int8-weights graph in ONNX Runtime, MB over the loaded session:
+    24, 52, 186, 739 MiB at 256, 512, 1024, 2048 tokens. The estimate stays within a third of each."""
+    from export.budget import window_bytes
+
+    measured = {256: 24, 512: 52, 1024: 186, 2048: 739}
+    for length, megabytes in measured.items():
+        estimate = window_bytes(length, heads=14, intermediate=4864) / 2**20
+        assert 0.85 * megabytes <= estimate <= 1.34 * megabytes, (length, estimate)
+
+
+def test_the_export_lowers_a_declared_length_that_cannot_fit_and_says_so(tmp_path, capsys):
+    import json
+
+    from service.core.manifest import read_manifest
+    from tests import tiny_models
+
+    # A tiny decoder that declares 2048 tokens: one window of them is about 229 MB of attention.
+    model = tiny_models.build_decoder("qwen2", tmp_path / "long", max_position_embeddings=4096)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 2048}))
+
+    assert main(["--model", str(model), "--out", str(tmp_path / "b"), "--max-memory", "200MiB"]) == 0
+    err = capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "b")
+    assert manifest.max_length == 512
+    assert manifest.source["max_length_declared"] == 2048
+    assert json.loads((tmp_path / "b" / "tokenizer.json").read_text())["truncation"]["max_length"] == 512
+    assert (
+        "max_length 512, not the 2048 declared: one window of 2048 tokens would not fit --max-memory 200 MiB "
+        "beside the model (docs/export.md#large-models); --max-length sets another length"
+    ) in err
+
+    # Without a budget, or with the length given, the export takes the length as it is.
+    assert main(["--model", str(model), "--out", str(tmp_path / "c"), "--max-memory", "none", "--quiet"]) == 0
+    assert read_manifest(tmp_path / "c").max_length == 2048
+    given = ["--max-length", "1024", "--max-memory", "200MiB", "--quiet"]
+    assert main(["--model", str(model), "--out", str(tmp_path / "d"), *given]) == 0
+    assert read_manifest(tmp_path / "d").max_length == 1024
