@@ -439,3 +439,53 @@ def test_tracing_cost_benchmark_runs_both_servers(tiny_bundle, tmp_path):
     data = json.loads(out.read_text())
     assert set(data["figures"]) == {"off", "on"} and set(data["figures"]["on"]) == {"1", "32"}
     assert data["exported_bytes"] > 0  # the traced server's spans reached the sink
+
+
+def test_openvino_weights_benchmark_measures_every_candidate(tmp_path):
+    """A tiny Qwen2 classifier: ONNX Runtime's variants present and OpenVINO's compressed IRs, each measured."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed here")
+    pytest.importorskip("nncf", reason="nncf is not installed here (requirements-export.txt)")
+    from export import weight_only
+    from export.convert import export_onnx
+    from export.pipeline import export_bundle
+    from export.sources import load_source
+    from tests import tiny_models
+
+    decoder = tiny_models.fine_tune(tiny_models.build_decoder("qwen2", tmp_path / "model", tie_word_embeddings=True))
+    bundle, variants = tmp_path / "bundle", tmp_path / "variants"
+    export_bundle(out=bundle, model=str(decoder), variant="int8-weights", keep_variants=variants)
+    # The export keeps the variants it built; the others come from the same checkpoint (no int8: absent ones are
+    # left out of the comparison).
+    fp32 = export_onnx(load_source(str(decoder)), variants / "fp32.onnx")
+    weight_only.quantize(fp32, variants / "int4-weights.onnx", "int4-weights")
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.openvino_weights", "--variants", str(variants), "--bundle", str(bundle)]
+        + ["--out", str(out), "--texts", "40", "--rounds", "1", "--group-size", "32", "--work", str(tmp_path / "irs")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {row["candidate"]: row for row in data["candidates"]}
+    assert list(rows) == ["fp32", "int8-weights", "int4-weights", "ov-fp32", "ov-int8-asym", "ov-int4-sym-32"]
+    assert data["failed_builds"] == {} and data["variant_served"] == "int8-weights"
+    for name, row in rows.items():
+        assert "error" not in row and row["rounds"] == 1, name
+        assert row["size"] > 0 and row["rss_loaded"] > 0 and 0 < row["rss_after"] <= row["rss_peak"], name
+        assert row["load_s"] > 0 and row["batch1_ms"] > 0 and row["batch8_texts_per_s"] > 0, name
+        assert 0 <= row["agreement"] <= 1 and 0 <= row["max_prob_diff"] <= 1 and row["texts"] == 40, name
+        engine = "openvino" if name.startswith("ov-") else "onnxruntime"
+        assert row["engine"] == row["described"]["engine"] == engine, name
+    assert {rows[name]["precision"] for name in rows if name.startswith("ov-")} <= {"bf16", "fp32"}
+    assert rows["int8-weights"]["precision"] == "int8"
+    # The reference against itself.
+    assert rows["fp32"]["agreement"] == 1.0 and rows["fp32"]["max_prob_diff"] == 0.0
+    # Compressed weights take less room than fp32 ones, on either engine.
+    assert rows["int4-weights"]["size"] < rows["fp32"]["size"]
+    assert rows["ov-int8-asym"]["size"] < rows["ov-fp32"]["size"]
+    assert rows["ov-int4-sym-32"]["size"] < rows["ov-fp32"]["size"]
+    assert rows["ov-int4-sym-32"]["build_s"] > 0 and rows["ov-int4-sym-32"]["build_peak"] > 0
+    assert "| ov-int4-sym-32 | openvino |" in proc.stdout and "CPU flags" in proc.stdout
