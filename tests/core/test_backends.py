@@ -351,3 +351,12 @@ def test_a_copy_without_the_openvino_graph_is_served_by_onnx_runtime(default_bun
     (copy / "model.onnx").unlink()
     with pytest.raises(BundleError, match="model.onnx: missing"):
         load_verified(copy)
+
+
+@pytest.mark.parametrize(
+    "variant, precision",
+    [("fp32", "fp32"), ("fp32-optimized", "fp32"), ("int8-selective", "int8"), ("int4-weights", "int8")],
+)
+def test_onnx_runtime_reports_the_arithmetic_each_variant_runs_in(tiny_bundle, variant, precision):
+    """int4 weights are unpacked for int8 arithmetic (MatMulNBits at accuracy level 4), not fp32."""
+    assert OnnxRuntimeBackend(tiny_bundle("bert") / "model.onnx", variant=variant).precision == precision
