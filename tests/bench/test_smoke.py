@@ -21,6 +21,13 @@ from tests.helpers import ServerProcess, free_port, require_serve_env, wait_read
 pytestmark = needs_export
 
 
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m`` a benchmark from the repository root; it must succeed (its stderr's tail says why not)."""
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def test_in_process_benchmarks_run_and_save_json(tiny_checkpoint, tmp_path):
     results = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -350,15 +357,11 @@ def test_compare_all_three_servers_on_the_default_bundle(default_bundle, tmp_pat
 
 
 def test_engines_benchmark_runs_both_engines(default_bundle, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.engines", "--bundle", str(default_bundle), "--rounds", "1", "--seconds", "0.2"]
+    run_bench(
+        ["bench.engines", "--bundle", str(default_bundle), "--rounds", "1", "--seconds", "0.2"]
         + ["--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "engines.json").read_text())
     assert set(result["engines"]) == {"onnxruntime", "openvino"}
     for row in result["engines"].values():
@@ -369,14 +372,10 @@ def test_engines_benchmark_runs_both_engines(default_bundle, tmp_path):
 
 
 def test_int8_options_study_runs(tiny_checkpoint):
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.int8_options", "--model", str(tiny_checkpoint("bert"))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_bench(
+        ["bench.int8_options", "--model", str(tiny_checkpoint("bert"))],
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert len(lines) == 8 + 1 + 8  # 8 settings, embeddings only, 8 matrix products of a 2-layer BERT
     assert lines[0].startswith("per_channel=True reduce_range=True QInt8")
@@ -387,15 +386,11 @@ def test_bulk_benchmark_runs_every_path_on_the_default_bundle(default_bundle, tm
     """A small run of bench/bulk.py: every path scores every text it was given, the report says so."""
     require_serve_env()
     out = tmp_path / "bulk"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bulk", "--bundle", str(default_bundle), "--out", str(out)]
+    run_bench(
+        ["bench.bulk", "--bundle", str(default_bundle), "--out", str(out)]
         + ["--rows", "300", "--service-rows", "100", "--torch-rows", "50", "--ray-rows", "100"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out.with_suffix(".json")).read_text())
     texts = {name: result["texts"] for name, result in data["results"].items()}
     assert texts == {"floor": 300, "bulk": 300, "service": 100, "pytorch": 50, "ray": 100}
@@ -407,15 +402,11 @@ def test_bulk_benchmark_runs_every_path_on_the_default_bundle(default_bundle, tm
 def test_priorities_benchmark_runs_its_three_phases(tiny_bundle, tmp_path):
     require_serve_env()
     out = tmp_path / "priorities.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.priorities", "--bundle", str(tiny_bundle("bert")), "--out", str(out)]
+    run_bench(
+        ["bench.priorities", "--bundle", str(tiny_bundle("bert")), "--out", str(out)]
         + ["--duration", "1.5", "--probe-rate", "10", "--flood-clients", "4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert list(data["phases"]) == ["alone", "flood, same priority", "flood, low priority"]
     assert [phase["probe_requests"] for phase in data["phases"].values()] == [15, 15, 15]
@@ -427,15 +418,11 @@ def test_priorities_benchmark_runs_its_three_phases(tiny_bundle, tmp_path):
 def test_tracing_cost_benchmark_runs_both_servers(tiny_bundle, tmp_path):
     require_serve_env()
     out = tmp_path / "tracing.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.tracing_cost", "--bundle", str(tiny_bundle("bert")), "--out", str(out)]
+    run_bench(
+        ["bench.tracing_cost", "--bundle", str(tiny_bundle("bert")), "--out", str(out)]
         + ["--duration", "0.5", "--rounds", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data["figures"]) == {"off", "on"} and set(data["figures"]["on"]) == {"1", "32"}
     assert data["exported_bytes"] > 0  # the traced server's spans reached the sink
@@ -459,15 +446,11 @@ def test_openvino_weights_benchmark_measures_every_candidate(tmp_path):
     fp32 = export_onnx(load_source(str(decoder)), variants / "fp32.onnx")
     weight_only.quantize(fp32, variants / "int4-weights.onnx", "int4-weights")
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.openvino_weights", "--variants", str(variants), "--bundle", str(bundle)]
+    proc = run_bench(
+        ["bench.openvino_weights", "--variants", str(variants), "--bundle", str(bundle)]
         + ["--out", str(out), "--texts", "40", "--rounds", "1", "--group-size", "32", "--work", str(tmp_path / "irs")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     rows = {row["candidate"]: row for row in data["candidates"]}
     assert list(rows) == ["fp32", "int8-weights", "int4-weights", "ov-fp32", "ov-int8-asym", "ov-int4-sym-32"]
