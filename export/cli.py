@@ -322,12 +322,15 @@ def _run_check_windows(args: argparse.Namespace) -> int:
     from export.check import check_bundle
     from export.sources import load_source
     from export.windows_check import check_bundle_windows
+    from service.core.manifest import read_manifest
 
     if args.overlap < 0:
         print("error: --overlap must not be negative", file=sys.stderr)
         return ExitCode.USAGE
     check_bundle(args.bundle)  # hashes and manifest first: a damaged bundle is refused as verify refuses it
-    source = load_source(args.model, head=args.head)
+    # The original reads its windows at the bundle's length, which may not be the one the tokenizer declares
+    # (--max-length, or a length lowered to fit --max-memory).
+    source = load_source(args.model, head=args.head, max_length=read_manifest(Path(args.bundle)).max_length)
     failures = []
     for check in check_bundle_windows(source, args.bundle, overlap=args.overlap, aggregation=args.aggregation):
         report = check.report

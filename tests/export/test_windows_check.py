@@ -142,3 +142,19 @@ def test_check_windows_command(kinds, tmp_path, capsys):
 
     assert main(["check-windows", str(directory), "--model", checkpoint, "--overlap", "-1"]) == ExitCode.USAGE
     assert capsys.readouterr().err == "error: --overlap must not be negative\n"
+
+
+def test_check_windows_reads_the_original_at_the_bundles_length(kinds, tmp_path, capsys):
+    """A bundle exported shorter than the tokenizer declares (--max-length, or a length lowered to fit
+    --max-memory) is checked window for window at its own length."""
+    from export.cli import main
+    from export.errors import ExitCode
+    from service.core.manifest import read_manifest
+
+    source, _, _ = kinds["single-label"]
+    checkpoint = source.details["path"]
+    assert source.max_length > 16
+    bundle = _export(checkpoint, tmp_path / "short", max_length=16)
+    assert read_manifest(bundle).max_length == 16
+    assert main(["check-windows", str(bundle), "--model", checkpoint, "--overlap", "4"]) == ExitCode.OK
+    assert capsys.readouterr().out.splitlines()[-1] == "windows: passed"
