@@ -2,6 +2,7 @@
 
     python -m bench.llm_shape --work DIR --then '--variant int8-weights --min-agreement 0.97 --max-prob-diff 0.06'
     python -m bench.llm_shape --shape mid          # 1024 wide, 8 layers: the same steps in minutes
+    python -m bench.llm_shape --work DIR --memory-limit 8GB --no-serve --out FILE   # as root: inside 8 GB
 
 Builds a ``Qwen2ForSequenceClassification`` of the chosen shape with random weights (nothing is
 downloaded): the 0.5B shape is Qwen2.5-0.5B's (hidden 896, 24 layers, 14 heads, 2 KV heads,
@@ -19,6 +20,11 @@ export whose bundle is served. Every variant kept is loaded in a fresh process a
 (``OnnxClassifier``): resident memory once loaded and after use, batch-1 latency and batch-8
 throughput. Results go to ``docs/benchmarks/llm_shape-SHAPE.json`` and a Markdown table to stdout,
 with the CPU's flags.
+
+``--memory-limit`` runs each export in a memory cgroup of that size (``bench.cgroup``), as a container
+limit would: whether it completes, the cgroup's own peak and its OOM kills join the figures, beside the
+private part of the resident memory (the checkpoint's mapped pages count in RSS, and the kernel can
+drop them).
 """
 
 from __future__ import annotations
@@ -137,12 +143,14 @@ def build(directory: Path, shape: dict[str, int]) -> Path:
     return directory
 
 
-def timed_export(model: Path, out: Path, extra: list[str], limit: MemoryLimit | None = None) -> dict[str, Any]:
+def timed_export(model: Path, out: Path, extra: list[str], memory_limit: int | None = None) -> dict[str, Any]:
     """The export command's exit code, time and peak memory: the resident memory of its process and the
-    children it runs each heavy step in, summed, sampled every 50 ms; inside ``limit`` if given."""
+    children it runs each heavy step in, summed, sampled every 50 ms; inside a memory cgroup of its own
+    limited to ``memory_limit`` bytes, if given."""
     from bench.load import ProcessSampler
 
     command = [sys.executable, "-m", "export", "--model", str(model), "--out", str(out), "--force", *extra]
+    limit = MemoryLimit(memory_limit) if memory_limit else None
     started = time.monotonic()
     export = subprocess.Popen(
         command,
@@ -158,6 +166,10 @@ def timed_export(model: Path, out: Path, extra: list[str], limit: MemoryLimit | 
     sys.stderr.write(stderr[-6000:])
     print(stdout)
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    within = {}
+    if limit:
+        within = {"memory_limit": limit.limit, "limit_peak": limit.peak(), "oom_kills": limit.oom_kills()}
+        limit.remove()
     return {
         "command": " ".join(["python -m export", *command[4:]]),
         "exit_code": export.returncode,
@@ -165,7 +177,7 @@ def timed_export(model: Path, out: Path, extra: list[str], limit: MemoryLimit | 
         "seconds": round(seconds, 1),
         "peak_rss": sampler.peak_rss,
         "peak_private": sampler.peak_private,
-        **({"memory_limit": limit.limit, "limit_peak": limit.peak(), "oom_kills": limit.oom_kills()} if limit else {}),
+        **within,
         "report": stdout,
         # The export's own table of where its time went (``export.pipeline.steps_table``).
         "steps": [line for line in stderr.splitlines() if re.match(r"^ *\d+\.\d s  ", line)],
@@ -190,6 +202,10 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
     parser.add_argument("--max-memory", help="passed to the export (e.g. 1GiB)")
     parser.add_argument("--max-length", help="passed to the export (default: what the tokenizer declares, capped)")
+    parser.add_argument("--out", type=Path, help="the results file (default: docs/benchmarks/llm_shape-SHAPE.json)")
+    parser.add_argument(
+        "--no-serve", action="store_true", help="the exports alone: no variant is loaded for serving figures"
+    )
     parser.add_argument(
         "--memory-limit",
         metavar="SIZE",
@@ -214,22 +230,18 @@ def main() -> None:
         print(f"built {model} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     extra = ["--max-memory", args.max_memory] if args.max_memory else []
     extra += ["--max-length", args.max_length] if args.max_length else []
-    limit = MemoryLimit(parse_size(args.memory_limit)) if args.memory_limit else None
-    try:
-        # The command a user runs, every variant it builds kept for the serving figures below.
-        exports = [timed_export(model, work / "default", [*extra, "--keep-variants", str(work / "variants")], limit)]
-        bundle = work / "default"
-        if exports[0]["exit_code"] != 0 and args.then:
-            # Nothing the default could ship (random weights are harsh on quantization): the bundle the
-            # serving figures and the container use comes from the options given, said in the results.
-            bundle = work / "bundle"
-            exports.append(timed_export(model, bundle, [*extra, *args.then.split()], limit))
-    finally:
-        if limit:
-            limit.remove()
+    limit = parse_size(args.memory_limit) if args.memory_limit else None
+    # The command a user runs, every variant it builds kept for the serving figures below.
+    exports = [timed_export(model, work / "default", [*extra, "--keep-variants", str(work / "variants")], limit)]
+    bundle = work / "default"
+    if exports[0]["exit_code"] != 0 and args.then:
+        # Nothing the default could ship (random weights are harsh on quantization): the bundle the
+        # serving figures and the container use comes from the options given, said in the results.
+        bundle = work / "bundle"
+        exports.append(timed_export(model, bundle, [*extra, *args.then.split()], limit))
     manifest = json.loads((bundle / "bundle.json").read_text()) if (bundle / "bundle.json").exists() else None
     rows = []
-    for path in sorted((work / "variants").glob("*.onnx")) if manifest else ():
+    for path in sorted((work / "variants").glob("*.onnx")) if manifest and not args.no_serve else ():
         figures = serve(bundle, path)
         data = path.with_name(path.name + ".data")
         rows.append({"variant": path.stem, "size": size_of(path) + (size_of(data) if data.exists() else 0), **figures})
@@ -245,7 +257,7 @@ def main() -> None:
         "max_length": manifest["max_length"] if manifest else None,
         "variants": rows,
     }
-    target = ROOT / "docs" / "benchmarks" / f"llm_shape-{args.shape}.json"
+    target = args.out or ROOT / "docs" / "benchmarks" / f"llm_shape-{args.shape}.json"
     target.write_text(json.dumps(results, indent=2) + "\n")
     print(f"shape {args.shape}; CPU flags {' '.join(results['cpu_flags'])}; {results['cores']} cores")
     for run in exports:
