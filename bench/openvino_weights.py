@@ -289,6 +289,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="the results (default: docs/benchmarks/openvino_weights-NAME.json)")
     parser.add_argument("--work", type=Path, help="where the IRs are written and kept (default: a temporary dir)")
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per candidate (default: 3)")
+    parser.add_argument("--note", default="", help="what else ran on the machine, kept with the results")
     parser.add_argument("--texts", type=int, default=0, help="validation texts for fidelity (default: all)")
     parser.add_argument("--group-size", type=int, default=128, help="int4 groups (default: 128)")
     parser.add_argument("--ir", action="append", choices=OPTIONAL_IRS, default=[], help="another IR to build")
@@ -353,6 +354,7 @@ def main() -> None:
         "max_length": manifest.max_length,
         "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
+        "note": args.note,
         "rounds": args.rounds,
         "group_size": args.group_size,
         "reference": f"onnxruntime on {REFERENCE}.onnx (the export's gate verified it against the original)",
