@@ -171,7 +171,7 @@ def timed_export(model: Path, out: Path, extra: list[str], memory_limit: int | N
         within = {"memory_limit": limit.limit, "limit_peak": limit.peak(), "oom_kills": limit.oom_kills()}
         limit.remove()
     return {
-        "command": " ".join(["python -m export", *command[4:]]),
+        "command": " ".join(["python -m export", *command[3:]]),
         "exit_code": export.returncode,
         "error": errors[-1] if errors else None,
         "seconds": round(seconds, 1),
