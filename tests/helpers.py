@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -138,3 +139,21 @@ def make_key_pair(directory: Path, name: str) -> tuple[Path, Path]:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return private, public
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response on a kept-alive connection: the head, then as many body bytes as it says. A single
+    recv may return the head alone, the body following in another segment when the machine is loaded."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a whole head: {raw!r}"
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^content-length: *(\d+)", head)
+    length = int(found.group(1)) if found else 0
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a whole body: {raw!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body

@@ -21,7 +21,7 @@ from service.core.failures import Failure
 from service.settings import Settings
 from service.web.connection import Connections, http_protocol, sole_caller
 from service.web.errors import EdgeError
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, read_response, wait_for
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -222,7 +222,7 @@ def test_connection_cap(serve):
     port = serve(max_connections=1)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
         held.sendall(GET)
-        assert held.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        assert read_response(held).startswith(b"HTTP/1.1 200 OK")
         raw, _ = exchange(port, GET)
     assert statuses(raw) == ["HTTP/1.1 503 Service Unavailable"]
     assert b"retry-after: 1\r\n" in raw
@@ -234,7 +234,7 @@ def test_connection_cap(serve):
 
 def ask_alone(sock: socket.socket) -> bool | None:
     sock.sendall(b"GET /alone HTTP/1.1\r\nHost: t\r\n\r\n")
-    return error_of(sock.recv(65536))["alone"]
+    return error_of(read_response(sock))["alone"]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import needs_export
-from tests.helpers import ServerProcess, metric_value, require_serve_env, wait_for
+from tests.helpers import ServerProcess, metric_value, read_response, require_serve_env, wait_for
 
 pytestmark = needs_export
 
@@ -143,7 +143,7 @@ def test_connections_over_the_cap_get_503(server):
     try:
         for sock in held:  # one request each, so the server has surely accepted both
             sock.sendall(b"GET /live HTTP/1.1\r\nHost: test\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            assert read_response(sock).startswith(b"HTTP/1.1 200 OK")
         with connect(process) as third:
             third.sendall(b"GET /live HTTP/1.1\r\nHost: test\r\n\r\n")
             raw = read_until_closed(third)
