@@ -15,7 +15,7 @@ import pytest
 from bench import loadtest
 from bench.compare import auto_engine
 from bench.workload import DOCUMENTS, SHORT_TEXTS, Mix
-from tests.conftest import ROOT, needs_export
+from tests.conftest import ROOT, _has, needs_export, require
 from tests.helpers import ServerProcess, free_port, require_serve_env, wait_ready
 
 pytestmark = needs_export
@@ -430,8 +430,8 @@ def test_tracing_cost_benchmark_runs_both_servers(tiny_bundle, tmp_path):
 
 def test_openvino_weights_benchmark_measures_every_candidate(tmp_path):
     """A tiny Qwen2 classifier: ONNX Runtime's variants present and OpenVINO's compressed IRs, each measured."""
-    pytest.importorskip("openvino", reason="OpenVINO is not installed here")
-    pytest.importorskip("nncf", reason="nncf is not installed here (requirements-export.txt)")
+    require(_has("openvino"), "OpenVINO (requirements-openvino.txt)")
+    require(_has("nncf"), "nncf (requirements-export.txt)")
     from export import weight_only
     from export.convert import export_onnx
     from export.pipeline import export_bundle
